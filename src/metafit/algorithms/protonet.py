@@ -1,0 +1,101 @@
+"""Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017, arXiv 1703.05175).
+
+The model is an embedding network. Adaptation computes one prototype per class, the mean
+support embedding; a query is scored by the negative squared Euclidean distance to each
+prototype. Prototypes are a one-hot matrix product with a fixed ``n_way``, so the learner is
+vmappable (no ``torch.unique``, no data-dependent shapes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metafit.algorithms.base import MetaParams, Metrics, task_metrics
+from metafit.data.task import Task
+from metafit.functional import Buffers, apply, params_of
+
+__all__ = ["ProtoNet", "prototypes", "squared_distances"]
+
+
+def prototypes(embeddings: Tensor, labels: Tensor, n_way: int) -> Tensor:
+    """Class means of the support embeddings.
+
+    Args:
+        embeddings: ``(S, D)``.
+        labels: ``(S,)`` int64 in ``0..n_way-1``.
+        n_way: Number of classes.
+
+    Returns:
+        ``(n_way, D)``; a class with no support example gets a zero prototype.
+    """
+    onehot = F.one_hot(labels, n_way).to(embeddings.dtype)  # (S, N)
+    counts = onehot.sum(0).clamp_min(1.0)  # (N,)
+    return (onehot.transpose(0, 1) @ embeddings) / counts[:, None]
+
+
+def squared_distances(x: Tensor, y: Tensor) -> Tensor:
+    """``||x_i - y_j||^2`` for ``x (A, D)``, ``y (B, D)`` -> ``(A, B)`` (matmul form)."""
+    return (x.pow(2).sum(-1, keepdim=True) - 2.0 * x @ y.transpose(0, 1) + y.pow(2).sum(-1)[None, :]).clamp_min(0.0)
+
+
+@dataclass(frozen=True)
+class ProtoNet:
+    """Prototypical Networks with squared Euclidean distance.
+
+    Args:
+        distance_scale: Logits are ``-distance_scale * d^2`` (1 in the paper).
+
+    Tasks must carry ``n_way`` (the samplers set it).
+    """
+
+    distance_scale: float = 1.0
+    criterion: str = "cross_entropy"
+
+    def __post_init__(self) -> None:
+        if self.criterion != "cross_entropy":
+            raise ValueError(f"ProtoNet is a classifier: criterion must be 'cross_entropy', got {self.criterion!r}")
+        if not self.distance_scale > 0:
+            raise ValueError(f"distance_scale must be > 0, got {self.distance_scale}")
+
+    def init(self, model: nn.Module, *, generator: torch.Generator | None = None) -> MetaParams:
+        """``{"model": params}`` of the embedding network."""
+        return {"model": params_of(model)}
+
+    def adapt(
+        self,
+        model: nn.Module,
+        meta_params: MetaParams,
+        buffers: Buffers,
+        support_x: Tensor,
+        support_y: Tensor,
+        *,
+        n_way: int | None = None,
+        **_: object,
+    ) -> Tensor:
+        """Prototypes ``(n_way, D)`` from the support set ``(S, *input_shape)``, ``(S,)``."""
+        if n_way is None:
+            n_way = int(support_y.max()) + 1
+        emb = apply(model, meta_params["model"], buffers, support_x)
+        return prototypes(emb.flatten(1), support_y, n_way)
+
+    def predict(
+        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: Tensor, x: Tensor
+    ) -> Tensor:
+        """Logits ``(B, n_way)`` = ``-scale * ||f(x) - prototype||^2``."""
+        emb = apply(model, meta_params["model"], buffers, x).flatten(1)
+        return -self.distance_scale * squared_distances(emb, adapted)
+
+    def loss(
+        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task
+    ) -> tuple[Tensor, Metrics]:
+        """Cross-entropy of the query set against the support prototypes."""
+        if task.n_way is None:
+            raise ValueError("ProtoNet needs tasks with n_way set (classification tasks)")
+        protos = self.adapt(model, meta_params, buffers, task.support_x, task.support_y, n_way=task.n_way)
+        logits = self.predict(model, meta_params, buffers, protos, task.query_x)
+        loss = F.cross_entropy(logits, task.query_y)
+        return loss, task_metrics("cross_entropy", logits, task.query_y, loss)

@@ -1,0 +1,143 @@
+"""The functional core: parameter dicts of plain ``nn.Module`` s and one strict forward path.
+
+Every forward pass in metafit goes through :func:`apply`, which calls
+``torch.func.functional_call(model, (params, buffers), x, strict=True)``: a missing or extra
+parameter name is an error, never a silent fallback to the module's own weights. Buffers are
+passed in and never mutated: modules that would write into a buffer during the forward pass
+(``nn.BatchNorm*`` with running statistics in training mode) get private copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+Params = dict[str, Tensor]
+Buffers = dict[str, Tensor]
+
+__all__ = [
+    "Params",
+    "Buffers",
+    "params_of",
+    "buffers_of",
+    "apply",
+    "partition",
+    "combine",
+    "tree_map",
+    "tree_sub",
+    "tree_axpy",
+    "has_batchnorm",
+    "writes_buffers",
+]
+
+
+def params_of(model: nn.Module, *, requires_grad: bool = True) -> Params:
+    """Returns a fresh dict of detached copies of the model's parameters.
+
+    The copies are leaf tensors (``requires_grad`` as asked), independent of the module,
+    keyed by ``named_parameters()`` names. Tied (shared) parameters appear once, under their
+    first name, exactly as ``named_parameters()`` reports them.
+
+    Args:
+        model: Any ``nn.Module``.
+        requires_grad: Whether the copies require grad (meta-parameters do).
+
+    Returns:
+        ``{name: tensor}``.
+    """
+    return {
+        k: v.detach().clone().requires_grad_(requires_grad) for k, v in model.named_parameters()
+    }
+
+
+def buffers_of(model: nn.Module) -> Buffers:
+    """Returns detached copies of the model's buffers, keyed by ``named_buffers()`` names."""
+    return {k: v.detach().clone() for k, v in model.named_buffers()}
+
+
+def writes_buffers(model: nn.Module) -> bool:
+    """True if a training-mode forward of ``model`` would write into its buffers.
+
+    This is the case for ``nn.BatchNorm*`` / ``nn.InstanceNorm*`` layers that track running
+    statistics.
+    """
+    return any(
+        isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
+        for m in model.modules()
+    )
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """True if ``model`` contains a torch batch/instance-norm layer (fused ATen kernel).
+
+    torch.func.vmap through these kernels gives a wrong second-order gradient in torch 2.13
+    (see docs/design.md); metafit's own :class:`metafit.models.TaskNorm` is exact.
+    """
+    return any(isinstance(m, nn.modules.batchnorm._NormBase) for m in model.modules())
+
+
+def apply(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor], *args: Any) -> Any:
+    """Runs ``model`` with the given parameters and buffers (strict ``functional_call``).
+
+    Args:
+        model: The module whose ``forward`` to run. Its own tensors are not used.
+        params: ``{name: tensor}`` for every parameter of ``model``.
+        buffers: ``{name: tensor}`` for every buffer of ``model`` (may be empty if it has none).
+        *args: Positional inputs to ``forward``, e.g. ``x`` of shape ``(B, *input_shape)``.
+
+    Returns:
+        Whatever ``model.forward`` returns.
+
+    Raises:
+        RuntimeError: from ``functional_call`` if a name is missing or unexpected.
+    """
+    if buffers and writes_buffers(model):
+        # Running-stat updates happen in place: hand the module private copies so that
+        # the caller's buffers are never mutated.
+        buffers = {k: v.clone() for k, v in buffers.items()}
+    return functional_call(model, (dict(params), dict(buffers)), args, strict=True)
+
+
+def partition(params: Mapping[str, Tensor], predicate: Callable[[str], bool]) -> tuple[Params, Params]:
+    """Splits ``params`` into (matching, rest) by a predicate on the name."""
+    hit = {k: v for k, v in params.items() if predicate(k)}
+    rest = {k: v for k, v in params.items() if not predicate(k)}
+    return hit, rest
+
+
+def combine(*dicts: Mapping[str, Tensor]) -> Params:
+    """Merges disjoint parameter dicts (a key in two dicts is an error)."""
+    out: Params = {}
+    for d in dicts:
+        dup = out.keys() & d.keys()
+        if dup:
+            raise ValueError(f"combine got the same parameter name twice: {sorted(dup)[:5]}")
+        out.update(d)
+    return out
+
+
+def tree_map(fn: Callable[..., Tensor], *dicts: Mapping[str, Tensor]) -> Params:
+    """Applies ``fn`` key-wise over dicts with identical keys."""
+    keys = dicts[0].keys()
+    for d in dicts[1:]:
+        if d.keys() != keys:
+            raise ValueError(
+                f"parameter dicts differ in names: {sorted(set(keys) ^ set(d.keys()))[:5]}"
+            )
+    return {k: fn(*(d[k] for d in dicts)) for k in keys}
+
+
+def tree_sub(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Params:
+    """``a - b`` key-wise."""
+    return tree_map(torch.sub, a, b)
+
+
+def tree_axpy(alpha: float | Mapping[str, Tensor], x: Mapping[str, Tensor], y: Mapping[str, Tensor]) -> Params:
+    """``y + alpha * x`` key-wise; ``alpha`` is a scalar or a dict of per-parameter tensors."""
+    if isinstance(alpha, Mapping):
+        return {k: y[k] + alpha[k] * x[k] for k in y}
+    return {k: y[k] + alpha * x[k] for k in y}
