@@ -146,6 +146,10 @@ class Conv4(nn.Module):
                 side = (side + 1) // 2
             blocks.append(nn.Sequential(*layers))
             c = width
+        if side < 1:
+            raise ValueError(
+                f"image_size={image_size} is too small for four 2x2 poolings (needs >= 16)"
+            )
         self.features = nn.Sequential(*blocks)
         self.feature_dim = width * side * side if downsample == "pool" else width
         self.head = nn.Linear(self.feature_dim, out_features) if out_features else None

@@ -1,0 +1,112 @@
+"""Engine: path choice, divergence guard, any torch.optim optimiser, buffers never mutated."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from metafit import MAML, SinusoidTasks, Trainer, choose_path, generator, seeded
+from metafit.engine import DivergenceError, make_optimizer, meta_backward
+from metafit.functional import apply, buffers_of, params_of
+from metafit.models import MLP, TaskBatchNorm
+from tests.conftest import TinyConv, image_tasks
+
+
+def test_choose_path_prefers_loop_for_torch_batchnorm_second_order() -> None:
+    model = TinyConv(norm="batchnorm")
+    algo = MAML(inner_lr=0.1)
+    path, report = choose_path(algo, model, algo.init(model), {}, image_tasks(2, dtype=torch.float32), repeats=1)
+    assert path == "loop" and "vmap_refused" in report
+
+
+def test_choose_path_measures_and_agrees_for_mlp() -> None:
+    model = MLP(1, (40, 40), 1)
+    algo = MAML(inner_lr=0.01, criterion="mse")
+    batch = SinusoidTasks(k_shot=5, generator=generator(0)).sample_batch(25)
+    path, report = choose_path(algo, model, algo.init(model), {}, batch, repeats=1)
+    assert path in ("vmap", "loop")
+    assert report["grad_max_abs_diff"] <= 1e-3 * report["grad_scale"]
+    assert report["loop_s"] > 0 and report["vmap_s"] > 0
+
+
+def test_divergence_guard_raises_before_touching_parameters() -> None:
+    model = MLP(1, (8,), 1)
+    tr = Trainer(MAML(inner_lr=0.01, criterion="mse"), model, path="loop")
+    batch = SinusoidTasks(k_shot=5, generator=generator(0)).sample_batch(2)
+    tr.step(batch)
+    before = {k: v.detach().clone() for k, v in tr.meta_params["model"].items()}
+    state_before = {k: {kk: vv.clone() if torch.is_tensor(vv) else vv for kk, vv in v.items()} for k, v in tr.optimizer.state_dict()["state"].items()}
+    bad = type(batch)(batch.support_x, batch.support_y, batch.query_x, batch.query_y * float("nan"))
+    with pytest.raises(DivergenceError, match="step 2"):
+        tr.step(bad)
+    assert tr.step_count == 1
+    for k, v in tr.meta_params["model"].items():
+        assert torch.equal(v.detach(), before[k])
+    after = tr.optimizer.state_dict()["state"]
+    for k in state_before:
+        assert torch.equal(after[k]["exp_avg"], state_before[k]["exp_avg"])
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"])
+def test_any_torch_optimizer_steps(name: str) -> None:
+    model = MLP(1, (8,), 1)
+    algo = MAML(inner_lr=0.01, criterion="mse")
+    mp = algo.init(model)
+    tr = Trainer(algo, model, meta_params=mp, optimizer=lambda p: make_optimizer(name, p, lr=1e-2), path="loop")
+    before = mp["model"]["head.weight"].detach().clone()
+    tr.step(SinusoidTasks(k_shot=5, generator=generator(0)).sample_batch(2))
+    assert not torch.equal(before, tr.meta_params["model"]["head.weight"].detach())
+
+
+def test_make_optimizer_rejects_unknown_name() -> None:
+    with pytest.raises(ValueError, match="'Adamm'"):
+        make_optimizer("Adamm", [torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
+def test_buffers_are_never_mutated_by_running_stat_batchnorm() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    buffers = buffers_of(model)
+    snapshot = {k: v.clone() for k, v in buffers.items()}
+    apply(model, params_of(model), buffers, torch.randn(8, 3))
+    for k in buffers:
+        assert torch.equal(buffers[k], snapshot[k]), k
+    for k, v in model.named_buffers():
+        assert torch.equal(v, snapshot[k]), k
+
+
+def test_strict_functional_call_rejects_missing_parameter() -> None:
+    model = MLP(1, (4,), 1)
+    p = params_of(model)
+    p.pop("head.bias")
+    with pytest.raises(RuntimeError, match="head.bias"):
+        apply(model, p, {}, torch.zeros(2, 1))
+
+
+def test_task_batch_norm_uses_each_tasks_own_statistics() -> None:
+    # Normalisation sees one task's batch only: the output for task 0 does not depend on task 1,
+    # on the vmap path as on the loop path, and there are no running statistics at all.
+    norm = TaskBatchNorm(3)
+    assert len(list(norm.buffers())) == 0
+    x = torch.randn(2, 6, 3, 4, 4)
+    x2 = x.clone()
+    x2[1] = x2[1] * 100 + 7
+    p = params_of(norm)
+    y = torch.func.vmap(lambda t: apply(norm, p, {}, t))(x)
+    y2 = torch.func.vmap(lambda t: apply(norm, p, {}, t))(x2)
+    torch.testing.assert_close(y[0], y2[0])
+    torch.testing.assert_close(y[0], apply(norm, p, {}, x[0]))
+    ref = nn.functional.batch_norm(x[0], None, None, training=True)
+    torch.testing.assert_close(y[0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_meta_backward_denominator_scales_gradients() -> None:
+    model = seeded(0, lambda: MLP(1, (8,), 1))
+    algo = MAML(inner_lr=0.01, criterion="mse")
+    batch = SinusoidTasks(k_shot=5, generator=generator(0)).sample_batch(4)
+    mp1, mp2 = algo.init(model), algo.init(model)
+    meta_backward(algo, model, mp1, {}, batch, path="loop")
+    for part in batch.split([1, 3]):
+        meta_backward(algo, model, mp2, {}, part, path="loop", denominator=4)
+    for k in mp1["model"]:
+        torch.testing.assert_close(mp1["model"][k].grad, mp2["model"][k].grad)
