@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metafit.algorithms.base import Algorithm, MetaParams, clone_meta_params, task_metrics, criterion_fn
+from metafit.algorithms.base import Algorithm, MetaParams, clone_meta_params
 from metafit.data.task import Task, TaskBatch
 from metafit.functional import Buffers
 
@@ -135,12 +135,11 @@ def evaluate(
             curve_vals[k] = c.T.tolist()
             per_task[k] = c[:, eval_steps].tolist()
     else:
+        # Learners without inner steps: the query metrics of ``loss`` ARE the metrics after
+        # adaptation (adapt + predict on the query set), computed without a graph.
         for task in task_list:
             with torch.no_grad():
-                adapted = algorithm.adapt(model, mp, buffers, task.support_x, task.support_y, n_way=task.n_way)
-                out = algorithm.predict(model, mp, buffers, adapted, task.query_x)
-                crit = getattr(algorithm, "criterion", "cross_entropy")
-                m = task_metrics(crit, out, task.query_y, criterion_fn(crit)(out, task.query_y))
+                _, m = algorithm.loss(model, mp, buffers, task)
             for k, v in m.items():
                 per_task.setdefault(k, []).append(float(v))
     return EvalResult(

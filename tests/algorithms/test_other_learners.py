@@ -75,11 +75,23 @@ def test_protonet_vmap_equals_loop_and_loss_matches_manual() -> None:
     gv, mv = meta_gradients(algo, model, mp, {}, batch, path="vmap")
     assert max(float((gl["model"][k] - gv["model"][k]).abs().max()) for k in gl["model"]) <= 1e-10
     t = batch[0]
-    es, eq = model(t.support_x).flatten(1), model(t.query_x).flatten(1)
+    emb = model(torch.cat([t.support_x, t.query_x])).flatten(1)
+    es, eq = emb[: len(t.support_x)], emb[len(t.support_x) :]
     p = torch.stack([es[t.support_y == c].mean(0) for c in range(3)])
     manual = F.cross_entropy(-torch.cdist(eq, p) ** 2, t.query_y)
     loss, _ = algo.loss(model, mp, {}, t)
     torch.testing.assert_close(loss, manual)
+
+
+def test_protonet_predict_agrees_with_loss_metrics() -> None:
+    model = seeded(0, lambda: Conv4(1, None, width=4, image_size=16)).double()
+    algo = ProtoNet()
+    mp = algo.init(model)
+    t = image_tasks(1, side=16)[0]
+    _, m = algo.loss(model, mp, {}, t)
+    support = algo.adapt(model, mp, {}, t.support_x, t.support_y, n_way=3)
+    acc = (algo.predict(model, mp, {}, support, t.query_x).argmax(-1) == t.query_y).double().mean()
+    assert float(acc) == float(m["accuracy"])
 
 
 def test_protonet_needs_n_way() -> None:

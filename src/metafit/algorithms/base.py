@@ -90,7 +90,7 @@ def task_metrics(criterion: str, output: Tensor, target: Tensor, loss: Tensor) -
     """Per-task metrics: ``loss`` plus ``accuracy`` (classification) or ``mse`` (regression)."""
     loss = loss.detach()
     if criterion == "cross_entropy":
-        return {"loss": loss, "accuracy": (output.detach().argmax(-1) == target).float().mean()}
+        return {"loss": loss, "accuracy": (output.detach().argmax(-1) == target).to(loss.dtype).mean()}
     return {"loss": loss, "mse": loss}
 
 

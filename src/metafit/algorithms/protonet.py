@@ -9,6 +9,7 @@ vmappable (no ``torch.unique``, no data-dependent shapes).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from metafit.algorithms.base import MetaParams, Metrics, task_metrics
 from metafit.data.task import Task
 from metafit.functional import Buffers, apply, params_of
 
-__all__ = ["ProtoNet", "prototypes", "squared_distances"]
+__all__ = ["ProtoNet", "ProtoSupport", "prototypes", "squared_distances"]
 
 
 def prototypes(embeddings: Tensor, labels: Tensor, n_way: int) -> Tensor:
@@ -40,6 +41,14 @@ def prototypes(embeddings: Tensor, labels: Tensor, n_way: int) -> Tensor:
 def squared_distances(x: Tensor, y: Tensor) -> Tensor:
     """``||x_i - y_j||^2`` for ``x (A, D)``, ``y (B, D)`` -> ``(A, B)`` (matmul form)."""
     return (x.pow(2).sum(-1, keepdim=True) - 2.0 * x @ y.transpose(0, 1) + y.pow(2).sum(-1)[None, :]).clamp_min(0.0)
+
+
+class ProtoSupport(NamedTuple):
+    """A support set kept for prediction: ``x (S, *input_shape)``, ``y (S,)``, ``n_way``."""
+
+    x: Tensor
+    y: Tensor
+    n_way: int
 
 
 @dataclass(frozen=True)
@@ -75,19 +84,32 @@ class ProtoNet:
         *,
         n_way: int | None = None,
         **_: object,
-    ) -> Tensor:
-        """Prototypes ``(n_way, D)`` from the support set ``(S, *input_shape)``, ``(S,)``."""
+    ) -> ProtoSupport:
+        """Stores the support set; prototypes are computed jointly with the inputs in ``predict``.
+
+        With batch-statistics normalisation (metafit's default) an embedding depends on the
+        batch it is computed in. Like the ProtoNets reference code, metafit embeds support and
+        query in ONE batch (transductive), both in training (:meth:`loss`) and at prediction,
+        so that the two always agree.
+        """
         if n_way is None:
             n_way = int(support_y.max()) + 1
-        emb = apply(model, meta_params["model"], buffers, support_x)
-        return prototypes(emb.flatten(1), support_y, n_way)
+        return ProtoSupport(support_x, support_y, n_way)
+
+    def logits(
+        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, support: ProtoSupport, x: Tensor
+    ) -> Tensor:
+        """Logits ``(B, n_way)`` for ``x (B, *input_shape)`` against the support prototypes."""
+        s = support.x.shape[0]
+        emb = apply(model, meta_params["model"], buffers, torch.cat([support.x, x])).flatten(1)
+        protos = prototypes(emb[:s], support.y, support.n_way)
+        return -self.distance_scale * squared_distances(emb[s:], protos)
 
     def predict(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: Tensor, x: Tensor
+        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: ProtoSupport, x: Tensor
     ) -> Tensor:
         """Logits ``(B, n_way)`` = ``-scale * ||f(x) - prototype||^2``."""
-        emb = apply(model, meta_params["model"], buffers, x).flatten(1)
-        return -self.distance_scale * squared_distances(emb, adapted)
+        return self.logits(model, meta_params, buffers, adapted, x)
 
     def loss(
         self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task
@@ -95,7 +117,7 @@ class ProtoNet:
         """Cross-entropy of the query set against the support prototypes."""
         if task.n_way is None:
             raise ValueError("ProtoNet needs tasks with n_way set (classification tasks)")
-        protos = self.adapt(model, meta_params, buffers, task.support_x, task.support_y, n_way=task.n_way)
-        logits = self.predict(model, meta_params, buffers, protos, task.query_x)
+        support = ProtoSupport(task.support_x, task.support_y, task.n_way)
+        logits = self.logits(model, meta_params, buffers, support, task.query_x)
         loss = F.cross_entropy(logits, task.query_y)
         return loss, task_metrics("cross_entropy", logits, task.query_y, loss)

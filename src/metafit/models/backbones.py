@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["MLP", "Conv4", "TaskBatchNorm"]
@@ -27,8 +28,10 @@ class TaskBatchNorm(nn.Module):
     but ``C``; for ``(B, C)`` over ``B``. In meta-learning the batch is one task's support set or
     one task's query set, so statistics never leak between tasks; evaluation behaves exactly
     like training (transductive, as in the reference MAML code: the query statistics come from
-    the query batch). Unlike ``nn.BatchNorm2d(track_running_stats=False)`` this is written from
-    elementary ops, which keeps ``vmap`` + second-order gradients exact in torch 2.13.
+    the query batch). Under ``torch.func`` transforms (the engine's vmap path) it is computed
+    from elementary ops, which keeps ``vmap`` + second-order gradients exact in torch 2.13
+    (the fused kernel's vmap rule is wrong there); elsewhere (the loop path) it calls the fused
+    ``F.batch_norm`` kernel, the same function, which is much faster on CPU.
 
     Args:
         num_features: Channels ``C``.
@@ -52,6 +55,11 @@ class TaskBatchNorm(nn.Module):
             raise ValueError(
                 f"TaskBatchNorm expected input (B, {self.num_features}, ...), got {tuple(x.shape)}"
             )
+        if not torch._C._functorch.is_functorch_wrapped_tensor(x):
+            # Outside torch.func transforms the fused kernel computes the same function (and its
+            # double backward) several times faster; under vmap/grad the elementary form below
+            # keeps second-order gradients exact.
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         dims = [0] + list(range(2, x.dim()))
         mean = x.mean(dim=dims, keepdim=True)
         var = (x - mean).pow(2).mean(dim=dims, keepdim=True)
