@@ -56,17 +56,25 @@ class ProtoNet:
     """Prototypical Networks with squared Euclidean distance.
 
     Args:
-        distance_scale: Logits are ``-distance_scale * d^2`` (1 in the paper).
+        distance_scale: Logits are ``-distance_scale * d`` (1 in the paper).
+        distance: ``"squared_euclidean"`` (the paper's ``d = ||a - b||^2``) or ``"euclidean"``
+            (``d = ||a - b||``, easyfsl's choice).
+        joint_embedding: Embed support and query in one batch (transductive batch statistics,
+            as the ProtoNets reference code; default) or in two separate batches (as easyfsl).
 
     Tasks must carry ``n_way`` (the samplers set it).
     """
 
     distance_scale: float = 1.0
     criterion: str = "cross_entropy"
+    distance: str = "squared_euclidean"
+    joint_embedding: bool = True
 
     def __post_init__(self) -> None:
         if self.criterion != "cross_entropy":
             raise ValueError(f"ProtoNet is a classifier: criterion must be 'cross_entropy', got {self.criterion!r}")
+        if self.distance not in ("squared_euclidean", "euclidean"):
+            raise ValueError(f"distance must be 'squared_euclidean' or 'euclidean', got {self.distance!r}")
         if not self.distance_scale > 0:
             raise ValueError(f"distance_scale must be > 0, got {self.distance_scale}")
 
@@ -100,10 +108,18 @@ class ProtoNet:
         self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, support: ProtoSupport, x: Tensor
     ) -> Tensor:
         """Logits ``(B, n_way)`` for ``x (B, *input_shape)`` against the support prototypes."""
-        s = support.x.shape[0]
-        emb = apply(model, meta_params["model"], buffers, torch.cat([support.x, x])).flatten(1)
-        protos = prototypes(emb[:s], support.y, support.n_way)
-        return -self.distance_scale * squared_distances(emb[s:], protos)
+        params = meta_params["model"]
+        if self.joint_embedding:
+            s = support.x.shape[0]
+            emb = apply(model, params, buffers, torch.cat([support.x, x])).flatten(1)
+            es, eq = emb[:s], emb[s:]
+        else:
+            es = apply(model, params, buffers, support.x).flatten(1)
+            eq = apply(model, params, buffers, x).flatten(1)
+        protos = prototypes(es, support.y, support.n_way)
+        if self.distance == "euclidean":
+            return -self.distance_scale * torch.cdist(eq, protos)
+        return -self.distance_scale * squared_distances(eq, protos)
 
     def predict(
         self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: ProtoSupport, x: Tensor

@@ -1,0 +1,338 @@
+"""Meta-iteration speed: metafit against learn2learn, higher, TorchOpt, easyfsl and a plain loop.
+
+For each setup every variant gets the same seed, data and initial weights (one shared
+``nn.Module``, BatchNorm with batch statistics as in the peers' examples). Before timing, the
+meta-gradient of every variant is compared with the plain loop's (max abs and relative
+difference). Then the variants run interleaved in one process, one meta-iteration each per
+round with the starting position rotated, and the report gives paired ratios (variant time /
+plain time in the same round: median [min, max]), the median seconds, the peak RSS while the
+variant ran (VmHWM, reset between variants via /proc/self/clear_refs) and achieved GFLOP/s
+(FLOPs counted by torch.utils.flop_counter on one iteration) against the measured fp32
+matrix-multiply peak.
+
+Peers are optional: run this script with a Python that has them (see
+../shared/anchors/install.sh; metafit installed there with ``pip install --no-deps -e .``);
+missing ones are reported and skipped.
+
+Setups: ``omniglot5`` (conv-4, 5-way 1-shot, 15 queries, 32 tasks, 1 inner step, alpha 0.4,
+second order), ``omniglot20`` (20-way 1-shot, 5 queries, 16 tasks, 5 inner steps, alpha 0.1),
+``sinusoid`` (MLP 1-40-40-1, K = 10, 10 queries, 25 tasks, 1 step, alpha 0.01), ``protonet``
+(conv-4 embedding, 5-way 1-shot, 15 queries, one episode).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import statistics
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.func import functional_call  # noqa: E402
+
+from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
+from metafit import MAML, ProtoNet, meta_backward  # noqa: E402
+from metafit.data.task import TaskBatch  # noqa: E402
+
+SETUPS: dict[str, dict[str, Any]] = {
+    "omniglot5": dict(kind="conv", n_way=5, k=1, q=15, tasks=32, steps=1, lr=0.4),
+    "omniglot20": dict(kind="conv", n_way=20, k=1, q=5, tasks=16, steps=5, lr=0.1),
+    "sinusoid": dict(kind="mlp", k=10, q=10, tasks=25, steps=1, lr=0.01),
+    "protonet": dict(kind="proto", n_way=5, k=1, q=15, tasks=1),
+}
+
+
+def conv_backbone() -> nn.Sequential:
+    layers: list[nn.Module] = []
+    cin = 1
+    for _ in range(4):
+        layers += [nn.Conv2d(cin, 64, 3, padding=1), nn.BatchNorm2d(64, track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2)]
+        cin = 64
+    layers.append(nn.Flatten())
+    return nn.Sequential(*layers)
+
+
+def build(setup: str, dtype: torch.dtype) -> tuple[nn.Module, TaskBatch, Callable]:
+    cfg = SETUPS[setup]
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    if cfg["kind"] == "mlp":
+        model = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
+        T, k, q = cfg["tasks"], cfg["k"], cfg["q"]
+        amp = 0.1 + 4.9 * torch.rand(T, 1, 1, generator=g)
+        ph = torch.pi * torch.rand(T, 1, 1, generator=g)
+        xs, xq = 10 * torch.rand(T, k, 1, generator=g) - 5, 10 * torch.rand(T, q, 1, generator=g) - 5
+        batch = TaskBatch(xs, amp * torch.sin(xs - ph), xq, amp * torch.sin(xq - ph))
+        loss_fn = F.mse_loss
+    else:
+        n, k, q, T = cfg["n_way"], cfg["k"], cfg["q"], cfg["tasks"]
+        model = conv_backbone() if cfg["kind"] == "proto" else nn.Sequential(conv_backbone(), nn.Linear(64, n))
+        batch = TaskBatch(
+            torch.rand(T, n * k, 1, 28, 28, generator=g),
+            torch.arange(n).repeat_interleave(k).expand(T, -1).contiguous(),
+            torch.rand(T, n * q, 1, 28, 28, generator=g),
+            torch.arange(n).repeat_interleave(q).expand(T, -1).contiguous(),
+            n_way=n,
+        )
+        loss_fn = F.cross_entropy
+    return model.to(dtype), batch.to(dtype), loss_fn
+
+
+_IMPORTED: dict[str, types.ModuleType] = {}
+
+
+def _import_skipping_init(package: str, module: str) -> types.ModuleType:
+    """Imports package.module without running package/__init__ (its torchvision import fails here)."""
+    key = f"{package}.{module}"
+    if key in _IMPORTED:
+        return _IMPORTED[key]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(package)
+    pkg = types.ModuleType(package)
+    pkg.__path__ = list(spec.submodule_search_locations)
+    sys.modules[package] = pkg
+    _IMPORTED[key] = importlib.import_module(key)
+    return _IMPORTED[key]
+
+
+def maml_variants(setup: str, model: nn.Module, loss_fn: Callable) -> dict[str, Callable[[TaskBatch], None]]:
+    cfg = SETUPS[setup]
+    lr, steps = cfg["lr"], cfg["steps"]
+    out: dict[str, Callable[[TaskBatch], None]] = {}
+
+    def plain(b: TaskBatch) -> None:
+        params = dict(model.named_parameters())
+        for t in range(len(b)):
+            fast = params
+            for _ in range(steps):
+                sl = loss_fn(functional_call(model, fast, (b.support_x[t],)), b.support_y[t])
+                grads = torch.autograd.grad(sl, list(fast.values()), create_graph=True)
+                fast = {n: p - lr * g for (n, p), g in zip(fast.items(), grads)}
+            (loss_fn(functional_call(model, fast, (b.query_x[t],)), b.query_y[t]) / len(b)).backward()
+
+    out["plain_loop"] = plain
+    criterion = "mse" if loss_fn is F.mse_loss else "cross_entropy"
+    algo = MAML(inner_lr=lr, inner_steps=steps, criterion=criterion)
+    mp = {"model": dict(model.named_parameters())}
+    out["metafit_loop"] = lambda b: meta_backward(algo, model, mp, {}, b, path="loop") and None
+    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        out["metafit_vmap"] = lambda b: meta_backward(algo, model, mp, {}, b, path="vmap") and None
+    try:
+        try:
+            from learn2learn.algorithms import MAML as L2LMAML  # type: ignore
+        except Exception:
+            L2LMAML = _import_skipping_init("learn2learn", "algorithms.maml").MAML
+        l2l = L2LMAML(model, lr=lr)
+
+        def run_l2l(b: TaskBatch) -> None:
+            for t in range(len(b)):
+                learner = l2l.clone()
+                for _ in range(steps):
+                    learner.adapt(loss_fn(learner(b.support_x[t]), b.support_y[t]))
+                (loss_fn(learner(b.query_x[t]), b.query_y[t]) / len(b)).backward()
+
+        out["learn2learn"] = run_l2l
+    except Exception as e:  # noqa: BLE001
+        NOTES.append(f"learn2learn unavailable: {type(e).__name__}: {str(e)[:80]}")
+    try:
+        import higher  # type: ignore
+
+        inner = torch.optim.SGD(model.parameters(), lr=lr)
+
+        def run_higher(b: TaskBatch) -> None:
+            for t in range(len(b)):
+                with higher.innerloop_ctx(model, inner, copy_initial_weights=False) as (fm, dopt):
+                    for _ in range(steps):
+                        dopt.step(loss_fn(fm(b.support_x[t]), b.support_y[t]))
+                    (loss_fn(fm(b.query_x[t]), b.query_y[t]) / len(b)).backward()
+
+        out["higher"] = run_higher
+    except Exception as e:  # noqa: BLE001
+        NOTES.append(f"higher unavailable: {type(e).__name__}: {str(e)[:80]}")
+    try:
+        import torchopt  # type: ignore
+
+        topt = torchopt.MetaSGD(model, lr=lr)
+        net_state = torchopt.extract_state_dict(model, by="reference", detach_buffers=True)
+        opt_state = torchopt.extract_state_dict(topt, by="reference")
+
+        def run_torchopt(b: TaskBatch) -> None:
+            for t in range(len(b)):
+                for _ in range(steps):
+                    topt.step(loss_fn(model(b.support_x[t]), b.support_y[t]))
+                (loss_fn(model(b.query_x[t]), b.query_y[t]) / len(b)).backward()
+                torchopt.recover_state_dict(model, net_state)
+                torchopt.recover_state_dict(topt, opt_state)
+
+        out["torchopt"] = run_torchopt
+    except Exception as e:  # noqa: BLE001
+        NOTES.append(f"torchopt unavailable: {type(e).__name__}: {str(e)[:80]}")
+    return out
+
+
+def proto_variants(model: nn.Module) -> dict[str, Callable[[TaskBatch], None]]:
+    out: dict[str, Callable[[TaskBatch], None]] = {}
+
+    def plain(b: TaskBatch) -> None:
+        xs, ys, xq, yq = b.support_x[0], b.support_y[0], b.query_x[0], b.query_y[0]
+        zs, zq = model(xs), model(xq)
+        onehot = F.one_hot(ys).to(zs.dtype)
+        protos = (onehot.t() @ zs) / onehot.sum(0, keepdim=True).t()
+        F.cross_entropy(-torch.cdist(zq, protos), yq).backward()
+
+    out["plain_proto"] = plain
+    # Same function as easyfsl (separate support/query passes, Euclidean distance).
+    algo = ProtoNet(distance="euclidean", joint_embedding=False)
+    mp = {"model": dict(model.named_parameters())}
+    out["metafit_protonet"] = lambda b: meta_backward(algo, model, mp, {}, b, path="loop") and None
+    try:
+        try:
+            from easyfsl.methods import PrototypicalNetworks  # type: ignore
+        except Exception:
+            PrototypicalNetworks = _import_skipping_init("easyfsl.methods", "prototypical_networks").PrototypicalNetworks
+        net = PrototypicalNetworks(model)
+
+        def run_easyfsl(b: TaskBatch) -> None:
+            net.process_support_set(b.support_x[0], b.support_y[0])
+            F.cross_entropy(net(b.query_x[0]), b.query_y[0]).backward()
+
+        out["easyfsl"] = run_easyfsl
+    except Exception as e:  # noqa: BLE001
+        NOTES.append(f"easyfsl unavailable: {type(e).__name__}: {str(e)[:80]}")
+    return out
+
+
+NOTES: list[str] = []
+
+
+def grads_of(model: nn.Module, fn: Callable[[TaskBatch], None], batch: TaskBatch) -> list[torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    fn(batch)
+    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+
+
+def peak_rss_reset() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def count_flops(model: nn.Module, fn: Callable[[TaskBatch], None], batch: TaskBatch) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.zero_grad(set_to_none=True)
+    with FlopCounterMode(display=False) as fc:
+        fn(batch)
+    return float(fc.get_total_flops())
+
+
+def bench_setup(setup: str, rounds: int, dtype_check: torch.dtype = torch.float64) -> dict[str, Any]:
+    # 1) gradient agreement in float64 (float32 too)
+    results: dict[str, Any] = {"setup": setup, **SETUPS[setup], "variants": {}}
+    for dtype in (dtype_check, torch.float32):
+        model, batch, loss_fn = build(setup, dtype)
+        variants = proto_variants(model) if SETUPS[setup]["kind"] == "proto" else maml_variants(setup, model, loss_fn)
+        ref_name = "plain_proto" if "plain_proto" in variants else "plain_loop"
+        ref = grads_of(model, variants[ref_name], batch)
+        scale = max(float(g.abs().max()) for g in ref)
+        for name, fn in variants.items():
+            g = grads_of(model, fn, batch)
+            diff = max(float((a - b).abs().max()) for a, b in zip(g, ref))
+            results["variants"].setdefault(name, {})[f"grad_max_abs_diff_{str(dtype).split('.')[-1]}"] = diff
+            results["variants"][name][f"grad_rel_diff_{str(dtype).split('.')[-1]}"] = diff / scale
+    # 2) interleaved timing in float32
+    names = list(variants)
+    for name in names:
+        results["variants"][name]["gflop"] = count_flops(model, variants[name], batch) / 1e9
+    times: dict[str, list[float]] = {n: [] for n in names}
+    peaks: dict[str, float] = {n: 0.0 for n in names}
+    for name in names:  # warm-up
+        grads_of(model, variants[name], batch)
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            model.zero_grad(set_to_none=True)
+            peak_rss_reset()
+            t0 = time.perf_counter()
+            variants[name](batch)
+            times[name].append(time.perf_counter() - t0)
+            peaks[name] = max(peaks[name], peak_rss_mib())
+    for name in names:
+        ratios = [t / p for t, p in zip(times[name], times[ref_name])]
+        v = results["variants"][name]
+        v.update(
+            median_s=statistics.median(times[name]),
+            ratio_median=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
+            peak_rss_mib=peaks[name],
+        )
+        v["gflops_per_s"] = v["gflop"] / v["median_s"]
+    results["reference"] = ref_name
+    return results
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--setups", nargs="+", default=list(SETUPS))
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args()
+    setup_threads(args.threads)
+    if args.quick:
+        SETUPS["omniglot5"]["tasks"] = 4
+        SETUPS["omniglot20"]["tasks"] = 2
+        args.rounds = 2
+    peak = matmul_peak_gflops()
+    out = {"benchmark": "speed", "quick": args.quick, "matmul_peak_gflops": peak, "setups": []}
+    rows = []
+    for s in args.setups:
+        r = bench_setup(s, args.rounds if s not in ("sinusoid", "protonet") else max(args.rounds, 20))
+        out["setups"].append(r)
+        for name, v in r["variants"].items():
+            if "median_s" not in v:
+                continue
+            rows.append([s, name, f"{v['median_s']:.4f}", f"{v['ratio_median']:.2f} [{v['ratio_min']:.2f}, {v['ratio_max']:.2f}]",
+                         f"{v['peak_rss_mib']:.0f}", f"{v['gflops_per_s']:.1f} ({100 * v['gflops_per_s'] / peak:.0f}%)",
+                         f"{v['grad_max_abs_diff_float64']:.1e} ({v['grad_rel_diff_float64']:.1e})",
+                         f"{v['grad_max_abs_diff_float32']:.1e}"])
+    print(f"## Meta-iteration speed (paired ratio vs the plain loop; fp32 matmul peak {peak:.0f} GFLOP/s)\n")
+    print(markdown_table(["setup", "variant", "median s", "ratio vs plain [min, max]", "peak RSS MiB", "GFLOP/s (% of peak)",
+                          "grad diff f64 abs (rel)", "grad diff f32 abs"], rows))
+    for n in sorted(set(NOTES)):
+        print(f"- {n}")
+    out["notes"] = sorted(set(NOTES))
+    write_out(args.out, out)
+
+
+if __name__ == "__main__":
+    main()
