@@ -61,6 +61,9 @@ def conv_backbone() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+DEVICE = torch.device("cpu")
+
+
 def build(setup: str, dtype: torch.dtype) -> tuple[nn.Module, TaskBatch, Callable]:
     cfg = SETUPS[setup]
     torch.manual_seed(0)
@@ -84,7 +87,19 @@ def build(setup: str, dtype: torch.dtype) -> tuple[nn.Module, TaskBatch, Callabl
             n_way=n,
         )
         loss_fn = F.cross_entropy
-    return model.to(dtype), batch.to(dtype), loss_fn
+    if TASKNORM and cfg["kind"] == "conv":
+        # Same function as BatchNorm2d(track_running_stats=False), but exact under vmap.
+        from metafit.models import TaskBatchNorm
+
+        for seq in model.modules():
+            if isinstance(seq, nn.Sequential):
+                for i, m in enumerate(seq):
+                    if isinstance(m, nn.BatchNorm2d):
+                        seq[i] = TaskBatchNorm(m.num_features)
+    return model.to(DEVICE, dtype), batch.to(DEVICE).to(dtype), loss_fn
+
+
+TASKNORM = False
 
 
 _IMPORTED: dict[str, types.ModuleType] = {}
@@ -222,6 +237,8 @@ def grads_of(model: nn.Module, fn: Callable[[TaskBatch], None], batch: TaskBatch
 
 
 def peak_rss_reset() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
@@ -229,6 +246,8 @@ def peak_rss_reset() -> None:
 
 
 def peak_rss_mib() -> float:
+    if DEVICE.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM"):
@@ -238,13 +257,22 @@ def peak_rss_mib() -> float:
     return float("nan")
 
 
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    if DEVICE.type == "cuda":
+        n = 8192
+    a, b = torch.randn(n, n, device=DEVICE), torch.randn(n, n, device=DEVICE)
     a @ b
+    _sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
+        _sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
 
@@ -285,8 +313,10 @@ def bench_setup(setup: str, rounds: int, dtype_check: torch.dtype = torch.float6
         for name in order:
             model.zero_grad(set_to_none=True)
             peak_rss_reset()
+            _sync()
             t0 = time.perf_counter()
             variants[name](batch)
+            _sync()
             times[name].append(time.perf_counter() - t0)
             peaks[name] = max(peaks[name], peak_rss_mib())
     for name in names:
@@ -306,7 +336,12 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--setups", nargs="+", default=list(SETUPS))
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--tasknorm", action="store_true",
+                   help="use metafit.models.TaskBatchNorm instead of nn.BatchNorm2d (same function; lets vmap run second order)")
     args = p.parse_args()
+    global DEVICE, TASKNORM
+    DEVICE, TASKNORM = torch.device(args.device), args.tasknorm
     setup_threads(args.threads)
     if args.quick:
         SETUPS["omniglot5"]["tasks"] = 4
@@ -325,8 +360,8 @@ def main() -> None:
                          f"{v['peak_rss_mib']:.0f}", f"{v['gflops_per_s']:.1f} ({100 * v['gflops_per_s'] / peak:.0f}%)",
                          f"{v['grad_max_abs_diff_float64']:.1e} ({v['grad_rel_diff_float64']:.1e})",
                          f"{v['grad_max_abs_diff_float32']:.1e}"])
-    print(f"## Meta-iteration speed (paired ratio vs the plain loop; fp32 matmul peak {peak:.0f} GFLOP/s)\n")
-    print(markdown_table(["setup", "variant", "median s", "ratio vs plain [min, max]", "peak RSS MiB", "GFLOP/s (% of peak)",
+    print(f"## Meta-iteration speed on {args.device} (paired ratio vs the plain loop; fp32 matmul peak {peak:.0f} GFLOP/s)\n")
+    print(markdown_table(["setup", "variant", "median s", "ratio vs plain [min, max]", "peak RSS MiB" if DEVICE.type == "cpu" else "peak GPU MiB", "GFLOP/s (% of peak)",
                           "grad diff f64 abs (rel)", "grad diff f32 abs"], rows))
     for n in sorted(set(NOTES)):
         print(f"- {n}")

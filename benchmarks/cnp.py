@@ -1,0 +1,109 @@
+"""Conditional Neural Process (Garnelo et al., ICML 2018) on sinusoid regression: MSE, NLL, calibration.
+
+Protocol (full): one CNP (encoder 1+1 -> 128-128-128 -> r = 128, mean aggregation, decoder
+1+128 -> 128-128 -> (mean, raw variance), variance = 0.1 + 0.9 softplus(raw)) meta-trained on
+the MAML sinusoid family (A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5]) with a context size
+drawn per meta-batch uniformly from {3, ..., 20} (the CNP is trained for variable context
+sizes, as in the paper), 20 separate target points per task, meta-batch 16, Adam lr 1e-3, vmap
+path, for ``--iterations`` meta-iterations or ``--minutes`` of wall time, whichever ends first.
+Evaluation: the 1,000 fixed held-out tasks of ``sinusoid_eval_tasks`` (seed 12345, 100 query
+points, the same tasks and query points as MAML/Meta-SGD in benchmarks/sinusoid.py) with
+K = 5, 10, 20 context points: query MSE of the predictive mean and Gaussian NLL (per point,
+nats) with 95% CIs over tasks, and the coverage of the central 50/90/95% predictive intervals
+(fraction of query targets inside, mean ± 95% CI over tasks). Also writes a PNG of four tasks.
+
+Usage:
+    python benchmarks/cnp.py --out results/cnp.json --plot results/cnp_sinusoid.png   # full
+    python benchmarks/cnp.py --quick
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
+from metafit import SinusoidTasks, Trainer, evaluate, generator, seeded, sinusoid_eval_tasks, summarize  # noqa: E402
+from metafit.algorithms import CNP, calibration  # noqa: E402
+from metafit.algorithms.cnp import plot_regression_tasks  # noqa: E402
+from metafit.models import CNPRegressor  # noqa: E402
+
+K_TRAIN = (3, 20)
+K_TEST = (5, 10, 20)
+LEVELS = (0.5, 0.9, 0.95)
+
+
+def train(iterations: int, minutes: float, seed: int) -> tuple[CNP, CNPRegressor, Trainer, dict]:
+    model = seeded(seed, lambda: CNPRegressor(1, 1))
+    algo = CNP()
+    trainer = Trainer(algo, model, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), path="vmap")
+    g_k = generator(seed + 1)
+    samplers = {k: SinusoidTasks(k_shot=k, n_query=20, tasks_per_batch=16, generator=generator(seed + 100 + k))
+                for k in range(K_TRAIN[0], K_TRAIN[1] + 1)}
+    t0 = time.perf_counter()
+    log = []
+    it = 0
+    while it < iterations and time.perf_counter() - t0 < minutes * 60:
+        k = int(torch.randint(K_TRAIN[0], K_TRAIN[1] + 1, (1,), generator=g_k))
+        r = trainer.step(samplers[k].sample_batch())
+        it += 1
+        if it % 500 == 0 or it == 1:
+            log.append((it, r.metrics["loss"], r.metrics["mse"]))
+    return algo, model, trainer, {"iterations": it, "train_seconds": time.perf_counter() - t0, "log": log}
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--iterations", type=int, default=100_000)
+    p.add_argument("--minutes", type=float, default=10.0, help="training wall-time cap")
+    p.add_argument("--eval-tasks", type=int, default=1000)
+    p.add_argument("--plot", type=Path, default=None, help="PNG of four held-out tasks")
+    args = p.parse_args()
+    setup_threads(args.threads)
+    if args.quick:
+        args.iterations, args.minutes, args.eval_tasks = 300, 0.5, 200
+    t_all = time.perf_counter()
+    algo, model, trainer, info = train(args.iterations, args.minutes, args.seed)
+    assert trainer.meta_params is not None
+    mp = trainer.meta_params
+    results: dict = {"train": info, "eval": {}, "calibration": {}}
+    rows, cal_rows = [], []
+    for k in K_TEST:
+        tasks = sinusoid_eval_tasks(args.eval_tasks, k, 100, seed=12345)
+        r = evaluate(algo, model, mp, tasks)
+        cov = calibration(algo, model, mp, tasks, levels=LEVELS)
+        cs = {lv: summarize(v) for lv, v in cov.items()}
+        results["eval"][k] = {m: {"mean": s.mean, "ci95": s.ci95} for m, s in r.metrics.items()}
+        results["calibration"][k] = {str(lv): {"mean": s.mean, "ci95": s.ci95} for lv, s in cs.items()}
+        rows.append([k, f"{r.metrics['mse'].mean:.3f} ± {r.metrics['mse'].ci95:.3f}",
+                     f"{r.metrics['nll'].mean:.3f} ± {r.metrics['nll'].ci95:.3f}", r.n_tasks])
+        cal_rows.append([k] + [f"{100 * cs[lv].mean:.1f} ± {100 * cs[lv].ci95:.1f}" for lv in LEVELS])
+    if args.plot is not None:
+        tasks = sinusoid_eval_tasks(4, 10, 100, seed=12345)
+        amp_phase = []
+        g = torch.Generator().manual_seed(12345)  # re-derive the amplitudes and phases (same stream)
+        amp = 0.1 + 4.9 * torch.rand((4, 1, 1), generator=g)
+        phase = torch.pi * torch.rand((4, 1, 1), generator=g)
+        for i in range(4):
+            a, ph = amp[i, 0, 0], phase[i, 0, 0]
+            amp_phase.append(lambda x, a=a, ph=ph: a * torch.sin(x - ph))
+        ctx = [(tasks[i].support_x[: 5 + 5 * (i % 2)], tasks[i].support_y[: 5 + 5 * (i % 2)]) for i in range(4)]
+        plot_regression_tasks(algo, model, mp, ctx, amp_phase, args.plot, level=0.9)
+        results["plot"] = str(args.plot)
+    results["total_seconds"] = time.perf_counter() - t_all
+    print(f"CNP sinusoid: {info['iterations']} meta-iterations in {info['train_seconds']:.0f} s "
+          f"(threads {torch.get_num_threads()}), eval on {args.eval_tasks} held-out tasks\n")
+    print(markdown_table(["K (context)", "MSE ± 95% CI", "NLL (nats/point) ± 95% CI", "tasks"], rows))
+    print()
+    print(markdown_table(["K", "coverage 50% (%)", "coverage 90% (%)", "coverage 95% (%)"], cal_rows))
+    print(f"\ntotal {results['total_seconds']:.0f} s")
+    write_out(args.out, {"benchmark": "cnp_sinusoid", "quick": args.quick, **results})
+
+
+if __name__ == "__main__":
+    main()

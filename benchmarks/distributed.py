@@ -1,0 +1,138 @@
+"""Data-parallel meta-training throughput: meta-iterations per second with 1 and N processes.
+
+Workloads (second-order MAML, one inner step, Adam outer optimiser):
+
+* ``maml_sinusoid``: the 1-40-40-1 MLP of MAML §5.1, meta-batch 25 tasks, K = 10 support and
+  10 query points, vmap path;
+* ``maml_conv4``: the MAML Omniglot conv-4 (64 filters, stride-2 convolutions, task batch-norm)
+  on synthetic Omniglot-shaped tasks (1x28x28), 5-way 1-shot, 1 query example per class (the
+  MAML reference protocol), meta-batch 32 tasks, loop path.
+
+Each configuration is started with :func:`metafit.distributed.launch` (gloo on loopback, spawn),
+every process gets ``cores // nproc`` torch threads, runs ``--warmup`` untimed steps, then
+``--steps`` timed steps between two barriers. Scaling efficiency = (it/s at N) / (N * it/s at 1).
+The time to sample one full meta-batch (duplicated on every rank by design) is reported too.
+
+Usage:
+    python benchmarks/distributed.py --out results/distributed.json      # full (a few minutes)
+    python benchmarks/distributed.py --quick                             # smoke, < 1 minute
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from _common import markdown_table, parser, write_out  # noqa: E402
+from metafit import MAML, SinusoidTasks, Trainer, generator, seeded  # noqa: E402
+from metafit.data.task import TaskBatch  # noqa: E402
+from metafit.distributed import DistributedTrainer, launch  # noqa: E402
+from metafit.models import MLP, Conv4  # noqa: E402
+
+
+class OmniglotShaped:
+    """Seeded synthetic ``n_way``-way ``k_shot``-shot tasks of 1x28x28 images (balanced labels)."""
+
+    def __init__(self, g: torch.Generator, tasks: int, n_way: int = 5, k_shot: int = 1, n_query: int = 1, side: int = 28) -> None:
+        self.g, self.tasks, self.n, self.k, self.q, self.side = g, tasks, n_way, k_shot, n_query, side
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        t, n, k, q, s = self.tasks, self.n, self.k, self.q, self.side
+        sy = torch.arange(n).repeat_interleave(k).expand(t, -1).contiguous()
+        qy = torch.arange(n).repeat_interleave(q).expand(t, -1).contiguous()
+        while True:
+            sx = torch.rand(t, n * k, 1, s, s, generator=self.g)
+            qx = torch.rand(t, n * q, 1, s, s, generator=self.g)
+            yield TaskBatch(sx, sy, qx, qy, n_way=n)
+
+
+def build(workload: str, seed: int, small: bool) -> tuple[Trainer, Any]:
+    g = generator(seed + 1)
+    if workload == "maml_sinusoid":
+        model = seeded(seed, lambda: MLP(1, (40, 40), 1))
+        algo = MAML(inner_lr=0.01, inner_steps=1, first_order=False, criterion="mse")
+        sampler: Any = SinusoidTasks(k_shot=10, n_query=10, tasks_per_batch=25, generator=g)
+        path = "vmap"
+    elif workload == "maml_conv4":
+        width = 16 if small else 64
+        model = seeded(seed, lambda: Conv4(1, 5, width=width, image_size=28, downsample="stride"))
+        algo = MAML(inner_lr=0.4, inner_steps=1, first_order=False)
+        sampler = OmniglotShaped(g, tasks=8 if small else 32)
+        path = "loop"
+    else:
+        raise ValueError(workload)
+    return Trainer(algo, model, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), path=path), sampler
+
+
+def _rank_run(workload: str, steps: int, warmup: int, seed: int, small: bool) -> dict[str, Any]:
+    trainer, sampler = build(workload, seed, small)
+    dt = DistributedTrainer(trainer)
+    it = iter(sampler)
+    for _ in range(warmup):
+        dt.step(next(it))
+    t0 = time.perf_counter()
+    for _ in range(3):
+        next(iter(sampler))
+    sample_s = (time.perf_counter() - t0) / 3
+    if dist.is_initialized():
+        dist.barrier()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        dt.step(next(it))
+    if dist.is_initialized():
+        dist.barrier()
+    return {"seconds": time.perf_counter() - t0, "sample_s": sample_s, "threads": torch.get_num_threads(),
+            "sync": dt.in_sync()}
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--nprocs", default="1,2", help="comma-separated process counts (first must be 1)")
+    p.add_argument("--workloads", default="maml_sinusoid,maml_conv4")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per configuration")
+    args = p.parse_args()
+    cores = os.cpu_count() or 1
+    nprocs = [int(x) for x in args.nprocs.split(",")]
+    if nprocs[0] != 1:
+        raise SystemExit("--nprocs must start with 1 (the efficiency baseline)")
+    plan = {  # (timed steps, warm-up steps) full / quick
+        "maml_sinusoid": (args.steps or 40, 3) if not args.quick else (args.steps or 10, 2),
+        "maml_conv4": (args.steps or 3, 1) if not args.quick else (args.steps or 2, 1),
+    }
+    rows, records = [], []
+    load_before = os.getloadavg()
+    for workload in args.workloads.split(","):
+        steps, warmup = plan[workload]
+        base = None
+        for n in nprocs:
+            threads = args.threads or max(1, cores // n)
+            out = launch(_rank_run, n, workload, steps, warmup, args.seed, args.quick,
+                         timeout=1800, pg_timeout=600, threads=threads)
+            secs = max(o["seconds"] for o in out)
+            its = steps / secs
+            base = its if n == 1 else base
+            eff = its / (n * base) if base else float("nan")
+            rec = {"workload": workload, "nproc": n, "threads_per_proc": threads, "steps": steps, "warmup": warmup,
+                   "seconds": secs, "it_per_s": its, "efficiency": eff, "sample_ms": 1000 * out[0]["sample_s"],
+                   "max_param_diff_across_ranks": max(o["sync"] for o in out), "small": args.quick and workload == "maml_conv4"}
+            records.append(rec)
+            rows.append([workload + (" (small)" if rec["small"] else ""), n, threads, steps, f"{its:.3g}", f"{eff:.2f}",
+                         f"{rec['sample_ms']:.2f}"])
+            print(f"{workload} nproc={n}: {its:.3g} it/s, efficiency {eff:.2f}", file=sys.stderr, flush=True)
+    table = markdown_table(["workload", "nproc", "threads/proc", "timed steps", "it/s", "efficiency", "sample ms/batch"], rows)
+    print(table)
+    write_out(args.out, {"benchmark": "distributed", "quick": args.quick, "cores": cores,
+                         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                         "results": records, "table": table})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Wall-clock minutes of training until held-out Omniglot 5-way 1-shot accuracy first reaches
+96%, 97% and 98%, for each learner, on this machine.
+
+Held-out accuracy is measured on 600 fixed test episodes (Vinyals split test characters, 15
+queries per class) every ``--every`` seconds of training; evaluation time is NOT counted in
+the training clock, data decoding and model construction are. Each learner trains with the CPU
+recipe of ``benchmarks/omniglot.py`` until ``--minutes`` or until it reaches the last threshold.
+
+Usage:
+    python benchmarks/time_to_accuracy.py --learners protonet maml --minutes 60 --out results/tta.json
+    python benchmarks/time_to_accuracy.py --quick
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
+from metafit import evaluate  # noqa: E402
+from metafit.data.omniglot import load_omniglot, omniglot_split  # noqa: E402
+from omniglot import eval_tasks, recipe, train  # noqa: E402
+
+THRESHOLDS = (96.0, 97.0, 98.0)
+
+
+class Reached(Exception):
+    """Stops training once every threshold is reached."""
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--learners", nargs="+", default=["protonet", "fomaml", "maml", "metasgd", "anil", "reptile"])
+    p.add_argument("--minutes", type=float, default=30.0, help="training budget per learner")
+    p.add_argument("--every", type=float, default=30.0, help="evaluate every this many seconds of training")
+    p.add_argument("--episodes", type=int, default=600)
+    p.add_argument("--data-root", default=None)
+    args = p.parse_args()
+    setup_threads(args.threads)
+    if args.quick:
+        args.minutes, args.every, args.episodes = 0.3, 6.0, 100
+    t0 = time.perf_counter()
+    data = load_omniglot(args.data_root)
+    setup_s = time.perf_counter() - t0
+    train_set = omniglot_split(data, "vinyals", "trainval", rotations=True)
+    test_set = omniglot_split(data, "vinyals", "test", rotations=False)
+    episodes = eval_tasks(test_set, 5, 1, args.episodes)
+    rows, records = [], []
+    for learner in args.learners:
+        curve: list[tuple[float, float, float]] = []
+        first: dict[float, float] = {}
+
+        def monitor(trainer, model, minutes, learner=learner, curve=curve, first=first):  # noqa: ANN001
+            res = evaluate(trainer.algorithm, model, trainer.meta_params, episodes)
+            acc = 100 * res.metrics["accuracy"].mean
+            curve.append((minutes, acc, 100 * res.metrics["accuracy"].ci95))
+            for th in THRESHOLDS:
+                if acc >= th and th not in first:
+                    first[th] = minutes
+            if len(first) == len(THRESHOLDS):
+                raise Reached
+
+        r = recipe(learner, 5, 1, "cpu")
+        try:
+            _, _, trainer, info = train(r, train_set, minutes=args.minutes, iterations=None, seed=args.seed,
+                                        monitor=monitor, monitor_every_s=args.every)
+        except Reached:
+            info = {}
+        best = max((a for _, a, _ in curve), default=float("nan"))
+        records.append({"learner": learner, "first_minutes": first, "curve": curve, "budget_minutes": args.minutes, **info})
+        rows.append([learner] + [f"{first[t]:.1f}" if t in first else f"> {args.minutes:g}" for t in THRESHOLDS]
+                    + [f"{best:.2f}", len(curve)])
+    print(f"## Minutes of training to held-out Omniglot 5-way 1-shot accuracy ({args.episodes} episodes)\n")
+    print(markdown_table(["learner", "96%", "97%", "98%", "best %", "evaluations"], rows))
+    print(f"\n(data load {setup_s:.1f} s, not included; evaluation every {args.every:g} s of training)")
+    write_out(args.out, {"benchmark": "time_to_accuracy", "quick": args.quick, "data_load_seconds": setup_s, "rows": records})
+
+
+if __name__ == "__main__":
+    main()
