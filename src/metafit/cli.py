@@ -1,0 +1,289 @@
+"""The ``metafit`` command line: argparse -> config dataclasses -> :mod:`metafit.runs`.
+
+Subcommands: ``train``, ``eval``, ``predict``, ``plot``, ``report``, ``data {list,verify,fetch}``.
+The CLI holds no learning logic: it maps flags onto :class:`~metafit.config.RunConfig` fields and
+calls the drivers. Bad input exits with status 2 and one line on stderr (``--debug`` re-raises
+for a traceback); a diverged run exits with status 1.
+
+Examples::
+
+    metafit train --dataset sinusoid --algo maml --steps 2000 --run-dir runs/sine
+    metafit train config.yaml --set train.outer_lr=3e-4 --run-dir runs/a --resume
+    metafit eval runs/sine --k-shot 5 10 --episodes 600
+    metafit predict runs/omni --support support/ --query query/ --out predictions.csv
+    metafit plot runs/sine
+    metafit report runs/a runs/b --out report/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(f"metafit: error: {text}\n")
+
+
+# -- train -----------------------------------------------------------------------------------------
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from metafit.config import RunConfig, apply_overrides, load_config
+
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if args.config:
+        config = load_config(args.config)
+    elif args.resume and run_dir is not None and (run_dir / "config.json").exists():
+        config = load_config(run_dir / "config.json")
+    else:
+        config = RunConfig()
+    sets: list[str] = []
+    if args.dataset:
+        sets.append(f"data.dataset={args.dataset}")
+    if args.algo:
+        sets.append(f"algo.name={args.algo}")
+    if args.steps is not None:
+        sets.append(f"train.steps={args.steps}")
+    if args.seed is not None:
+        sets.append(f"train.seed={args.seed}")
+    if args.data_root:
+        sets.append(f"data.data_root={args.data_root}")
+    if args.path:
+        sets.append(f"train.path={args.path}")
+    sets += args.set or []
+    return apply_overrides(config, sets)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from metafit.runs import eval_markdown, train
+
+    config = _train_config(args)
+    run_dir = Path(args.run_dir or Path("runs") / f"{config.data.dataset}-{config.algo.name}-seed{config.train.seed}")
+    result = train(config, run_dir, resume=args.resume, force=args.force, progress=not args.quiet)
+    if not args.quiet:
+        _out(f"run folder: {result.run_dir}  (step {result.step}, engine path {result.path})")
+        if result.last_checkpoint:
+            _out(f"last checkpoint: {result.last_checkpoint}")
+        if result.eval:
+            _out(eval_markdown(result.eval))
+    return 0
+
+
+# -- eval ------------------------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from metafit.checkpoint import atomic_write_bytes
+    from metafit.runs import eval_markdown, evaluate_checkpoint
+
+    out = evaluate_checkpoint(
+        args.target, shots=args.k_shot, n_way=args.n_way, n_query=args.n_query, episodes=args.episodes,
+        inner_steps=args.inner_steps, inner_lr=args.inner_lr, seed=args.seed, data_root=args.data_root,
+    )
+    target = Path(args.target)
+    default = (target if target.is_dir() else target.parent.parent) / "eval_cli.json"
+    out_path = Path(args.out) if args.out else default
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_path, (json.dumps(out, indent=1) + "\n").encode())
+    md = eval_markdown(out)
+    out_path.with_suffix(".md").write_text(md, encoding="utf-8")
+    if args.json:
+        _out(json.dumps({k: v for k, v in out.items()}, indent=1))
+    else:
+        _out(md)
+        _out(f"written: {out_path} and {out_path.with_suffix('.md')}")
+    return 0
+
+
+# -- predict ---------------------------------------------------------------------------------------
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from metafit.predict import predict_folders, write_predictions_csv
+
+    rows, classes = predict_folders(args.checkpoint, args.support, args.query, data_root=None)
+    if args.out:
+        write_predictions_csv(rows, classes, args.out)
+        _out(f"{len(rows)} predictions written to {args.out}")
+    else:
+        import io
+
+        buf = io.StringIO()
+        write_predictions_csv(rows, classes, buf)
+        _out(buf.getvalue())
+    return 0
+
+
+# -- plot / report ---------------------------------------------------------------------------------
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from metafit.plotting import plot_run
+
+    paths = plot_run(args.run_dir, out_dir=args.out)
+    for p in paths:
+        _out(str(p))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from metafit.report import write_report
+
+    md, html = write_report(args.run_dirs, args.out)
+    _out(f"written: {md} and {html}")
+    return 0
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+def _root(args: argparse.Namespace) -> Path:
+    root = args.data_root or os.environ.get("METAFIT_DATA")
+    if not root:
+        raise ValueError("no data root: pass --data-root DIR or set METAFIT_DATA")
+    return Path(root)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_cmd == "list":
+        root = args.data_root or os.environ.get("METAFIT_DATA")
+        _out("sinusoid   built in (synthetic, MAML §5.1)")
+        if root:
+            found = [z for z in ("images_background.zip", "images_evaluation.zip") if (Path(root) / "omniglot" / z).exists()]
+            state = f"found under {Path(root) / 'omniglot'}: {', '.join(found)}" if found else f"not found under {Path(root) / 'omniglot'}"
+        else:
+            state = "data root not set (METAFIT_DATA / --data-root)"
+        _out(f"omniglot   {state}")
+        return 0
+    root = _root(args)
+    from metafit.data import omniglot as om
+
+    if args.data_cmd == "verify":
+        verify = getattr(om, "verify_omniglot", None) or getattr(om, "verify", None)
+        if verify is None:
+            raise ValueError("the Omniglot data layer has no verify function in this build")
+        report = verify(root)
+        _out(json.dumps(report, indent=1, default=str) if not isinstance(report, str) else report)
+        return 0
+    fetch = getattr(om, "fetch_omniglot", None) or getattr(om, "download_omniglot", None)
+    if fetch is None:
+        raise ValueError("this metafit build has no Omniglot downloader; place images_background.zip and "
+                         f"images_evaluation.zip in {root / 'omniglot'}")
+    _out(str(fetch(root)))
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``metafit`` command."""
+    p = argparse.ArgumentParser(prog="metafit", description="Functional meta-learning on PyTorch: train, evaluate, predict, plot.")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details (resume, skipped checkpoints)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, help="what to do")
+
+    t = sub.add_parser("train", help="meta-train a learner into a run folder",
+                       description="Meta-train. Settings come from CONFIG (JSON/YAML/TOML), then the flags, then --set.")
+    t.add_argument("config", nargs="?", help="config file (.json, .yaml, .toml); default: built-in defaults")
+    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override one config field, e.g. --set train.steps=100 (repeatable)")
+    t.add_argument("--algo", choices=("maml", "fomaml", "metasgd", "anil", "reptile", "protonet"), help="learner (algo.name)")
+    t.add_argument("--dataset", choices=("sinusoid", "omniglot"), help="task family (data.dataset)")
+    t.add_argument("--steps", type=int, help="meta-training steps (train.steps)")
+    t.add_argument("--seed", type=int, help="random seed of model and task sampler (train.seed)")
+    t.add_argument("--data-root", help="folder holding omniglot/images_*.zip (data.data_root; default $METAFIT_DATA)")
+    t.add_argument("--path", choices=("auto", "vmap", "loop"), help="engine path (train.path)")
+    t.add_argument("--run-dir", help="output folder (default runs/<dataset>-<algo>-seed<seed>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest valid checkpoint")
+    t.add_argument("--force", action="store_true", help="delete the outputs of a run already in --run-dir and start over")
+    t.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a trained run/checkpoint with 95%% confidence intervals",
+                       description="Evaluate on fixed seeded episodes; writes JSON and a Markdown table.")
+    e.add_argument("target", help="run folder, checkpoints folder or checkpoint file (step_*.json)")
+    e.add_argument("--k-shot", type=int, nargs="+", help="shots per class at evaluation (several values: accuracy vs shots)")
+    e.add_argument("--n-way", type=int, help="classes per episode (protonet only may change it)")
+    e.add_argument("--n-query", type=int, help="query examples per class (per task for sinusoid)")
+    e.add_argument("--episodes", type=int, help="number of evaluation episodes/tasks")
+    e.add_argument("--inner-steps", type=int, help="inner adaptation steps (gradient-based learners)")
+    e.add_argument("--inner-lr", type=float, help="inner step size (gradient-based learners)")
+    e.add_argument("--seed", type=int, help="seed of the evaluation episodes (default: the config's eval_seed)")
+    e.add_argument("--data-root", help="dataset folder if it moved since training")
+    e.add_argument("--out", help="output JSON (default <run>/eval_cli.json; a .md table is written next to it)")
+    e.add_argument("--json", action="store_true", help="print the JSON instead of the Markdown table")
+    e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="adapt on a folder of labelled images and classify new images",
+                        description="Adapt to SUPPORT (one sub-folder per class) and score the images in QUERY.")
+    pr.add_argument("checkpoint", help="run folder or checkpoint file of an image classifier")
+    pr.add_argument("--support", required=True, help="folder with one sub-folder of images per class")
+    pr.add_argument("--query", required=True, help="folder of images to classify")
+    pr.add_argument("--out", help="CSV file: file,predicted_class,score_<class>... (default: stdout)")
+    pr.set_defaults(func=cmd_predict)
+
+    pl = sub.add_parser("plot", help="PNG plots of a run: learning curve, adaptation curve, per-task error")
+    pl.add_argument("run_dir", help="run folder")
+    pl.add_argument("--out", help="output folder (default <run>/plots)")
+    pl.set_defaults(func=cmd_plot)
+
+    rp = sub.add_parser("report", help="Markdown + HTML report comparing runs (95%% CIs, plots embedded)")
+    rp.add_argument("run_dirs", nargs="+", help="run folders to compare")
+    rp.add_argument("--out", default="report", help="output folder (default ./report)")
+    rp.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("data", help="datasets: list, verify, fetch")
+    dsub = d.add_subparsers(dest="data_cmd", metavar="ACTION", required=True, help="list, verify or fetch")
+    for name, help_text in (("list", "list datasets and whether they are present"),
+                            ("verify", "check the Omniglot zips (presence, integrity, class counts)"),
+                            ("fetch", "download Omniglot into the data root")):
+        dp = dsub.add_parser(name, help=help_text)
+        dp.add_argument("--data-root", help="data folder (default $METAFIT_DATA)")
+        dp.set_defaults(func=cmd_data)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``metafit`` / ``python -m metafit``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from metafit.runs import RunError
+
+    try:
+        return int(args.func(args) or 0)
+    except RunError as e:
+        if args.debug:
+            raise
+        _err(str(e))
+        return EXIT_FAILED
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, TypeError, ImportError) as e:
+        if args.debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        _err(msg)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,517 @@
+"""Run configuration: frozen dataclasses, one per layer, checked on construction.
+
+A :class:`RunConfig` holds a :class:`DataConfig`, :class:`ModelConfig`, :class:`AlgoConfig` and
+:class:`TrainConfig`. Configs round-trip through plain dicts (:meth:`RunConfig.from_dict`,
+:meth:`RunConfig.to_dict`) and through JSON, YAML and TOML files (:func:`load_config`,
+:func:`save_config`). Unknown keys are errors (a typo never silently falls back to a default),
+and every field is validated in ``__post_init__`` with a message naming the field, the expected
+and the actual value.
+
+Example:
+    >>> cfg = RunConfig.from_dict({"train": {"steps": 10}, "algo": {"name": "fomaml"}})
+    >>> cfg.train.steps, cfg.algo.name
+    (10, 'fomaml')
+    >>> apply_overrides(cfg, ["algo.inner_lr=0.05"]).algo.inner_lr
+    0.05
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "AlgoConfig",
+    "TrainConfig",
+    "RunConfig",
+    "DATASETS",
+    "ARCHS",
+    "ALGORITHMS",
+    "PATHS",
+    "SCHEDULERS",
+    "load_config",
+    "save_config",
+    "apply_overrides",
+    "config_diff",
+]
+
+DATASETS = ("sinusoid", "omniglot")
+ARCHS = ("auto", "mlp", "conv4")
+ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile", "protonet")
+#: Algorithms that are planned but not implemented yet (a clear error, not "unknown").
+PLANNED_ALGORITHMS = ("cnp",)
+PATHS = ("auto", "vmap", "loop")
+SCHEDULERS = ("none", "cosine", "step", "exponential")
+
+
+def _fail(section: str, name: str, expected: str, actual: Any) -> None:
+    raise ValueError(f"{section}.{name} must be {expected}, got {actual!r}")
+
+
+def _check_int(section: str, name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _fail(section, name, f"an int >= {minimum}", value)
+
+
+def _check_opt_int(section: str, name: str, value: Any, minimum: int) -> None:
+    if value is not None:
+        _check_int(section, name, value, minimum)
+
+
+def _check_pos_float(section: str, name: str, value: Any, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        _fail(section, name, "a finite number > 0" + (" or null" if allow_none else ""), value)
+
+
+def _check_choice(section: str, name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        _fail(section, name, f"one of {list(choices)}", value)
+
+
+def _check_bool(section: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(section, name, "true or false", value)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What tasks look like and where they come from.
+
+    Attributes:
+        dataset: ``"sinusoid"`` (MAML §5.1 regression) or ``"omniglot"``.
+        n_way: Classes per task (classification only).
+        k_shot: Support examples per class (per task for regression).
+        n_query: Query examples per class (per task for regression).
+        tasks_per_batch: Tasks per meta-batch.
+        protocol: Omniglot class split (``"vinyals"``: 1200 background+evaluation classes for
+            training, the rest for testing; ``"lake"``: background vs evaluation alphabets).
+        rotations: Omniglot: add the 90/180/270 degree rotations as new classes.
+        data_root: Folder holding ``omniglot/images_*.zip`` (``None``: ``$METAFIT_DATA``).
+        cache_dir: Where the data layer may cache decoded arrays (``None``: none/default).
+        image_size: Side length the images are resized to.
+        eval_tasks: Held-out tasks (episodes) for the final evaluation.
+        eval_k_shot: Shots at evaluation (``None``: ``k_shot``).
+        eval_n_way: Ways at evaluation (``None``: ``n_way``).
+        eval_n_query: Query examples at evaluation (``None``: ``n_query``; 100 for sinusoid).
+        eval_seed: Seed of the fixed evaluation episodes.
+        val_tasks: Held-out tasks scored every ``train.eval_every`` steps (picks the best checkpoint).
+    """
+
+    dataset: str = "sinusoid"
+    n_way: int = 5
+    k_shot: int = 5
+    n_query: int = 10
+    tasks_per_batch: int = 4
+    protocol: str = "vinyals"
+    rotations: bool = True
+    data_root: str | None = None
+    cache_dir: str | None = None
+    image_size: int = 28
+    eval_tasks: int = 200
+    eval_k_shot: int | None = None
+    eval_n_way: int | None = None
+    eval_n_query: int | None = None
+    eval_seed: int = 12345
+    val_tasks: int = 32
+
+    def __post_init__(self) -> None:
+        s = "data"
+        _check_choice(s, "dataset", self.dataset, DATASETS)
+        for name in ("n_way", "k_shot", "n_query", "tasks_per_batch", "eval_tasks", "val_tasks"):
+            _check_int(s, name, getattr(self, name), 1)
+        _check_int(s, "image_size", self.image_size, 8)
+        _check_int(s, "eval_seed", self.eval_seed, 0)
+        for name in ("eval_k_shot", "eval_n_way", "eval_n_query"):
+            _check_opt_int(s, name, getattr(self, name), 1)
+        _check_choice(s, "protocol", self.protocol, ("vinyals", "lake"))
+        _check_bool(s, "rotations", self.rotations)
+        if self.dataset == "omniglot" and self.n_way < 2:
+            _fail(s, "n_way", "an int >= 2 for a classification dataset", self.n_way)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The backbone.
+
+    Attributes:
+        arch: ``"mlp"``, ``"conv4"`` or ``"auto"`` (mlp for sinusoid, conv4 for images).
+        hidden: Hidden sizes of the MLP.
+        width: Filters per Conv4 block.
+        downsample: Conv4 ``"pool"`` (ProtoNets) or ``"stride"`` (MAML Omniglot).
+        norm: Conv4 normalisation ``"task"``, ``"batchnorm"`` or ``"none"``.
+    """
+
+    arch: str = "auto"
+    hidden: tuple[int, ...] = (40, 40)
+    width: int = 64
+    downsample: str = "pool"
+    norm: str = "task"
+
+    def __post_init__(self) -> None:
+        s = "model"
+        _check_choice(s, "arch", self.arch, ARCHS)
+        if isinstance(self.hidden, list):
+            object.__setattr__(self, "hidden", tuple(self.hidden))
+        if not isinstance(self.hidden, tuple) or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in self.hidden
+        ):
+            _fail(s, "hidden", "a list of ints >= 1", self.hidden)
+        _check_int(s, "width", self.width, 1)
+        _check_choice(s, "downsample", self.downsample, ("pool", "stride"))
+        _check_choice(s, "norm", self.norm, ("task", "batchnorm", "none"))
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    """The learner and its inner loop.
+
+    Attributes:
+        name: ``maml``, ``fomaml``, ``metasgd``, ``anil``, ``reptile`` or ``protonet``.
+        inner_lr: Inner step size during meta-training.
+        inner_steps: Inner steps during meta-training.
+        eval_inner_lr: Inner step size at evaluation (``None``: ``inner_lr``).
+        eval_inner_steps: Inner steps at evaluation (``None``: ``inner_steps``).
+        init_inner_lr: Meta-SGD's initial learned rates (``None``: ``inner_lr``).
+        distance_scale: ProtoNet logit scale.
+    """
+
+    name: str = "maml"
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+    eval_inner_lr: float | None = None
+    eval_inner_steps: int | None = None
+    init_inner_lr: float | None = None
+    distance_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        s = "algo"
+        if self.name in PLANNED_ALGORITHMS:
+            raise ValueError(f"algo.name={self.name!r} is planned but not implemented yet; use one of {list(ALGORITHMS)}")
+        _check_choice(s, "name", self.name, ALGORITHMS)
+        _check_pos_float(s, "inner_lr", self.inner_lr)
+        _check_int(s, "inner_steps", self.inner_steps, 0)
+        _check_pos_float(s, "eval_inner_lr", self.eval_inner_lr, allow_none=True)
+        _check_opt_int(s, "eval_inner_steps", self.eval_inner_steps, 0)
+        _check_pos_float(s, "init_inner_lr", self.init_inner_lr, allow_none=True)
+        _check_pos_float(s, "distance_scale", self.distance_scale)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The outer loop.
+
+    Attributes:
+        steps: Meta-training steps (outer optimiser updates).
+        optimizer: Any ``torch.optim`` optimiser class name (``"Adam"``, ``"SGD"``, ...).
+        outer_lr: Outer learning rate.
+        optimizer_kwargs: Extra keyword arguments of the optimiser (e.g. ``{"momentum": 0.9}``).
+        scheduler: ``"none"``, ``"cosine"`` (to 0 over ``steps``), ``"step"`` or ``"exponential"``.
+        scheduler_kwargs: Extra arguments (``step``: ``step_size``, ``gamma``; ``exponential``: ``gamma``).
+        grad_clip: Clip the global meta-gradient norm (``None``: off).
+        path: Engine path ``"auto"``, ``"vmap"`` or ``"loop"`` (``auto`` is recorded in the
+            checkpoint so a resumed run keeps the same path).
+        seed: Seeds the model initialisation and the task sampler.
+        log_every: Steps between rows of ``metrics.jsonl``.
+        eval_every: Steps between validations (0: only at the end).
+        checkpoint_every: Steps between checkpoints (a final one is always written).
+        keep_last: Checkpoints kept besides the best one.
+        num_threads: ``torch.set_num_threads`` for the run (0: leave torch's default).
+        deterministic: Turn on ``torch.use_deterministic_algorithms``.
+    """
+
+    steps: int = 1000
+    optimizer: str = "Adam"
+    outer_lr: float = 1e-3
+    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
+    scheduler: str = "none"
+    scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
+    grad_clip: float | None = None
+    path: str = "loop"
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0
+    checkpoint_every: int = 100
+    keep_last: int = 3
+    num_threads: int = 0
+    deterministic: bool = True
+
+    def __post_init__(self) -> None:
+        s = "train"
+        _check_int(s, "steps", self.steps, 0)
+        if not isinstance(self.optimizer, str) or not self.optimizer:
+            _fail(s, "optimizer", "a torch.optim class name such as 'Adam'", self.optimizer)
+        import torch  # local: keep ``import metafit.config`` light
+
+        cls = getattr(torch.optim, self.optimizer, None)
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or self.optimizer == "Optimizer":
+            _fail(s, "optimizer", "a torch.optim optimizer class name (Adam, SGD, AdamW, ...)", self.optimizer)
+        _check_pos_float(s, "outer_lr", self.outer_lr)
+        for name in ("optimizer_kwargs", "scheduler_kwargs"):
+            if not isinstance(getattr(self, name), dict):
+                _fail(s, name, "a table/dict", getattr(self, name))
+        _check_choice(s, "scheduler", self.scheduler, SCHEDULERS)
+        _check_pos_float(s, "grad_clip", self.grad_clip, allow_none=True)
+        _check_choice(s, "path", self.path, PATHS)
+        _check_int(s, "seed", self.seed, 0)
+        _check_int(s, "log_every", self.log_every, 1)
+        _check_int(s, "eval_every", self.eval_every, 0)
+        _check_int(s, "checkpoint_every", self.checkpoint_every, 1)
+        _check_int(s, "keep_last", self.keep_last, 1)
+        _check_int(s, "num_threads", self.num_threads, 0)
+        _check_bool(s, "deterministic", self.deterministic)
+
+
+_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "algo": AlgoConfig, "train": TrainConfig}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs; the content of ``config.json`` in a run folder.
+
+    Attributes:
+        data: :class:`DataConfig`.
+        model: :class:`ModelConfig`.
+        algo: :class:`AlgoConfig`.
+        train: :class:`TrainConfig`.
+        name: A free label shown in reports.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        for key, cls in _SECTIONS.items():
+            if not isinstance(getattr(self, key), cls):
+                _fail("run", key, f"a {cls.__name__}", getattr(self, key))
+        if self.algo.name == "protonet" and self.data.dataset != "omniglot":
+            raise ValueError(
+                f"algo.name='protonet' is a classifier and needs a classification dataset "
+                f"(data.dataset='omniglot'), got data.dataset={self.data.dataset!r}"
+            )
+        arch = self.resolved_arch
+        if self.data.dataset == "sinusoid" and arch != "mlp":
+            _fail("model", "arch", "'mlp' or 'auto' for data.dataset='sinusoid'", self.model.arch)
+        if self.data.dataset == "omniglot" and arch != "conv4":
+            _fail("model", "arch", "'conv4' or 'auto' for data.dataset='omniglot'", self.model.arch)
+
+    @property
+    def resolved_arch(self) -> str:
+        """``model.arch`` with ``"auto"`` resolved from the dataset."""
+        if self.model.arch != "auto":
+            return self.model.arch
+        return "mlp" if self.data.dataset == "sinusoid" else "conv4"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
+        """Builds a config from a nested dict; missing keys take defaults, unknown keys raise.
+
+        Raises:
+            ValueError: naming the unknown key, its section and the valid keys, or a bad value.
+        """
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a run config must be a mapping of sections, got {type(d).__name__}")
+        top = {"name"} | set(_SECTIONS)
+        unknown = sorted(set(d) - top)
+        if unknown:
+            raise ValueError(
+                f"unknown config section {unknown[0]!r} at top level; valid keys are {sorted(top)}"
+            )
+        kwargs: dict[str, Any] = {}
+        for key, sub in _SECTIONS.items():
+            kwargs[key] = _section_from_dict(sub, key, d.get(key, {}) or {})
+        if "name" in d:
+            if not isinstance(d["name"], str):
+                _fail("run", "name", "a string", d["name"])
+            kwargs["name"] = d["name"]
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (tuples become lists); ``from_dict(to_dict())`` is the identity."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def replace(self, **sections: Mapping[str, Any]) -> RunConfig:
+        """A copy with some fields of some sections replaced, e.g. ``replace(train={"steps": 5})``."""
+        d = self.to_dict()
+        for key, values in sections.items():
+            if key not in _SECTIONS:
+                raise ValueError(f"unknown config section {key!r}; valid sections are {sorted(_SECTIONS)}")
+            d[key].update(values)
+        return RunConfig.from_dict(d)
+
+
+def _section_from_dict(cls: type, section: str, d: Any) -> Any:
+    if not isinstance(d, Mapping):
+        raise ValueError(f"config section {section!r} must be a mapping, got {d!r}")
+    names = [f.name for f in fields(cls)]
+    for key in d:
+        if key not in names:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"unknown config key {key!r} in section {section!r}{hint}; valid keys are {names}"
+            )
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in d.items():
+        hint = str(hints[key])
+        if "float" in hint and isinstance(value, int) and not isinstance(value, bool) and "int" not in hint:
+            value = float(value)  # YAML/TOML ``1`` for a float field
+        if "tuple" in hint and isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Reads a config from ``.json``, ``.yaml``/``.yml`` or ``.toml``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: unknown extension, unparsable file, unknown key or bad value (message names
+            the file).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".json":
+            data = json.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise ValueError(f"config file {p} must end in .json, .yaml, .yml or .toml, got {suffix!r}")
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"cannot parse config file {p}: {e}") from None
+    except Exception as e:  # yaml.YAMLError without importing yaml at module level
+        if type(e).__module__.startswith("yaml"):
+            raise ValueError(f"cannot parse config file {p}: {e}") from None
+        raise
+    try:
+        return RunConfig.from_dict(data)
+    except ValueError as e:
+        raise ValueError(f"{p}: {e}") from None
+
+
+def save_config(config: RunConfig, path: str | Path) -> Path:
+    """Writes ``config`` as JSON, YAML or TOML according to the extension.
+
+    ``None`` values are omitted in TOML (which has no null); loading restores the default,
+    which is ``None`` for every optional field.
+    """
+    p = Path(path)
+    d = config.to_dict()
+    suffix = p.suffix.lower()
+    if suffix == ".json":
+        text = json.dumps(d, indent=2, sort_keys=True) + "\n"
+    elif suffix in (".yaml", ".yml"):
+        import yaml
+
+        text = yaml.safe_dump(d, sort_keys=True)
+    elif suffix == ".toml":
+        text = _to_toml(d)
+    else:
+        raise ValueError(f"config file {p} must end in .json, .yaml, .yml or .toml, got {suffix!r}")
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items() if x is not None) + "}"
+    raise ValueError(f"cannot write {v!r} to TOML")
+
+
+def _to_toml(d: Mapping[str, Any]) -> str:
+    lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if not isinstance(v, dict) and v is not None]
+    for k, v in d.items():
+        if isinstance(v, dict):
+            lines.append(f"\n[{k}]")
+            lines += [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items() if vv is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _parse_value(text: str) -> Any:
+    """JSON first (so ``1e3`` is a float), then a YAML scalar/list, else the raw string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except Exception:
+        return text
+
+
+def apply_overrides(config: RunConfig, overrides: Sequence[str]) -> RunConfig:
+    """Applies ``section.key=value`` strings (values parsed as YAML scalars/lists).
+
+    Example: ``["train.steps=100", "model.hidden=[40, 40]", "data.eval_k_shot=null"]``.
+
+    Raises:
+        ValueError: malformed override, unknown section/key or bad value.
+    """
+    d = config.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value (e.g. train.steps=100)")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        if len(parts) == 1 and parts[0] == "name":
+            d["name"] = raw
+            continue
+        if len(parts) != 2:
+            raise ValueError(f"override {item!r} must look like section.key=value (e.g. train.steps=100)")
+        section, key = parts
+        if section not in _SECTIONS:
+            raise ValueError(
+                f"unknown config section {section!r} in override {item!r}; valid sections are {sorted(_SECTIONS)}"
+            )
+        valid = [f.name for f in fields(_SECTIONS[section])]
+        if key not in valid:
+            raise ValueError(f"unknown config key {key!r} in section {section!r}; valid keys are {valid}")
+        d[section][key] = _parse_value(raw)
+    return RunConfig.from_dict(d)
+
+
+def config_diff(a: RunConfig, b: RunConfig) -> list[str]:
+    """``section.key`` names whose values differ between two configs."""
+    da, db = a.to_dict(), b.to_dict()
+    out = []
+    for key in da:
+        if isinstance(da[key], dict):
+            out += [f"{key}.{k}" for k in da[key] if da[key][k] != db[key].get(k)]
+        elif da[key] != db[key]:
+            out.append(key)
+    return out

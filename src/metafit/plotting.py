@@ -1,0 +1,147 @@
+"""PNG plots of a run folder (matplotlib, Agg backend: no display needed).
+
+* ``learning_curve.png``: training loss and accuracy/mse per logged step, validation points;
+* ``adaptation_curve.png``: query error vs inner steps with 95% CI bands (gradient learners);
+* ``task_errors.png``: histogram of the per-task error of the final evaluation;
+* ``shots.png``: accuracy (or mse) vs shots, when an evaluation file holds several shots.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_run", "plot_learning_curve", "plot_adaptation_curve", "plot_task_errors", "plot_shots", "load_evals"]
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _plt().close(fig)
+    return path
+
+
+def load_evals(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Evaluation documents of a run (``eval.json`` first, then ``eval*.json``)."""
+    d = Path(run_dir)
+    files = sorted(d.glob("eval*.json"), key=lambda p: (p.name != "eval.json", p.name))
+    out = []
+    for p in files:
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            continue
+        if isinstance(doc, dict) and doc.get("results"):
+            doc["_file"] = p.name
+            out.append(doc)
+    return out
+
+
+def _error_key(metrics: dict[str, Any]) -> tuple[str, bool]:
+    """(metric, is_accuracy): errors are plotted as 1 - accuracy or mse."""
+    return ("accuracy", True) if "accuracy" in metrics else ("mse" if "mse" in metrics else "loss", False)
+
+
+def plot_learning_curve(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
+    """Training loss (and accuracy/mse) per logged step, plus validation points."""
+    plt = _plt()
+    train = [r for r in rows if r.get("kind", "train") == "train"]
+    val = [r for r in rows if r.get("kind") == "val"]
+    if not train:
+        raise ValueError("no training rows to plot (metrics.jsonl is empty)")
+    second = next((k for k in ("accuracy", "mse") if k in train[0]), None)
+    fig, axes = plt.subplots(1, 2 if second else 1, figsize=(10 if second else 5, 3.6), squeeze=False)
+    steps = [r["step"] for r in train]
+    axes[0][0].plot(steps, [r["loss"] for r in train], lw=1)
+    axes[0][0].set(xlabel="step", ylabel="meta-training loss", yscale="log" if min(r["loss"] for r in train) > 0 else "linear")
+    if second:
+        ax = axes[0][1]
+        ax.plot(steps, [r[second] for r in train], lw=1, label="train (query)")
+        vs = [r for r in val if second in r]
+        if vs:
+            ax.errorbar([r["step"] for r in vs], [r[second] for r in vs], yerr=[r.get(f"{second}_ci95", 0) for r in vs],
+                        fmt="o", ms=3, label="validation ± 95% CI")
+        ax.set(xlabel="step", ylabel=second)
+        ax.legend()
+    fig.suptitle(title or "learning curve")
+    return _save(fig, Path(path))
+
+
+def plot_adaptation_curve(result: dict[str, Any], path: str | Path, *, title: str = "") -> Path:
+    """Query error vs inner steps (mean with a 95% CI band) from one evaluation result."""
+    plt = _plt()
+    key, acc = _error_key(result["curve"])
+    curve = result["curve"][key]
+    x = list(range(len(curve)))
+    mean = [(1 - c["mean"]) if acc else c["mean"] for c in curve]
+    ci = [c["ci95"] for c in curve]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.plot(x, mean, marker="o")
+    ax.fill_between(x, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)], alpha=0.25)
+    ax.set(xlabel="inner steps", ylabel="query error (1 - accuracy)" if acc else f"query {key}", title=title or "adaptation curve")
+    return _save(fig, Path(path))
+
+
+def plot_task_errors(result: dict[str, Any], path: str | Path, *, title: str = "") -> Path:
+    """Histogram of per-task errors of one evaluation result."""
+    plt = _plt()
+    key, acc = _error_key(result["per_task"])
+    vals = [(1 - v) if acc else v for v in result["per_task"][key]]
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.hist(vals, bins=min(30, max(5, len(vals) // 5)))
+    ax.set(xlabel="per-task error (1 - accuracy)" if acc else f"per-task {key}", ylabel="tasks",
+           title=title or f"per-task error ({len(vals)} tasks)")
+    return _save(fig, Path(path))
+
+
+def plot_shots(results: Sequence[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
+    """Metric vs shots (with 95% CI error bars) for results at several ``k_shot``."""
+    plt = _plt()
+    key, _ = _error_key(results[0]["metrics"])
+    rs = sorted(results, key=lambda r: r["k_shot"])
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.errorbar([r["k_shot"] for r in rs], [r["metrics"][key]["mean"] for r in rs],
+                yerr=[r["metrics"][key]["ci95"] for r in rs], marker="o", capsize=3)
+    ax.set(xlabel="shots (k_shot)", ylabel=key, title=title or f"{key} vs shots")
+    return _save(fig, Path(path))
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Writes every plot the run folder has data for; returns the PNG paths.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a run folder.
+    """
+    from metafit.runs import read_metrics
+
+    d = Path(run_dir)
+    if not (d / "config.json").exists():
+        raise FileNotFoundError(f"not a metafit run folder (no config.json): {d}")
+    out = Path(out_dir) if out_dir else d / "plots"
+    name = d.name
+    paths = []
+    rows = read_metrics(d)
+    if any(r.get("kind", "train") == "train" for r in rows):
+        paths.append(plot_learning_curve(rows, out / "learning_curve.png", title=f"{name}: learning curve"))
+    evals = load_evals(d)
+    if evals:
+        main = evals[0]["results"][0]
+        if main.get("curve"):
+            paths.append(plot_adaptation_curve(main, out / "adaptation_curve.png", title=f"{name}: adaptation"))
+        paths.append(plot_task_errors(main, out / "task_errors.png", title=f"{name}: per-task error"))
+        multi = next((e["results"] for e in evals if len({r["k_shot"] for r in e["results"]}) > 1), None)
+        if multi:
+            paths.append(plot_shots(multi, out / "shots.png", title=f"{name}: shots"))
+    return paths
