@@ -9,8 +9,10 @@ Workloads (second-order MAML, one inner step, Adam outer optimiser):
   MAML reference protocol), meta-batch 32 tasks, loop path.
 
 Each configuration is started with :func:`metafit.distributed.launch` (gloo on loopback, spawn),
-every process gets ``cores // nproc`` torch threads, runs ``--warmup`` untimed steps, then
-``--steps`` timed steps between two barriers. Scaling efficiency = (it/s at N) / (N * it/s at 1).
+every process gets ``cores // nproc`` torch threads (plus, unless ``--quick``, a reference run of
+one process with one thread), runs ``--warmup`` untimed steps, then
+``--steps`` timed steps between two barriers. Scaling efficiency = (it/s at N) / (N * it/s at 1 process with all cores); the second
+efficiency column divides by N times the 1-process 1-thread rate instead.
 The time to sample one full meta-batch (duplicated on every rank by design) is reported too.
 
 Usage:
@@ -20,6 +22,7 @@ Usage:
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -98,6 +101,8 @@ def main() -> None:
     p.add_argument("--nprocs", default="1,2", help="comma-separated process counts (first must be 1)")
     p.add_argument("--workloads", default="maml_sinusoid,maml_conv4")
     p.add_argument("--steps", type=int, default=None, help="timed steps per configuration")
+    p.add_argument("--one-thread-baseline", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time 1 process with 1 thread (default: on, off with --quick)")
     args = p.parse_args()
     cores = os.cpu_count() or 1
     nprocs = [int(x) for x in args.nprocs.split(",")]
@@ -107,27 +112,35 @@ def main() -> None:
         "maml_sinusoid": (args.steps or 40, 3) if not args.quick else (args.steps or 10, 2),
         "maml_conv4": (args.steps or 3, 1) if not args.quick else (args.steps or 2, 1),
     }
+    one_thread = (not args.quick) if args.one_thread_baseline is None else args.one_thread_baseline
     rows, records = [], []
     load_before = os.getloadavg()
     for workload in args.workloads.split(","):
         steps, warmup = plan[workload]
-        base = None
-        for n in nprocs:
-            threads = args.threads or max(1, cores // n)
+        base = base1 = None
+        configs = [(n, args.threads or max(1, cores // n)) for n in nprocs]
+        if one_thread and configs[0][1] != 1:
+            configs.insert(1, (1, 1))
+        for n, threads in configs:
             out = launch(_rank_run, n, workload, steps, warmup, args.seed, args.quick,
                          timeout=1800, pg_timeout=600, threads=threads)
             secs = max(o["seconds"] for o in out)
             its = steps / secs
-            base = its if n == 1 else base
+            if n == 1:
+                base = its if base is None else base
+                base1 = its if threads == 1 else base1
             eff = its / (n * base) if base else float("nan")
+            eff1 = its / (n * base1) if base1 else None
             rec = {"workload": workload, "nproc": n, "threads_per_proc": threads, "steps": steps, "warmup": warmup,
-                   "seconds": secs, "it_per_s": its, "efficiency": eff, "sample_ms": 1000 * out[0]["sample_s"],
+                   "seconds": secs, "it_per_s": its, "efficiency": eff, "efficiency_vs_1proc_1thread": eff1,
+                   "sample_ms": 1000 * out[0]["sample_s"],
                    "max_param_diff_across_ranks": max(o["sync"] for o in out), "small": args.quick and workload == "maml_conv4"}
             records.append(rec)
             rows.append([workload + (" (small)" if rec["small"] else ""), n, threads, steps, f"{its:.3g}", f"{eff:.2f}",
-                         f"{rec['sample_ms']:.2f}"])
+                         "-" if eff1 is None else f"{eff1:.2f}", f"{rec['sample_ms']:.2f}"])
             print(f"{workload} nproc={n}: {its:.3g} it/s, efficiency {eff:.2f}", file=sys.stderr, flush=True)
-    table = markdown_table(["workload", "nproc", "threads/proc", "timed steps", "it/s", "efficiency", "sample ms/batch"], rows)
+    table = markdown_table(["workload", "nproc", "threads/proc", "timed steps", "it/s", "efficiency",
+                            "eff. vs 1 proc x 1 thread", "sample ms/batch"], rows)
     print(table)
     write_out(args.out, {"benchmark": "distributed", "quick": args.quick, "cores": cores,
                          "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
