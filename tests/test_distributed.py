@@ -344,3 +344,24 @@ def test_launch_hard_timeout_kills_every_rank() -> None:
         launch(_sleep_forever, 2, timeout=8, pg_timeout=20, threads=1)
     assert time.monotonic() - t0 < 20
     assert all(o.killed_by_launcher for o in info.value.outcomes)
+
+
+def test_cli_train_nproc_2_matches_one_process(tmp_path) -> None:
+    """`metafit train --nproc 2` ends at the single-process parameters (float32 round-off)."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    def run(d, *extra):
+        cmd = [sys.executable, "-m", "metafit", "train", "--dataset", "sinusoid", "--algo", "maml", "--steps", "6",
+               "--path", "loop", "--run-dir", str(d), "--quiet", "--set", "train.checkpoint_every=6",
+               "--set", "data.eval_tasks=5", *extra]
+        subprocess.run(cmd, check=True, timeout=240, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        return load_file(str(d / "checkpoints" / "step_000006.safetensors"))
+
+    a = run(tmp_path / "one")
+    b = run(tmp_path / "two", "--nproc", "2")
+    keys = [k for k in a if k.startswith("meta/")]
+    assert keys
+    assert max(float((a[k].double() - b[k].double()).abs().max()) for k in keys) < 1e-5

@@ -75,7 +75,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _train_config(args)
     run_dir = Path(args.run_dir or Path("runs") / f"{config.data.dataset}-{config.algo.name}-seed{config.train.seed}")
-    result = train(config, run_dir, resume=args.resume, force=args.force, progress=not args.quiet)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.nproc == 1:
+        from metafit.distributed import init_from_env
+
+        init_from_env()  # launched by torchrun: join its process group
+    result = train(config, run_dir, resume=args.resume, force=args.force, progress=not args.quiet, nproc=args.nproc)
     if not args.quiet:
         _out(f"run folder: {result.run_dir}  (step {result.step}, engine path {result.path})")
         if result.last_checkpoint:
@@ -214,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest valid checkpoint")
     t.add_argument("--force", action="store_true", help="delete the outputs of a run already in --run-dir and start over")
     t.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    t.add_argument("--nproc", type=int, default=1,
+                   help="processes on this machine (torch.distributed; each meta-batch is sharded, gradients all-reduced; "
+                        "needs --path loop or vmap). For several machines use torchrun, see docs/distributed.md")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a trained run/checkpoint with 95%% confidence intervals",

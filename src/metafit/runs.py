@@ -418,6 +418,21 @@ def _prepare_run_dir(config: RunConfig, run_dir: Path, *, resume: bool, force: b
     return False
 
 
+def _train_rank(config_dict: dict[str, Any], run_dir: str, resume: bool, force: bool, progress: bool) -> TrainResult:
+    """Entry point of one rank under :func:`metafit.distributed.launch` (module level: picklable)."""
+    return train(RunConfig.from_dict(config_dict), run_dir, resume=resume, force=force, progress=progress)
+
+
+class _NullWriter:
+    """Metrics writer of non-zero ranks: rank 0 alone logs."""
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def train(
     config: RunConfig,
     run_dir: str | Path,
@@ -425,6 +440,8 @@ def train(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    nproc: int = 1,
+    timeout: float = 7 * 24 * 3600.0,
 ) -> TrainResult:
     """Meta-trains ``config`` into ``run_dir`` (see the module docstring for the files).
 
@@ -434,14 +451,36 @@ def train(
         resume: Continue the run in ``run_dir`` from its newest valid checkpoint.
         force: Delete the outputs of a run already in ``run_dir`` and start over.
         progress: Show a tqdm progress bar on stderr.
+        nproc: Processes on this machine (``torch.distributed``, gloo on CPU / nccl on GPU).
+            Each meta-batch is sharded across them and the meta-gradients are all-reduced,
+            so the result equals one process with the same seed (up to float round-off). Rank 0
+            alone logs and checkpoints. Under ``torchrun`` (process group already initialised)
+            leave it at 1: the run joins the existing group.
+        timeout: Hard wall-clock limit of a multi-process run (seconds).
 
     Raises:
         ValueError: the folder holds a different run (without ``resume``/``force``) or bad data.
         TrainingDiverged: non-finite loss/gradient; the last good checkpoint is left intact.
     """
+    from metafit import distributed as mdist
+
+    if nproc > 1:
+        if config.train.path == "auto":
+            raise ValueError("train.path='auto' lets each rank pick its own path; set train.path to 'loop' or 'vmap' with nproc > 1")
+        results = mdist.launch(_train_rank, nproc, config.to_dict(), str(run_dir), resume, force, progress, timeout=timeout)
+        return results[0]
+    if nproc < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if torch.distributed.is_initialized() else (0, 1)
+    main_rank = rank == 0
     run_dir = Path(run_dir)
-    resuming = _prepare_run_dir(config, run_dir, resume=resume, force=force)
-    if resuming:  # keep resumable changes (e.g. more steps) in config.json
+    resuming = _prepare_run_dir(config, run_dir, resume=resume, force=force) if main_rank else False
+    if world > 1:
+        flag = torch.tensor([1 if resuming else 0])
+        torch.distributed.broadcast(flag, 0)
+        resuming = bool(flag.item())
+        progress = progress and main_rank
+    if resuming and main_rank:  # keep resumable changes (e.g. more steps) in config.json
         atomic_write_bytes(run_dir / "config.json", (json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
     t = config.train
     if t.num_threads:
@@ -483,12 +522,16 @@ def train(
         algorithm, model, optimizer=optimizer, meta_params=meta_params, path=path,  # type: ignore[arg-type]
         scheduler=scheduler, grad_clip=t.grad_clip, buffers=buffers, step_count=step,
     )
-    val = eval_tasks(config, n_tasks=config.data.val_tasks, seed=config.data.eval_seed + 7919, split="val") if t.eval_every else None
-    writer = _MetricsWriter(run_dir / "metrics.jsonl")
+    if world > 1:
+        mdist.broadcast_(parameters_of(meta_params))
+    val = eval_tasks(config, n_tasks=config.data.val_tasks, seed=config.data.eval_seed + 7919, split="val") if (t.eval_every and main_rank) else None
+    writer = _MetricsWriter(run_dir / "metrics.jsonl") if main_rank else _NullWriter()
     t_start = time.perf_counter()
     history: list[dict[str, Any]] = []
 
-    def save(s: int, last_metrics: dict[str, Any]) -> Path:
+    def save(s: int, last_metrics: dict[str, Any]) -> Path | None:
+        if not main_rank:
+            return None
         tensors = _meta_tensors(meta_params)
         tensors.update({f"buffers/{k}": v for k, v in buffers.items()})
         tensors["rng/tasks"] = gen.get_state()
@@ -526,7 +569,7 @@ def train(
             except ValueError as e:
                 raise ValueError(f"task batch for step {trainer.step_count + 1}: {e}") from None
             try:
-                r = trainer.step(batch)
+                r = mdist.distributed_step(trainer, batch) if world > 1 else trainer.step(batch)
             except DivergenceError as e:
                 writer.write({"step": e.step, "kind": "diverged", "what": e.what})
                 raise TrainingDiverged(e.step, e.what, latest_checkpoint(ckpt_dir)) from None
@@ -557,7 +600,7 @@ def train(
         last_ckpt = save(trainer.step_count, last)
     result = TrainResult(run_dir, trainer.step_count, last_ckpt, best_step, resumed_from=resumed_from,
                          path=trainer.resolved_path, history=history)
-    if config.data.eval_tasks:
+    if config.data.eval_tasks and main_rank:
         out = _evaluate_trained(config, algorithm, model, meta_params, buffers, checkpoint=last_ckpt, step=trainer.step_count)
         atomic_write_bytes(run_dir / "eval.json", (json.dumps(out, indent=1) + "\n").encode())
         result.eval = out
