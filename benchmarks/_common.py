@@ -78,3 +78,13 @@ def write_out(path: Path | None, payload: dict[str, Any]) -> None:
 def setup_threads(n: int | None) -> None:
     if n is not None:
         torch.set_num_threads(n)
+
+
+def data_root(arg: str | None) -> str:
+    """--data-root, else $METAFIT_DATA, else ../shared/data beside the repository."""
+    if arg:
+        return arg
+    env = os.environ.get("METAFIT_DATA")
+    if env:
+        return env
+    return str(Path(__file__).resolve().parents[2] / "shared" / "data")

@@ -12,14 +12,14 @@ Protocol (full, recorded in the JSON):
   5-query episodes of its own alphabets, Adam 1e-3, one episode per step.
 * Fusion: :class:`metafit.fusion.FusionLearner` (1 inner step, attention on support statistics,
   normalised logits) meta-trained with the engine (vmap path) on ``--fusion-tasks`` cached
-  embedded 5-way K-shot tasks of the 6 fusion alphabets, meta-batch 16, Adam 1e-2,
-  ``--fusion-steps`` steps; one fusion per K.
+  embedded 5-way K-shot tasks (``--fusion-query`` queries per class) of the 6 fusion alphabets,
+  meta-batch 16, Adam 1e-2, ``--fusion-steps`` steps; one fusion per K.
 * Baselines, on the same test episodes: each base model alone, uniform averaging of the M
   models' ProtoNet probabilities, best single model chosen on the support set (LOO accuracy,
   ties / K = 1 by support cross-entropy), stacking (scikit-learn StackingClassifier contract:
   L2 multinomial logistic regression, C = 1, on the models' LOO support probabilities; K = 1:
   in-sample, cross-validation impossible) and class-symmetric stacking.
-* Evaluation: ``--eval-tasks`` fixed 5-way episodes (15 queries per class) of the evaluation
+* Evaluation: ``--eval-tasks`` fixed 5-way episodes (``--eval-query`` per class) of the evaluation
   alphabets per K = 1, 5; accuracy mean ± 95% CI over episodes, and the paired difference
   (fusion - baseline) ± 95% CI over the same episodes.
 
@@ -136,15 +136,17 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
     p.add_argument("--cache", type=Path, default=Path("/tmp/metafit_omniglot28.pt"))
-    p.add_argument("--base-minutes", type=float, default=2.0)
+    p.add_argument("--base-minutes", type=float, default=1.0)
     p.add_argument("--base-steps", type=int, default=100_000)
-    p.add_argument("--fusion-tasks", type=int, default=1000)
+    p.add_argument("--fusion-tasks", type=int, default=300)
+    p.add_argument("--fusion-query", type=int, default=5, help="queries per class of fusion training tasks")
     p.add_argument("--fusion-steps", type=int, default=300)
-    p.add_argument("--eval-tasks", type=int, default=600)
+    p.add_argument("--eval-tasks", type=int, default=300)
+    p.add_argument("--eval-query", type=int, default=10, help="queries per class of test episodes")
     args = p.parse_args()
     setup_threads(args.threads)
     if args.quick:
-        args.base_minutes, args.base_steps, args.fusion_tasks, args.fusion_steps, args.eval_tasks = 0.1, 40, 64, 30, 60
+        args.base_minutes, args.base_steps, args.fusion_tasks, args.fusion_steps, args.eval_tasks = 0.1, 10, 16, 10, 20
     t_all = time.perf_counter()
     t0 = time.perf_counter()
     bg = load_split(args.data_root, "background", args.cache.with_name(args.cache.stem + "_bg.pt"))
@@ -171,7 +173,7 @@ def main() -> None:
     for k in (1, 5):
         t0 = time.perf_counter()
         g = generator(args.seed + 1000 + k)
-        train_tasks = [embed_task(bases, episode(fusion_images, 5, k, 15, g)) for _ in range(args.fusion_tasks)]
+        train_tasks = [embed_task(bases, episode(fusion_images, 5, k, args.fusion_query, g)) for _ in range(args.fusion_tasks)]
         head = FusionHead(M)
         algo = FusionLearner(inner_steps=1)
         trainer = Trainer(algo, head, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), path="vmap")
@@ -185,7 +187,7 @@ def main() -> None:
 
         t0 = time.perf_counter()
         ge = generator(args.seed + 5000 + k)  # fixed test episodes, the same for every method
-        test = [embed_task(bases, episode(test_images, 5, k, 15, ge)) for _ in range(args.eval_tasks)]
+        test = [embed_task(bases, episode(test_images, 5, k, args.eval_query, ge)) for _ in range(args.eval_tasks)]
         per: dict[str, list[float]] = {}
         r = evaluate(algo, head, mp, test)
         per["fusion (meta-learned)"] = r.per_task["accuracy"]
@@ -212,7 +214,7 @@ def main() -> None:
         w = mp["model"]["log_scale"].detach()
         results["eval"][k] = {
             "accuracy": out, "fusion_train_seconds": fusion_s, "eval_seconds": eval_s, "n_tasks": len(test),
-            "learned_log_scale": w.tolist(), "learned_inner_lr": float(mp["model"]["log_inner_lr"].exp()),
+            "learned_log_scale": w.tolist(), "learned_inner_lr": float(mp["model"]["log_inner_lr"].detach().exp()),
             "best_single_choice_counts": torch.bincount(torch.tensor(chosen), minlength=M).tolist(),
             "fusion_nll": {"mean": r.metrics["nll"].mean, "ci95": r.metrics["nll"].ci95},
         }
@@ -220,7 +222,7 @@ def main() -> None:
         print(f"K={k}: fusion meta-training {fusion_s:.0f} s, evaluation {eval_s:.0f} s", flush=True)
     results["total_seconds"] = time.perf_counter() - t_all
     for k, rows, fs, es in tables:
-        print(f"\n5-way {k}-shot, {args.eval_tasks} test episodes of the evaluation alphabets (accuracy %)\n")
+        print(f"\n5-way {k}-shot, {args.eval_tasks} test episodes ({args.eval_query} queries/class) of the evaluation alphabets (accuracy %)\n")
         print(markdown_table(["method", "accuracy ± 95% CI", "fusion − method (paired) ± 95% CI"], rows))
     print(f"\ntotal {results['total_seconds']:.0f} s (data load {load_s:.0f} s)")
     write_out(args.out, {"benchmark": "fusion_omniglot", "quick": args.quick, **results})

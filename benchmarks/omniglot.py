@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
+from _common import data_root, markdown_table, parser, setup_threads, write_out  # noqa: E402
 from metafit import ANIL, MAML, MetaSGD, ProtoNet, Reptile, Trainer, evaluate, generator, seeded  # noqa: E402
 from metafit.data.omniglot import load_omniglot, omniglot_split  # noqa: E402
 from metafit.data.sampling import EpisodeSampler, fixed_episodes  # noqa: E402
@@ -133,15 +133,17 @@ def train(
     seed: int,
     monitor: Callable[[Trainer, Any, float], None] | None = None,
     monitor_every_s: float = 60.0,
+    device: str = "cpu",
+    path: str | None = None,
 ) -> tuple[Any, torch.nn.Module, Trainer, dict[str, Any]]:
     """Meta-trains ``r`` until the time budget or the iteration count runs out.
 
     ``monitor(trainer, model, train_minutes)`` is called every ``monitor_every_s`` seconds of
     training time; its own time is excluded from the training clock.
     """
-    model = seeded(seed, lambda: r.make_model(r.n_way))
+    model = seeded(seed, lambda: r.make_model(r.n_way)).to(device)
     algo = r.make_algo()
-    trainer = Trainer(algo, model, optimizer=r.optimizer, path=r.path)
+    trainer = Trainer(algo, model, optimizer=r.optimizer, path=path or r.path)
     if r.scheduler is not None:
         trainer.scheduler = r.scheduler(trainer.optimizer)
     sampler = EpisodeSampler(train_set, r.train_way, r.train_shot, r.train_query,
@@ -151,7 +153,7 @@ def train(
     train_s, next_mon, losses = 0.0, monitor_every_s, []
     while trainer.step_count < limit and (minutes is None or train_s < minutes * 60):
         t0 = time.perf_counter()
-        res = trainer.step(next(it))
+        res = trainer.step(next(it).to(device))
         train_s += time.perf_counter() - t0
         losses.append(res.metrics.get("loss", float("nan")))
         if monitor is not None and train_s >= next_mon:
@@ -168,29 +170,34 @@ def main() -> None:
     p.add_argument("--settings", nargs="+", default=["5:1"], help="n_way:k_shot settings to train, e.g. 5:1 20:1")
     p.add_argument("--protocol", choices=["cpu", "paper"], default="cpu")
     p.add_argument("--minutes", type=float, default=10.0, help="training budget per learner and setting (cpu protocol)")
+    p.add_argument("--minutes-paper", action="store_true",
+                   help="also apply --minutes to the paper protocol (a truncated paper run; the row records the iterations)")
     p.add_argument("--iterations", type=int, default=None, help="override the iteration count")
     p.add_argument("--episodes", type=int, default=600, help="test episodes (ProtoNets use 1000)")
     p.add_argument("--data-root", default=None, help="folder holding omniglot/ (default $METAFIT_DATA)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--path", default=None, choices=["loop", "vmap", "auto"], help="engine path (default: the recipe's)")
     args = p.parse_args()
     setup_threads(args.threads)
     if args.quick:
         args.minutes, args.episodes = 0.15, 100
     t_all = time.perf_counter()
-    data = load_omniglot(args.data_root)
-    train_set = omniglot_split(data, "vinyals", "trainval", rotations=True)
-    test_set = omniglot_split(data, "vinyals", "test", rotations=False)
+    data = load_omniglot(data_root(args.data_root))
+    train_set = omniglot_split(data, "trainval", protocol="vinyals", rotations=True)
+    test_set = omniglot_split(data, "test", protocol="vinyals", rotations=False)
     rows, records = [], []
     for learner in args.learners:
         for setting in args.settings:
             n_way, k_shot = (int(v) for v in setting.split(":"))
             r = recipe(learner, n_way, k_shot, args.protocol)
-            algo, model, trainer, info = train(r, train_set, minutes=None if args.protocol == "paper" else args.minutes,
-                                               iterations=args.iterations, seed=args.seed)
+            budget = args.minutes if (args.protocol == "cpu" or args.minutes_paper) else None
+            algo, model, trainer, info = train(r, train_set, minutes=budget, iterations=args.iterations, seed=args.seed,
+                                               device=args.device, path=args.path)
             for ew, es in r.eval_ways_shots:
                 n_ep = 1000 if learner == "protonet" and not args.quick else args.episodes
-                res = evaluate(algo, model, trainer.meta_params, eval_tasks(test_set, ew, es, n_ep))
+                res = evaluate(algo, model, trainer.meta_params, eval_tasks(test_set, ew, es, n_ep).to(args.device))
                 acc = res.metrics["accuracy"]
-                rec = {"learner": learner, "protocol": args.protocol, "train_setting": setting, "n_way": ew, "k_shot": es,
+                rec = {"learner": learner, "protocol": args.protocol, "device": args.device, "train_setting": setting, "n_way": ew, "k_shot": es,
                        "accuracy": 100 * acc.mean, "ci95": 100 * acc.ci95, "episodes": acc.n, "eval_steps": res.steps, **info}
                 records.append(rec)
                 rows.append([learner, args.protocol, f"{ew}-way {es}-shot", f"{100 * acc.mean:.2f} ± {100 * acc.ci95:.2f}",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
+from _common import data_root, markdown_table, parser, setup_threads, write_out  # noqa: E402
 from metafit import evaluate  # noqa: E402
 from metafit.data.omniglot import load_omniglot, omniglot_split  # noqa: E402
 from omniglot import eval_tasks, recipe, train  # noqa: E402
@@ -43,10 +43,10 @@ def main() -> None:
     if args.quick:
         args.minutes, args.every, args.episodes = 0.3, 6.0, 100
     t0 = time.perf_counter()
-    data = load_omniglot(args.data_root)
+    data = load_omniglot(data_root(args.data_root))
     setup_s = time.perf_counter() - t0
-    train_set = omniglot_split(data, "vinyals", "trainval", rotations=True)
-    test_set = omniglot_split(data, "vinyals", "test", rotations=False)
+    train_set = omniglot_split(data, "trainval", protocol="vinyals", rotations=True)
+    test_set = omniglot_split(data, "test", protocol="vinyals", rotations=False)
     episodes = eval_tasks(test_set, 5, 1, args.episodes)
     rows, records = [], []
     for learner in args.learners:
