@@ -13,6 +13,7 @@ from metafit.algorithms.maml import MAML, inner_gradients
 from metafit.algorithms.meta_sgd import MetaSGD
 from metafit.algorithms.protonet import ProtoNet
 from metafit.algorithms.reptile import Reptile
+from metafit.algorithms.cnp import CNP, CNPState, calibration, gaussian_nll, interval_coverage
 
 __all__ = [
     "Algorithm",
@@ -27,4 +28,9 @@ __all__ = [
     "clone_meta_params",
     "flat_meta_params",
     "unflat_meta_params",
+    "CNP",
+    "CNPState",
+    "gaussian_nll",
+    "interval_coverage",
+    "calibration",
 ]

@@ -1,0 +1,289 @@
+"""Conditional Neural Processes as a metafit learner (Garnelo et al., ICML 2018, arXiv 1807.01613).
+
+A CNP is a model-based meta-learner: everything it learns is in the network weights, and
+adapting to a task is a forward pass. ``adapt`` encodes the support (context) set and
+aggregates it into a representation (no gradient steps); ``predict`` decodes targets against
+it; ``loss`` is the query negative log-likelihood (Gaussian NLL for regression, cross-entropy
+for classification), so the engine meta-trains a CNP exactly like any other learner (vmap or
+loop path) and :func:`metafit.evaluate` scores it through ``loss``.
+
+The network is a :class:`metafit.models.CNPRegressor` or :class:`metafit.models.CNPClassifier`
+(or any module with the same ``method="encode"|"decode"`` dispatch).
+
+Also here: the calibration of the Gaussian predictive intervals (:func:`interval_coverage`,
+:func:`calibration`) and a matplotlib plot of predictions on sinusoid tasks
+(:func:`plot_regression_tasks`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from metafit.algorithms.base import MetaParams, Metrics
+from metafit.data.task import Task, TaskBatch
+from metafit.functional import Buffers, params_of
+
+__all__ = [
+    "CNP",
+    "CNPState",
+    "gaussian_nll",
+    "interval_coverage",
+    "calibration",
+    "plot_regression_tasks",
+    "COVERAGE_LEVELS",
+]
+
+COVERAGE_LEVELS = (0.5, 0.9, 0.95)
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def gaussian_nll(mean: Tensor, var: Tensor, target: Tensor) -> Tensor:
+    """Mean negative log-likelihood ``-log N(target; mean, var)`` (constant included), a scalar."""
+    target = target.reshape(mean.shape)
+    return 0.5 * (_LOG_2PI + var.log() + (target - mean).pow(2) / var).mean()
+
+
+def _z(level: float) -> float:
+    """Half-width in standard deviations of the central ``level`` Gaussian interval."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"interval level must be in (0, 1), got {level}")
+    return math.sqrt(2.0) * float(torch.special.erfinv(torch.tensor(level, dtype=torch.float64)))
+
+
+def interval_coverage(
+    mean: Tensor, var: Tensor, target: Tensor, levels: Sequence[float] = COVERAGE_LEVELS
+) -> dict[float, Tensor]:
+    """Fraction of targets inside the central Gaussian intervals ``mean ± z_level * sd``.
+
+    Args:
+        mean: ``(B, ...)`` predictive means.
+        var: ``(B, ...)`` predictive variances (> 0).
+        target: Targets with ``mean.numel()`` elements.
+        levels: Nominal coverages, e.g. ``(0.5, 0.9, 0.95)``.
+
+    Returns:
+        ``{level: scalar tensor}``; a calibrated model gives ``coverage ≈ level``.
+    """
+    err = (target.reshape(mean.shape) - mean).abs() / var.sqrt()
+    return {lv: (err <= _z(lv)).to(mean.dtype).mean() for lv in levels}
+
+
+class CNPState(NamedTuple):
+    """A CNP adapted to a task: the aggregated context representation.
+
+    Attributes:
+        r: ``(r_dim,)`` for regression, ``(n_way, r_dim)`` for classification.
+        n_way: Number of classes (``None`` for regression).
+    """
+
+    r: Tensor
+    n_way: int | None
+
+
+def _call(model: nn.Module, meta_params: MetaParams, buffers: Buffers, method: str, *args: Any) -> Any:
+    # One strict functional_call over every parameter (as metafit.functional.apply), running a
+    # single stage of the network selected by the ``method`` keyword.
+    return functional_call(
+        model, (dict(meta_params["model"]), dict(buffers)), args, {"method": method}, strict=True
+    )
+
+
+@dataclass(frozen=True)
+class CNP:
+    """Conditional Neural Process learner (Garnelo et al. 2018).
+
+    Args:
+        criterion: ``"gaussian_nll"`` (regression, the network returns ``(mean, var)``) or
+            ``"cross_entropy"`` (classification, the network returns logits; tasks must carry
+            ``n_way``).
+
+    Metrics of :meth:`loss`: regression ``loss`` (= ``nll``), ``nll``, ``mse`` (of the predictive
+    mean); classification ``loss`` (= ``nll``), ``nll``, ``accuracy``.
+
+    Example:
+        >>> import torch
+        >>> from metafit.models import CNPRegressor
+        >>> from metafit.data import sinusoid_eval_tasks
+        >>> model, algo = CNPRegressor(r_dim=16, encoder_hidden=(16,), decoder_hidden=(16,)), CNP()
+        >>> mp = algo.init(model)
+        >>> task = sinusoid_eval_tasks(1, 5, 10)[0]
+        >>> state = algo.adapt(model, mp, {}, task.support_x, task.support_y)
+        >>> algo.predict(model, mp, {}, state, task.query_x).shape
+        torch.Size([10, 1])
+    """
+
+    criterion: str = "gaussian_nll"
+
+    def __post_init__(self) -> None:
+        if self.criterion not in ("gaussian_nll", "cross_entropy"):
+            raise ValueError(f"criterion must be 'gaussian_nll' or 'cross_entropy', got {self.criterion!r}")
+
+    @property
+    def classification(self) -> bool:
+        return self.criterion == "cross_entropy"
+
+    # -- protocol -----------------------------------------------------------------------
+    def init(self, model: nn.Module, *, generator: torch.Generator | None = None) -> MetaParams:
+        """``{"model": params}`` copied from the network (its initialisation is the model's)."""
+        return {"model": params_of(model)}
+
+    def adapt(
+        self,
+        model: nn.Module,
+        meta_params: MetaParams,
+        buffers: Buffers,
+        support_x: Tensor,
+        support_y: Tensor,
+        *,
+        n_way: int | None = None,
+        **_: object,
+    ) -> CNPState:
+        """Encodes and aggregates the context set: no gradient steps.
+
+        Args:
+            support_x: ``(C, *input_shape)``, any ``C >= 1``.
+            support_y: ``(C, y_dim)`` targets or ``(C,)`` labels.
+            n_way: Classes (classification; default ``max(support_y) + 1``, not vmappable).
+        """
+        if self.classification:
+            if n_way is None:
+                n_way = int(support_y.max()) + 1
+            return CNPState(_call(model, meta_params, buffers, "encode", support_x, support_y, n_way), n_way)
+        return CNPState(_call(model, meta_params, buffers, "encode", support_x, support_y), None)
+
+    def predict_distribution(
+        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: CNPState, x: Tensor
+    ) -> Any:
+        """Regression: ``(mean, var)`` each ``(B, y_dim)``; classification: logits ``(B, n_way)``."""
+        return _call(model, meta_params, buffers, "decode", x, adapted.r)
+
+    def predict(
+        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: CNPState, x: Tensor
+    ) -> Tensor:
+        """Point predictions: the predictive mean ``(B, y_dim)``, or logits ``(B, n_way)``."""
+        out = self.predict_distribution(model, meta_params, buffers, adapted, x)
+        return out[0] if not self.classification else out
+
+    def loss(
+        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task
+    ) -> tuple[Tensor, Metrics]:
+        """Query NLL given the support set as context (the CNP objective, eq. 4 of the paper)."""
+        if self.classification and task.n_way is None:
+            raise ValueError("CNP(criterion='cross_entropy') needs tasks with n_way set")
+        state = self.adapt(model, meta_params, buffers, task.support_x, task.support_y, n_way=task.n_way)
+        out = self.predict_distribution(model, meta_params, buffers, state, task.query_x)
+        if self.classification:
+            loss = F.cross_entropy(out, task.query_y)
+            acc = (out.detach().argmax(-1) == task.query_y).to(loss.dtype).mean()
+            return loss, {"loss": loss.detach(), "nll": loss.detach(), "accuracy": acc}
+        mean, var = out
+        loss = gaussian_nll(mean, var, task.query_y)
+        mse = (mean.detach() - task.query_y.reshape(mean.shape)).pow(2).mean()
+        return loss, {"loss": loss.detach(), "nll": loss.detach(), "mse": mse}
+
+
+def calibration(
+    algorithm: CNP,
+    model: nn.Module,
+    meta_params: MetaParams,
+    tasks: TaskBatch | Sequence[Task],
+    *,
+    buffers: Buffers | None = None,
+    levels: Sequence[float] = COVERAGE_LEVELS,
+) -> dict[float, list[float]]:
+    """Per-task coverage of the central Gaussian intervals on held-out tasks.
+
+    Args:
+        algorithm: A regression :class:`CNP`.
+        model: The network.
+        meta_params: Trained meta-parameters.
+        tasks: Held-out tasks; coverage is measured on each task's query set given its support.
+        buffers: Model buffers (default none).
+        levels: Nominal coverages.
+
+    Returns:
+        ``{level: [coverage of task 0, task 1, ...]}`` (summarise with :func:`metafit.summarize`).
+    """
+    if algorithm.classification:
+        raise ValueError("calibration is for regression CNPs (criterion='gaussian_nll')")
+    buffers = buffers or {}
+    out: dict[float, list[float]] = {lv: [] for lv in levels}
+    with torch.no_grad():
+        for task in tasks:
+            state = algorithm.adapt(model, meta_params, buffers, task.support_x, task.support_y)
+            mean, var = algorithm.predict_distribution(model, meta_params, buffers, state, task.query_x)
+            for lv, c in interval_coverage(mean, var, task.query_y, levels).items():
+                out[lv].append(float(c))
+    return out
+
+
+def plot_regression_tasks(
+    algorithm: CNP,
+    model: nn.Module,
+    meta_params: MetaParams,
+    contexts: Sequence[tuple[Tensor, Tensor]],
+    truths: Sequence[Any],
+    path: str | Path,
+    *,
+    level: float = 0.9,
+    x_range: tuple[float, float] = (-5.0, 5.0),
+    titles: Sequence[str] | None = None,
+) -> Path:
+    """Plots a few 1-D regression tasks to a PNG (matplotlib, Agg backend).
+
+    Each panel shows the context points, the true function, the predictive mean and the central
+    ``level`` interval.
+
+    Args:
+        algorithm: A regression :class:`CNP`.
+        model: A 1-D-input, 1-D-output network.
+        meta_params: Trained meta-parameters.
+        contexts: Per panel ``(context_x (C, 1), context_y (C, 1))``.
+        truths: Per panel a callable ``x (G, 1) -> y (G, 1)`` (the true function).
+        path: Output PNG.
+        level: Interval to draw.
+        x_range: Plotted input range.
+        titles: Optional panel titles.
+
+    Returns:
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    n = len(contexts)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
+    z = _z(level)
+    grid = torch.linspace(x_range[0], x_range[1], 200).unsqueeze(-1)
+    for i, ((cx, cy), truth) in enumerate(zip(contexts, truths)):
+        ax = axes[0][i]
+        with torch.no_grad():
+            state = algorithm.adapt(model, meta_params, {}, cx, cy)
+            mean, var = algorithm.predict_distribution(model, meta_params, {}, state, grid.to(cx.dtype))
+            sd = var.sqrt()
+        g = grid.squeeze(-1).numpy()
+        ax.plot(g, truth(grid).squeeze(-1).numpy(), "k--", lw=1, label="true function")
+        ax.plot(g, mean.squeeze(-1).numpy(), "C0", lw=1.5, label="predictive mean")
+        ax.fill_between(g, (mean - z * sd).squeeze(-1).numpy(), (mean + z * sd).squeeze(-1).numpy(),
+                        color="C0", alpha=0.25, label=f"{int(round(100 * level))}% interval")
+        ax.plot(cx.squeeze(-1).numpy(), cy.squeeze(-1).numpy(), "ko", ms=4, label="context")
+        ax.set_title(titles[i] if titles else f"task {i}, {cx.shape[0]} context points")
+        if i == 0:
+            ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
