@@ -78,7 +78,9 @@ def recipe(learner: str, n_way: int, k_shot: int, protocol: str) -> Recipe:
     strided = lambda out: Conv4(1, out, downsample="stride")  # noqa: E731  (MAML paper Omniglot net)
     if learner == "protonet":
         return Recipe(
-            learner, n_way, k_shot, ProtoNet, lambda out: Conv4(1, None, downsample="pool"),
+            learner, n_way, k_shot, ProtoNet,
+            # channels-last conv weights: ~1.4x faster ProtoNet steps on this CPU (same function)
+            lambda out: Conv4(1, None, downsample="pool").to(memory_format=torch.channels_last),
             train_way=(20 if cpu else 60), train_shot=k_shot, train_query=5, tasks_per_batch=1,
             optimizer=_adam(1e-3),
             scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 2000, 0.5),
