@@ -66,6 +66,7 @@ __all__ = [
     "load_image_folder",
     "load_support_folder",
     "PREPROCESSING",
+    "write_episode_folders",
     "EXPECTED_CHARACTERS",
     "IMAGES_PER_CHARACTER",
     "PROTOCOLS",
@@ -865,3 +866,79 @@ def _zip_ok(path: Path, split: str) -> str | None:
     except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as e:
         return f"{path}: {e}"
     return None
+
+
+def write_episode_folders(
+    out: str | Path,
+    *,
+    root: str | Path | None = None,
+    split: str = "evaluation",
+    n_way: int = 5,
+    k_shot: int = 1,
+    n_query: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Writes one N-way K-shot episode of RAW Omniglot PNGs (105x105, as in the zips) to folders.
+
+    Layout (what ``metafit predict`` reads): ``out/support/<class>/<file>.png`` (``k_shot``
+    drawings per class), ``out/query/<file>.png`` (``n_query`` other drawings per class, file
+    names prefixed with a running number so their order does not reveal the class) and
+    ``out/truth.csv`` (``file,class``). Classes are characters of the ``split`` set (the
+    evaluation alphabets by default, unseen in background training) chosen with ``seed``.
+
+    Returns:
+        ``{"classes": [...], "support": n_files, "query": n_files, "truth": path}``.
+    """
+    import csv
+    import zipfile
+
+    if split not in ("background", "evaluation"):
+        raise ValueError(f"split must be 'background' or 'evaluation', got {split!r}")
+    src = _sources(root)[split]
+    g = torch.Generator().manual_seed(seed)
+    if src.is_zip:
+        with zipfile.ZipFile(src.path) as zf:
+            names = sorted(n for n in zf.namelist() if n.endswith(".png"))
+    else:
+        names = sorted(str(p.relative_to(src.path)) for p in (src.path / f"images_{split}").rglob("*.png"))
+    by_char: dict[str, list[str]] = {}
+    for n in names:
+        parts = n.split("/")
+        by_char.setdefault(f"{parts[-3]}_{parts[-2]}", []).append(n)
+    chars = sorted(by_char)
+    if n_way > len(chars):
+        raise ValueError(f"n_way={n_way} exceeds the {len(chars)} characters of the {split} set")
+    if k_shot + n_query > IMAGES_PER_CHARACTER:
+        raise ValueError(f"k_shot + n_query = {k_shot + n_query} exceeds the {IMAGES_PER_CHARACTER} drawings per character")
+    out = Path(out)
+    picked = [chars[int(i)] for i in torch.randperm(len(chars), generator=g)[:n_way]]
+    truth_rows, q_index = [], 0
+    if src.is_zip:
+        zf = zipfile.ZipFile(src.path)
+        get = zf.read
+    else:
+        get = lambda n: (src.path / n).read_bytes()  # noqa: E731
+    try:
+        for c in picked:
+            files = by_char[c]
+            order = torch.randperm(len(files), generator=g)
+            (out / "support" / c).mkdir(parents=True, exist_ok=True)
+            (out / "query").mkdir(parents=True, exist_ok=True)
+            for j, i in enumerate(order[: k_shot + n_query].tolist()):
+                data = get(files[i])
+                fname = Path(files[i]).name
+                if j < k_shot:
+                    (out / "support" / c / fname).write_bytes(data)
+                else:
+                    qname = f"{q_index:04d}_{fname}"
+                    (out / "query" / qname).write_bytes(data)
+                    truth_rows.append((qname, c))
+                    q_index += 1
+    finally:
+        if src.is_zip:
+            zf.close()
+    with open(out / "truth.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "class"])
+        w.writerows(sorted(truth_rows))
+    return {"classes": picked, "support": n_way * k_shot, "query": len(truth_rows), "truth": str(out / "truth.csv")}
