@@ -13,6 +13,7 @@ Usage:
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,9 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=600)
     p.add_argument("--data-root", default=None)
     p.add_argument("--final-eval", action="store_true", help="also evaluate the final model in every setting of its recipe")
+    p.add_argument("--no-stop", action="store_true",
+                   help="train for the whole budget even after every threshold is reached (for the final model's table)")
+    p.add_argument("--train-way", type=int, default=None, help="override the recipe's training-episode way")
     args = p.parse_args()
     setup_threads(args.threads)
     if args.quick:
@@ -61,10 +65,12 @@ def main() -> None:
             for th in THRESHOLDS:
                 if acc >= th and th not in first:
                     first[th] = minutes
-            if len(first) == len(THRESHOLDS):
+            if len(first) == len(THRESHOLDS) and not args.no_stop:
                 raise Reached
 
         r = recipe(learner, 5, 1, "cpu")
+        if args.train_way is not None:
+            r = dataclasses.replace(r, train_way=args.train_way)
         holder: dict = {}
 
         def keep(trainer, model, minutes, _m=monitor, holder=holder):  # noqa: ANN001
@@ -87,7 +93,7 @@ def main() -> None:
                 final_rows.append([learner, f"{ew}-way {es}-shot", f"{100 * a.mean:.2f} ± {100 * a.ci95:.2f}", a.n,
                                    PAPER.get((learner, ew, es), "–"), trainer.step_count])
         best = max((a for _, a, _ in curve), default=float("nan"))
-        records.append({"learner": learner, "first_minutes": first, "curve": curve, "budget_minutes": args.minutes,
+        records.append({"learner": learner, "train_way": r.train_way, "tasks_per_batch": r.tasks_per_batch, "first_minutes": first, "curve": curve, "budget_minutes": args.minutes,
                         "final": finals, **info})
         rows.append([learner] + [f"{first[t]:.1f}" if t in first else f"> {args.minutes:g}" for t in THRESHOLDS]
                     + [f"{best:.2f}", len(curve)])
