@@ -3,8 +3,10 @@
 from metafit.data.datasets import LabelledDataset, from_tensors, load_image_folder, load_support_folder
 from metafit.data.omniglot import (
     OmniglotData,
+    alphabet_names,
     download_omniglot,
     load_omniglot,
+    omniglot_alphabets,
     omniglot_split,
     preprocess_image,
     verify_omniglot,
@@ -29,6 +31,8 @@ __all__ = [
     "OmniglotData",
     "load_omniglot",
     "omniglot_split",
+    "omniglot_alphabets",
+    "alphabet_names",
     "download_omniglot",
     "verify_omniglot",
     "preprocess_image",

@@ -60,6 +60,8 @@ __all__ = [
     "OmniglotData",
     "load_omniglot",
     "omniglot_split",
+    "omniglot_alphabets",
+    "alphabet_names",
     "download_omniglot",
     "verify_omniglot",
     "preprocess_image",
@@ -714,9 +716,14 @@ def omniglot_split(
             raise TypeError(f"data must be OmniglotData, a data root path or None, got {type(data).__name__}")
         data = load_omniglot(data, image_size=image_size, cache_dir=cache_dir)
     chars = _split_characters(data, split, protocol, seed)
+    return _character_dataset(data, chars, rotations)
+
+
+def _character_dataset(data: OmniglotData, chars: Sequence[int], rotations: bool) -> LabelledDataset:
+    """The :class:`LabelledDataset` of characters ``chars`` (indices into ``data``), in that order."""
     n_rot = len(ROTATIONS) if rotations else 1
     s = data.image_size
-    sel = data.images[torch.tensor(chars, dtype=torch.int64)]  # (n, 20, S, S) uint8
+    sel = data.images[torch.tensor(list(chars), dtype=torch.int64)]  # (n, 20, S, S) uint8
     x = torch.empty(len(chars), n_rot, IMAGES_PER_CHARACTER, s, s, dtype=torch.float32)
     for r in range(n_rot):
         x[:, r].copy_(torch.rot90(sel, r, dims=(-2, -1)) if r else sel)
@@ -733,6 +740,79 @@ def omniglot_split(
         class_names=tuple(names),
         groups=tuple(groups),
     )
+
+
+def alphabet_names(data: OmniglotData, subset: str = "all") -> tuple[str, ...]:
+    """The Omniglot alphabet names, sorted.
+
+    Args:
+        data: Loaded :class:`OmniglotData`.
+        subset: ``"background"`` (the 30 alphabets of ``images_background``), ``"evaluation"``
+            (the 20 of ``images_evaluation``) or ``"all"`` (the 50).
+
+    Returns:
+        Sorted alphabet folder names.
+
+    Raises:
+        ValueError: an unknown ``subset``.
+    """
+    if subset not in ("background", "evaluation", "all"):
+        raise ValueError(f"subset must be 'background', 'evaluation' or 'all', got {subset!r}")
+    bg = data.background.tolist()
+    keep = (lambda b: True) if subset == "all" else (lambda b: b == (subset == "background"))
+    return tuple(sorted({a for a, b in zip(data.alphabets, bg) if keep(b)}))
+
+
+def omniglot_alphabets(
+    data: OmniglotData | str | Path | None,
+    alphabets: Sequence[str],
+    *,
+    rotations: bool = False,
+    image_size: int = 28,
+    cache_dir: str | Path | None = None,
+) -> LabelledDataset:
+    """The characters of the given alphabets as a :class:`LabelledDataset` (a split by alphabet).
+
+    For protocols that :func:`omniglot_split` does not cover, e.g. disjoint groups of alphabets
+    for several models. Characters come in the module's character order (background set first,
+    then by alphabet and ``characterNN``), whatever the order of ``alphabets``.
+
+    Args:
+        data: Loaded :class:`OmniglotData`, or a data root (``None``: ``$METAFIT_DATA``) passed
+            to :func:`load_omniglot` with ``image_size`` and ``cache_dir``.
+        alphabets: Alphabet folder names (see :func:`alphabet_names`), at least one.
+        rotations: Add the 90/180/270 degree rotations as classes (as in :func:`omniglot_split`).
+        image_size: Used only when ``data`` is a root.
+        cache_dir: Used only when ``data`` is a root.
+
+    Returns:
+        :class:`LabelledDataset` laid out as in :func:`omniglot_split` (``groups`` = alphabets).
+
+    Raises:
+        ValueError: no alphabet given, or a name that is not an Omniglot alphabet.
+
+    Example:
+        >>> data = load_omniglot()  # doctest: +SKIP
+        >>> ds = omniglot_alphabets(data, alphabet_names(data, "background")[:2])  # doctest: +SKIP
+    """
+    if isinstance(alphabets, str) or not isinstance(alphabets, Sequence):
+        raise TypeError(f"alphabets must be a sequence of alphabet names, got {type(alphabets).__name__}")
+    if not alphabets:
+        raise ValueError("alphabets must name at least one Omniglot alphabet, got an empty sequence")
+    if not isinstance(data, OmniglotData):
+        if data is not None and not isinstance(data, (str, Path)):
+            raise TypeError(f"data must be OmniglotData, a data root path or None, got {type(data).__name__}")
+        data = load_omniglot(data, image_size=image_size, cache_dir=cache_dir)
+    known = set(data.alphabets)
+    unknown = [a for a in alphabets if a not in known]
+    if unknown:
+        raise ValueError(
+            f"unknown Omniglot alphabet {unknown[0]!r}: expected one of the {len(known)} alphabet folder "
+            f"names (e.g. {sorted(known)[0]!r}; see alphabet_names)"
+        )
+    wanted = set(alphabets)
+    chars = [i for i, a in enumerate(data.alphabets) if a in wanted]
+    return _character_dataset(data, chars, rotations)
 
 
 # -- verification and download ---------------------------------------------------------------------
