@@ -63,8 +63,11 @@ def test_config_cross_section_checks() -> None:
         RunConfig.from_dict({"algo": {"name": "protonet"}})
     with pytest.raises(ValueError, match=r"model\.arch"):
         RunConfig.from_dict({"model": {"arch": "conv4"}})
-    with pytest.raises(ValueError, match="cnp.*not implemented"):
-        RunConfig.from_dict({"algo": {"name": "cnp"}})
+    assert RunConfig.from_dict({"algo": {"name": "cnp"}}).algo.name == "cnp"
+    with pytest.raises(ValueError, match=r"model.min_variance must be a number in \(0, 1\), got 1.5"):
+        RunConfig.from_dict({"algo": {"name": "cnp"}, "model": {"min_variance": 1.5}})
+    with pytest.raises(ValueError, match="model.variance_bound"):
+        RunConfig.from_dict({"algo": {"name": "cnp"}, "model": {"variance_bound": "logvar"}})
 
 
 def test_config_overrides_parse_values_and_reject_typos() -> None:

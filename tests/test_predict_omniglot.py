@@ -18,7 +18,7 @@ from metafit.evaluation import evaluate
 from metafit.predict import Predictor
 
 
-@pytest.mark.parametrize("algo", ["protonet", "maml"])
+@pytest.mark.parametrize("algo", ["protonet", "maml", "cnp"])
 def test_cli_predict_on_raw_pngs_matches_evaluator(tmp_path: Path, data_root: Path, algo: str) -> None:
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "METAFIT_CACHE": str(tmp_path / "cache")}

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from metafit.config import ALGORITHMS
+
 __all__ = ["main", "build_parser"]
 
 EXIT_USAGE = 2
@@ -208,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", nargs="?", help="config file (.json, .yaml, .toml); default: built-in defaults")
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override one config field, e.g. --set train.steps=100 (repeatable)")
-    t.add_argument("--algo", choices=("maml", "fomaml", "metasgd", "anil", "reptile", "protonet"), help="learner (algo.name)")
+    t.add_argument("--algo", choices=ALGORITHMS, help="learner (algo.name)")
     t.add_argument("--dataset", choices=("sinusoid", "omniglot"), help="task family (data.dataset)")
     t.add_argument("--steps", type=int, help="meta-training steps (train.steps)")
     t.add_argument("--seed", type=int, help="random seed of model and task sampler (train.seed)")

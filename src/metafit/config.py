@@ -46,9 +46,7 @@ __all__ = [
 
 DATASETS = ("sinusoid", "omniglot")
 ARCHS = ("auto", "mlp", "conv4")
-ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile", "protonet")
-#: Algorithms that are planned but not implemented yet (a clear error, not "unknown").
-PLANNED_ALGORITHMS = ("cnp",)
+ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile", "protonet", "cnp")
 PATHS = ("auto", "vmap", "loop")
 SCHEDULERS = ("none", "cosine", "step", "exponential")
 
@@ -150,6 +148,12 @@ class ModelConfig:
         width: Filters per Conv4 block.
         downsample: Conv4 ``"pool"`` (ProtoNets) or ``"stride"`` (MAML Omniglot).
         norm: Conv4 normalisation ``"task"``, ``"batchnorm"`` or ``"none"``.
+        r_dim: CNP representation size; also the width of the CNP's encoder/decoder MLPs
+            (three and two hidden layers for regression, one each for classification; 128 in
+            Garnelo et al. 2018). Used only with ``algo.name="cnp"``.
+        min_variance: CNP regression: lower bound of the bounded variance (or sd), in (0, 1).
+        variance_bound: CNP regression: ``"variance"`` (the paper code's
+            ``0.1 + 0.9 softplus`` on the variance) or ``"scale"`` (the same bound on the sd).
     """
 
     arch: str = "auto"
@@ -157,6 +161,9 @@ class ModelConfig:
     width: int = 64
     downsample: str = "pool"
     norm: str = "task"
+    r_dim: int = 128
+    min_variance: float = 0.1
+    variance_bound: str = "variance"
 
     def __post_init__(self) -> None:
         s = "model"
@@ -170,6 +177,10 @@ class ModelConfig:
         _check_int(s, "width", self.width, 1)
         _check_choice(s, "downsample", self.downsample, ("pool", "stride"))
         _check_choice(s, "norm", self.norm, ("task", "batchnorm", "none"))
+        _check_int(s, "r_dim", self.r_dim, 1)
+        if isinstance(self.min_variance, bool) or not isinstance(self.min_variance, (int, float)) or not 0.0 < self.min_variance < 1.0:
+            _fail(s, "min_variance", "a number in (0, 1)", self.min_variance)
+        _check_choice(s, "variance_bound", self.variance_bound, ("variance", "scale"))
 
 
 @dataclass(frozen=True)
@@ -177,7 +188,8 @@ class AlgoConfig:
     """The learner and its inner loop.
 
     Attributes:
-        name: ``maml``, ``fomaml``, ``metasgd``, ``anil``, ``reptile`` or ``protonet``.
+        name: ``maml``, ``fomaml``, ``metasgd``, ``anil``, ``reptile``, ``protonet`` or ``cnp``
+            (Conditional Neural Process; no inner steps, the inner-loop fields are ignored).
         inner_lr: Inner step size during meta-training.
         inner_steps: Inner steps during meta-training.
         eval_inner_lr: Inner step size at evaluation (``None``: ``inner_lr``).
@@ -196,8 +208,6 @@ class AlgoConfig:
 
     def __post_init__(self) -> None:
         s = "algo"
-        if self.name in PLANNED_ALGORITHMS:
-            raise ValueError(f"algo.name={self.name!r} is planned but not implemented yet; use one of {list(ALGORITHMS)}")
         _check_choice(s, "name", self.name, ALGORITHMS)
         _check_pos_float(s, "inner_lr", self.inner_lr)
         _check_int(s, "inner_steps", self.inner_steps, 0)

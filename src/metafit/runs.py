@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from metafit import seeding
-from metafit.algorithms import ANIL, MAML, MetaSGD, ProtoNet, Reptile
+from metafit.algorithms import ANIL, CNP, MAML, MetaSGD, ProtoNet, Reptile
 from metafit.algorithms.base import Algorithm, MetaParams, flat_meta_params
 from metafit.checkpoint import (
     Checkpoint,
@@ -53,7 +53,7 @@ from metafit.data.task import Task, TaskBatch
 from metafit.engine import DivergenceError, Trainer, make_optimizer, parameters_of
 from metafit.evaluation import EvalResult, evaluate
 from metafit.functional import Buffers, buffers_of
-from metafit.models import MLP, Conv4
+from metafit.models import MLP, CNPClassifier, CNPRegressor, Conv4
 
 __all__ = [
     "RunError",
@@ -114,12 +114,21 @@ class TrainingDiverged(RunError):
 
 
 def _criterion(config: RunConfig) -> str:
-    return "mse" if config.data.dataset == "sinusoid" else "cross_entropy"
+    if config.data.dataset == "sinusoid":
+        return "gaussian_nll" if config.algo.name == "cnp" else "mse"
+    return "cross_entropy"
+
+
+def _max_way(config: RunConfig) -> int:
+    """Largest ``n_way`` a CNP classifier of this run must handle (training and evaluation)."""
+    return max(20, config.data.n_way, config.data.eval_n_way or 0)
 
 
 def build_model(config: RunConfig) -> nn.Module:
     """The backbone named by ``config.model``, initialised from ``train.seed`` (no global state)."""
     m = config.model
+    if config.algo.name == "cnp":
+        return seeding.seeded(config.train.seed, lambda: _build_cnp(config))
     if config.resolved_arch == "mlp":
         return seeding.seeded(config.train.seed, lambda: MLP(1, m.hidden, 1))
     out = None if config.algo.name == "protonet" else config.data.n_way
@@ -131,11 +140,25 @@ def build_model(config: RunConfig) -> nn.Module:
     )
 
 
+def _build_cnp(config: RunConfig) -> nn.Module:
+    """The CNP network of the dataset: MLP encoder/decoder (sinusoid) or Conv4 features (images)."""
+    m = config.model
+    if config.resolved_arch == "mlp":
+        return CNPRegressor(
+            1, 1, r_dim=m.r_dim, encoder_hidden=(m.r_dim,) * 3, decoder_hidden=(m.r_dim,) * 2,
+            min_variance=m.min_variance, bound=m.variance_bound,
+        )
+    conv = Conv4(1, None, width=m.width, image_size=config.data.image_size, downsample=m.downsample, norm=m.norm)  # type: ignore[arg-type]
+    return CNPClassifier(conv, conv.feature_dim, max_way=_max_way(config), r_dim=m.r_dim, hidden=m.r_dim)
+
+
 def build_algorithm(config: RunConfig) -> Algorithm:
     """The learner named by ``config.algo`` with the dataset's criterion."""
     a = config.algo
     if a.name == "protonet":
         return ProtoNet(distance_scale=a.distance_scale)
+    if a.name == "cnp":
+        return CNP(criterion=_criterion(config))
     common: dict[str, Any] = dict(
         inner_lr=a.inner_lr,
         inner_steps=a.inner_steps,
@@ -232,10 +255,15 @@ def eval_tasks(
     if d.dataset == "sinusoid":
         return sinusoid_eval_tasks(n_tasks, k_shot, n_query or d.eval_n_query or 100, seed=seed)
     n_way = n_way or d.eval_n_way or d.n_way
-    if config.algo.name != "protonet" and n_way != d.n_way:
+    if config.algo.name not in ("protonet", "cnp") and n_way != d.n_way:
         raise ValueError(
             f"n_way={n_way} at evaluation, but algo.name={config.algo.name!r} has a {d.n_way}-way head "
-            "(only protonet can change n_way after training)"
+            "(only protonet and cnp can change n_way after training)"
+        )
+    if config.algo.name == "cnp" and n_way > _max_way(config):
+        raise ValueError(
+            f"n_way={n_way} at evaluation exceeds the {_max_way(config)} classes this run's CNP was built for "
+            "(set data.eval_n_way before training)"
         )
     dataset = _omniglot(config, split)
     from metafit.data.sampling import fixed_episodes

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metafit import SinusoidTasks, Trainer, evaluate, meta_gradients, seeded, sinusoid_eval_tasks
-from metafit.algorithms import CNP, calibration, gaussian_nll, interval_coverage
+from metafit.algorithms import CNP, calibration, gaussian_nll, interval_coverage, recalibrate
 from metafit.data.task import Task
 from metafit.models import CNPClassifier, CNPRegressor
 from tests.conftest import image_tasks
@@ -153,3 +153,65 @@ def test_scale_bound_variant() -> None:
     assert bool((var >= 0.01 - 1e-12).all())
     with pytest.raises(ValueError, match="bound"):
         CNPRegressor(bound="logvar")
+
+
+def test_recalibrate_scales_variance_and_fixes_a_miscalibrated_gaussian() -> None:
+    model, algo = _regressor(), CNP()
+    mp = algo.init(model)
+    val = sinusoid_eval_tasks(16, 5, 20, seed=7, dtype=torch.float64)
+    test = sinusoid_eval_tasks(16, 5, 20, seed=8, dtype=torch.float64)
+    for method in ("nll", "quantile"):
+        fitted = recalibrate(algo, model, mp, val, method=method)
+        assert fitted.variance_scale != 1.0 and fitted.criterion == algo.criterion
+        # the mean is untouched, the variance is scaled by exactly variance_scale
+        st = algo.adapt(model, mp, {}, test[0].support_x, test[0].support_y)
+        m0, v0 = algo.predict_distribution(model, mp, {}, st, test[0].query_x)
+        m1, v1 = fitted.predict_distribution(model, mp, {}, st, test[0].query_x)
+        assert torch.equal(m0, m1) and torch.allclose(v1, v0 * fitted.variance_scale)
+    # NLL method: the fitted scale minimises the validation NLL (a nearby scale is worse)
+    nll = recalibrate(algo, model, mp, val, method="nll")
+
+    def val_nll(a: CNP) -> float:
+        return sum(float(a.loss(model, mp, {}, t)[0].detach()) for t in val)
+
+    best = val_nll(nll)
+    for f in (0.8, 1.25):
+        assert val_nll(CNP(variance_scale=nll.variance_scale * f)) > best
+    # quantile method: the 90% interval covers 90% of the validation targets
+    q = recalibrate(algo, model, mp, val, method="quantile", level=0.9)
+    cov = calibration(q, model, mp, val, levels=(0.9,))[0.9]
+    assert sum(cov) / len(cov) == pytest.approx(0.9, abs=0.02)
+
+
+def test_recalibrate_bad_inputs() -> None:
+    model = _regressor()
+    mp = CNP().init(model)
+    val = sinusoid_eval_tasks(2, 5, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="method"):
+        recalibrate(CNP(), model, mp, val, method="temperature")
+    with pytest.raises(ValueError, match="regression"):
+        recalibrate(CNP("cross_entropy"), model, mp, val)
+    with pytest.raises(ValueError, match="variance_scale"):
+        CNP(variance_scale=0.0)
+    with pytest.raises(ValueError, match="at least one"):
+        recalibrate(CNP(), model, mp, [])
+
+
+def test_cnp_runs_through_the_run_driver_and_loads_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from metafit.config import RunConfig
+    from metafit.runs import evaluate_checkpoint, load_trained, train
+
+    cfg = RunConfig.from_dict({
+        "data": {"dataset": "sinusoid", "k_shot": 5, "eval_tasks": 8},
+        "model": {"r_dim": 16},
+        "algo": {"name": "cnp"},
+        "train": {"steps": 12, "checkpoint_every": 6, "path": "vmap"},
+    })
+    res = train(cfg, tmp_path / "run", progress=False)
+    assert res.step == 12
+    t = load_trained(tmp_path / "run")
+    assert isinstance(t.algorithm, CNP) and t.algorithm.criterion == "gaussian_nll"
+    assert isinstance(t.model, CNPRegressor) and t.model.r_dim == 16
+    out = evaluate_checkpoint(tmp_path / "run", shots=[10])
+    m = out["results"][0]["metrics"]
+    assert {"nll", "mse"} <= set(m) and out["results"][0]["steps"] is None and m["mse"]["n"] == 8

@@ -13,7 +13,7 @@ from metafit.algorithms.maml import MAML, inner_gradients
 from metafit.algorithms.meta_sgd import MetaSGD
 from metafit.algorithms.protonet import ProtoNet
 from metafit.algorithms.reptile import Reptile
-from metafit.algorithms.cnp import CNP, CNPState, calibration, gaussian_nll, interval_coverage
+from metafit.algorithms.cnp import CNP, CNPState, calibration, gaussian_nll, interval_coverage, recalibrate
 
 __all__ = [
     "Algorithm",
@@ -33,4 +33,5 @@ __all__ = [
     "gaussian_nll",
     "interval_coverage",
     "calibration",
+    "recalibrate",
 ]

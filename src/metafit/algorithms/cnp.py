@@ -17,6 +17,7 @@ Also here: the calibration of the Gaussian predictive intervals (:func:`interval
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ __all__ = [
     "gaussian_nll",
     "interval_coverage",
     "calibration",
+    "recalibrate",
     "plot_regression_tasks",
     "COVERAGE_LEVELS",
 ]
@@ -105,6 +107,9 @@ class CNP:
         criterion: ``"gaussian_nll"`` (regression, the network returns ``(mean, var)``) or
             ``"cross_entropy"`` (classification, the network returns logits; tasks must carry
             ``n_way``).
+        variance_scale: Regression: the network's predictive variance is multiplied by this
+            factor (1 during meta-training). :func:`recalibrate` fits it on held-out
+            validation tasks after training (post-hoc recalibration, Kuleshov et al. 2018).
 
     Metrics of :meth:`loss`: regression ``loss`` (= ``nll``), ``nll``, ``mse`` (of the predictive
     mean); classification ``loss`` (= ``nll``), ``nll``, ``accuracy``.
@@ -122,10 +127,14 @@ class CNP:
     """
 
     criterion: str = "gaussian_nll"
+    variance_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.criterion not in ("gaussian_nll", "cross_entropy"):
             raise ValueError(f"criterion must be 'gaussian_nll' or 'cross_entropy', got {self.criterion!r}")
+        if isinstance(self.variance_scale, bool) or not isinstance(self.variance_scale, (int, float)) \
+                or not math.isfinite(self.variance_scale) or self.variance_scale <= 0:
+            raise ValueError(f"variance_scale must be a finite number > 0, got {self.variance_scale!r}")
 
     @property
     def classification(self) -> bool:
@@ -164,7 +173,11 @@ class CNP:
         self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: CNPState, x: Tensor
     ) -> Any:
         """Regression: ``(mean, var)`` each ``(B, y_dim)``; classification: logits ``(B, n_way)``."""
-        return _call(model, meta_params, buffers, "decode", x, adapted.r)
+        out = _call(model, meta_params, buffers, "decode", x, adapted.r)
+        if self.classification or self.variance_scale == 1.0:
+            return out
+        mean, var = out
+        return mean, var * self.variance_scale
 
     def predict(
         self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: CNPState, x: Tensor
@@ -224,6 +237,64 @@ def calibration(
             for lv, c in interval_coverage(mean, var, task.query_y, levels).items():
                 out[lv].append(float(c))
     return out
+
+
+def recalibrate(
+    algorithm: CNP,
+    model: nn.Module,
+    meta_params: MetaParams,
+    tasks: TaskBatch | Sequence[Task],
+    *,
+    buffers: Buffers | None = None,
+    method: str = "nll",
+    level: float = 0.9,
+) -> CNP:
+    """Fits the CNP's ``variance_scale`` on validation tasks (post-hoc recalibration).
+
+    A CNP trained by maximum likelihood can still be over- or under-confident on new tasks (the
+    variance floor, finite training). One scalar ``s`` rescales every predictive variance,
+    ``var' = s * var``; the mean, hence the MSE, is unchanged. It is fitted on VALIDATION tasks
+    (never the test tasks), as temperature scaling is for classifiers (Guo et al. 2017;
+    Kuleshov et al. 2018 for regression):
+
+    * ``method="nll"``: the ``s`` that minimises the Gaussian NLL of the validation query
+      targets, in closed form ``s = mean((y - mu)^2 / var)``;
+    * ``method="quantile"``: the ``s`` that makes the central ``level`` interval cover exactly
+      ``level`` of the validation targets, ``s = (q_level(|y - mu| / sd) / z_level)^2``
+      (a split-conformal calibration of that one interval).
+
+    Args:
+        algorithm: A regression :class:`CNP` (its current ``variance_scale`` is replaced).
+        model: The network.
+        meta_params: Trained meta-parameters.
+        tasks: Validation tasks (support = context, query = targets).
+        buffers: Model buffers (default none).
+        method: ``"nll"`` or ``"quantile"``.
+        level: Interval level for ``method="quantile"``.
+
+    Returns:
+        ``dataclasses.replace(algorithm, variance_scale=s)``.
+    """
+    if algorithm.classification:
+        raise ValueError("recalibrate is for regression CNPs (criterion='gaussian_nll')")
+    if method not in ("nll", "quantile"):
+        raise ValueError(f"method must be 'nll' or 'quantile', got {method!r}")
+    base = dataclasses.replace(algorithm, variance_scale=1.0)
+    buffers = buffers or {}
+    z2: list[Tensor] = []
+    with torch.no_grad():
+        for task in tasks:
+            state = base.adapt(model, meta_params, buffers, task.support_x, task.support_y)
+            mean, var = base.predict_distribution(model, meta_params, buffers, state, task.query_x)
+            z2.append(((task.query_y.reshape(mean.shape) - mean).pow(2) / var).flatten().double())
+    if not z2:
+        raise ValueError("recalibrate needs at least one validation task")
+    allz2 = torch.cat(z2)
+    if method == "nll":
+        s = float(allz2.mean())
+    else:
+        s = float(torch.quantile(allz2.sqrt(), level)) ** 2 / _z(level) ** 2
+    return dataclasses.replace(algorithm, variance_scale=max(s, 1e-12))
 
 
 def plot_regression_tasks(
