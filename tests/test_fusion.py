@@ -156,3 +156,32 @@ def test_load_base_model_from_checkpoint(tmp_path) -> None:  # type: ignore[no-u
     assert not dst.weight.requires_grad
     with pytest.raises(ValueError, match="matching"):
         load_base_model(path, nn.Linear(4, 2))
+
+
+def test_meta_train_and_compare_on_embedded_tasks() -> None:
+    from metafit import generator
+    from metafit.fusion import FUSION_METHOD, compare_fusion, fusion_markdown, meta_train_fusion
+
+    pool = list(_tasks(24, k=2, seed=11))
+    head, mp, losses = meta_train_fusion(pool, 3, steps=15, generator=generator(0), tasks_per_batch=8, lr=5e-2,
+                                         head=FusionHead(3).double())
+    assert len(losses) == 15 and losses[-1] < losses[0]
+    torch.testing.assert_close(head.log_scale.detach(), mp["model"]["log_scale"].detach())  # head holds the trained values
+    cmp = compare_fusion(FusionLearner(), head, mp, _tasks(10, k=2, seed=12))
+    assert len(cmp.best_single_choice) == 10 and len(cmp.fusion_nll) == 10
+    s = cmp.summary()
+    assert s[FUSION_METHOD]["diff_vs_fusion"] is None and s[FUSION_METHOD]["n"] == 10
+    for name in ("base model 0", "base model 2", "uniform average"):
+        d = torch.tensor(cmp.per_task[FUSION_METHOD]) - torch.tensor(cmp.per_task[name])
+        assert s[name]["diff_vs_fusion"]["mean"] == pytest.approx(float(d.double().mean()))
+    assert s[FUSION_METHOD]["mean"] > s["base model 2"]["mean"]  # model 2 is mostly noise
+    assert fusion_markdown(s).count("\n") == 2 + len(s)
+
+
+def test_load_fusion_refuses_other_checkpoints(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from metafit.checkpoint import save_checkpoint
+    from metafit.fusion import load_fusion
+
+    path = save_checkpoint(tmp_path, 1, {"meta/model/w": torch.zeros(2)}, {"config": {}})
+    with pytest.raises(ValueError, match="is not a fusion checkpoint: expected kind 'metafit-fusion-1'"):
+        load_fusion(path)
