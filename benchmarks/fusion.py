@@ -2,7 +2,8 @@
 
 Protocol (full, recorded in the JSON):
 
-* Data: Omniglot (Lake et al. 2015), images 28x28 (inverted, strokes = 1), no rotations.
+* Data: Omniglot (Lake et al. 2015), images 28x28 (the data layer's preprocessing: inverted,
+  strokes = 1, PIL bilinear resize), no rotations.
   Background split, 30 alphabets sorted by name: alphabets 4, 9, 14, ... (every 5th, 6 of them)
   are kept for meta-training the fusion; the other 24 are split round-robin into M = 4 disjoint
   groups of 6, one per base model. Test: the 20 evaluation alphabets, unseen by every base model
@@ -23,8 +24,11 @@ Protocol (full, recorded in the JSON):
   alphabets per K = 1, 5; accuracy mean ± 95% CI over episodes, and the paired difference
   (fusion - baseline) ± 95% CI over the same episodes.
 
-Data: read here directly from the two zips (the metafit.data Omniglot layer was not available yet
-when this was written), cached as uint8 tensors in --cache.
+Data: the library data layer (:mod:`metafit.data.omniglot`: ``load_omniglot``, decoded once and
+cached in ``--cache-dir``; ``omniglot_alphabets`` for the alphabet groups; the Lake ``"test"``
+split = the evaluation alphabets) and its samplers (``EpisodeSampler``, ``fixed_episodes``).
+The fusion's meta-training and the comparison are :func:`metafit.fusion.meta_train_fusion` and
+:func:`metafit.fusion.compare_fusion`, what ``metafit fuse`` runs on trained run folders.
 
 Usage:
     python benchmarks/fusion.py --out results/fusion.json
@@ -33,88 +37,36 @@ Usage:
 
 from __future__ import annotations
 
-import io
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
-from metafit import ProtoNet, Trainer, evaluate, generator, seeded, summarize  # noqa: E402
-from metafit.data.task import Task, stack_tasks  # noqa: E402
-from metafit.fusion import (  # noqa: E402
-    FusionHead,
-    FusionLearner,
-    best_single,
-    embed_task,
-    model_logits,
-    stacking,
-    uniform_average,
-)
+from _common import parser, setup_threads, write_out  # noqa: E402
+from metafit import ProtoNet, Trainer, generator, seeded, summarize  # noqa: E402
+from metafit.data.datasets import LabelledDataset  # noqa: E402
+from metafit.data.omniglot import alphabet_names, load_omniglot, omniglot_alphabets, omniglot_split  # noqa: E402
+from metafit.data.sampling import EpisodeSampler, fixed_episodes  # noqa: E402
+from metafit.fusion import FusionLearner, compare_fusion, embed_task, fusion_markdown, meta_train_fusion  # noqa: E402
 from metafit.models import Conv4  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 M = 4
 
 
-def load_split(root: Path, split: str, cache: Path | None) -> dict[str, torch.Tensor]:
-    """``{alphabet: uint8 (n_chars, 20, 28, 28)}`` read from ``images_<split>.zip``."""
-    if cache is not None and cache.exists():
-        return torch.load(cache)
-    from PIL import Image
-
-    zp = root / "omniglot" / f"images_{split}.zip"
-    chars: dict[tuple[str, str], list[torch.Tensor]] = {}
-    with zipfile.ZipFile(zp) as z:
-        for name in sorted(z.namelist()):
-            if not name.endswith(".png"):
-                continue
-            _, alphabet, character, _ = name.split("/")
-            img = Image.open(io.BytesIO(z.read(name))).convert("L").resize((28, 28), Image.LANCZOS)
-            t = 255 - torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(28, 28)
-            chars.setdefault((alphabet, character), []).append(t)
-    out: dict[str, list[torch.Tensor]] = {}
-    for (alphabet, _), imgs in sorted(chars.items()):
-        out.setdefault(alphabet, []).append(torch.stack(imgs))
-    data = {a: torch.stack(v) for a, v in out.items()}
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(data, cache)
-    return data
-
-
-def pool(data: dict[str, torch.Tensor], alphabets: list[str]) -> torch.Tensor:
-    """float (n_chars, 20, 1, 28, 28) in [0, 1] of the given alphabets."""
-    return torch.cat([data[a] for a in alphabets]).float().div(255.0).unsqueeze(2)
-
-
-def episode(images: torch.Tensor, n_way: int, k: int, q: int, g: torch.Generator) -> Task:
-    chars = torch.randperm(images.shape[0], generator=g)[:n_way]
-    sx, qx = [], []
-    for c in chars:
-        idx = torch.randperm(images.shape[1], generator=g)[: k + q]
-        sel = images[c, idx]
-        sx.append(sel[:k])
-        qx.append(sel[k:])
-    sy = torch.arange(n_way).repeat_interleave(k)
-    qy = torch.arange(n_way).repeat_interleave(q)
-    return Task(torch.cat(sx), sy, torch.cat(qx), qy, n_way=n_way)
-
-
-def train_base(images: torch.Tensor, seed: int, minutes: float, max_steps: int) -> tuple[torch.nn.Module, dict]:
+def train_base(dataset: LabelledDataset, seed: int, minutes: float, max_steps: int) -> tuple[torch.nn.Module, dict]:
+    """A Conv-4 ProtoNet trained on 20-way 1-shot 5-query episodes of ``dataset``, frozen."""
     model = seeded(seed, lambda: Conv4(1, None, width=32))
     algo = ProtoNet()
     trainer = Trainer(algo, model, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), path="loop")
-    g = generator(seed + 7)
+    sampler = EpisodeSampler(dataset, 20, 1, 5, tasks_per_batch=1, generator=generator(seed + 7))
     t0 = time.perf_counter()
     steps, accs = 0, []
     while steps < max_steps and time.perf_counter() - t0 < minutes * 60:
-        r = trainer.step([episode(images, 20, 1, 5, g)])
+        r = trainer.step(sampler.sample_batch())
         accs.append(r.metrics["accuracy"])
         steps += 1
     assert trainer.meta_params is not None
@@ -128,14 +80,11 @@ def train_base(images: torch.Tensor, seed: int, minutes: float, max_steps: int) 
     return model, {"steps": steps, "seconds": time.perf_counter() - t0, "train_acc_last100": sum(last) / max(len(last), 1)}
 
 
-def acc(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return float((logits.argmax(-1) == y).double().mean())
-
-
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
-    p.add_argument("--cache", type=Path, default=Path("/tmp/metafit_omniglot28.pt"))
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where the data layer caches the decoded images (default $METAFIT_CACHE/omniglot or ~/.cache/metafit/omniglot)")
     p.add_argument("--base-minutes", type=float, default=1.0)
     p.add_argument("--base-steps", type=int, default=100_000)
     p.add_argument("--fusion-tasks", type=int, default=300)
@@ -149,19 +98,18 @@ def main() -> None:
         args.base_minutes, args.base_steps, args.fusion_tasks, args.fusion_steps, args.eval_tasks = 0.1, 10, 16, 10, 20
     t_all = time.perf_counter()
     t0 = time.perf_counter()
-    bg = load_split(args.data_root, "background", args.cache.with_name(args.cache.stem + "_bg.pt"))
-    ev = load_split(args.data_root, "evaluation", args.cache.with_name(args.cache.stem + "_ev.pt"))
+    data = load_omniglot(args.data_root, image_size=28, cache_dir=args.cache_dir)
     load_s = time.perf_counter() - t0
-    names = sorted(bg)
+    names = list(alphabet_names(data, "background"))
     fusion_alpha = names[4::5]
     rest = [a for a in names if a not in fusion_alpha]
     groups = [rest[i::M] for i in range(M)]
-    test_images = pool(ev, sorted(ev))
-    fusion_images = pool(bg, fusion_alpha)
+    test_ds = omniglot_split(data, "test", protocol="lake", rotations=False)  # the 20 evaluation alphabets
+    fusion_ds = omniglot_alphabets(data, fusion_alpha)
 
     bases, base_info = [], []
     for i, grp in enumerate(groups):
-        model, info = train_base(pool(bg, grp), args.seed + 10 * i, args.base_minutes, args.base_steps)
+        model, info = train_base(omniglot_alphabets(data, grp), args.seed + 10 * i, args.base_minutes, args.base_steps)
         bases.append(model)
         base_info.append({"alphabets": grp, **info})
         print(f"base model {i}: {info['steps']} steps in {info['seconds']:.0f} s, "
@@ -172,58 +120,36 @@ def main() -> None:
     tables = []
     for k in (1, 5):
         t0 = time.perf_counter()
-        g = generator(args.seed + 1000 + k)
-        train_tasks = [embed_task(bases, episode(fusion_images, 5, k, args.fusion_query, g)) for _ in range(args.fusion_tasks)]
-        head = FusionHead(M)
+        pool = EpisodeSampler(fusion_ds, 5, k, args.fusion_query, tasks_per_batch=args.fusion_tasks,
+                              generator=generator(args.seed + 1000 + k)).sample_batch()
+        train_tasks = [embed_task(bases, t) for t in pool]
         algo = FusionLearner(inner_steps=1)
-        trainer = Trainer(algo, head, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), path="vmap")
-        gb = generator(args.seed + 2000 + k)
-        for _ in range(args.fusion_steps):
-            idx = torch.randperm(len(train_tasks), generator=gb)[:16]
-            trainer.step(stack_tasks([train_tasks[int(j)] for j in idx]))
-        assert trainer.meta_params is not None
-        mp = trainer.meta_params
+        head, mp, _ = meta_train_fusion(train_tasks, M, steps=args.fusion_steps, generator=generator(args.seed + 2000 + k),
+                                        tasks_per_batch=16, lr=1e-2, learner=algo, seed=args.seed + k, path="vmap")
         fusion_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        ge = generator(args.seed + 5000 + k)  # fixed test episodes, the same for every method
-        test = [embed_task(bases, episode(test_images, 5, k, args.eval_query, ge)) for _ in range(args.eval_tasks)]
-        per: dict[str, list[float]] = {}
-        r = evaluate(algo, head, mp, test)
-        per["fusion (meta-learned)"] = r.per_task["accuracy"]
-        chosen = []
-        for t in test:
-            logits = model_logits(t.support_x, t.support_y, t.query_x, 5)
-            for m in range(M):
-                per.setdefault(f"base model {m}", []).append(acc(logits[m], t.query_y))
-            per.setdefault("uniform average", []).append(acc(uniform_average(t), t.query_y))
-            bl, b = best_single(t)
-            chosen.append(b)
-            per.setdefault("best single (support)", []).append(acc(bl, t.query_y))
-            per.setdefault("stacking (LR, sklearn contract)", []).append(acc(stacking(t), t.query_y))
-            per.setdefault("stacking (class-symmetric LR)", []).append(acc(stacking(t, symmetric=True), t.query_y))
+        # fixed test episodes, the same for every method
+        episodes = fixed_episodes(test_ds, 5, k, args.eval_query, args.eval_tasks, seed=args.seed + 5000 + k)
+        test = [embed_task(bases, t) for t in episodes]
+        cmp = compare_fusion(algo, head, mp, test)
+        chosen = cmp.best_single_choice
         eval_s = time.perf_counter() - t0
-        fus = torch.tensor(per["fusion (meta-learned)"], dtype=torch.float64)
-        rows, out = [], {}
-        for name, v in per.items():
-            s = summarize(v)
-            d = summarize(fus - torch.tensor(v, dtype=torch.float64)) if not name.startswith("fusion") else None
-            out[name] = {"mean": s.mean, "ci95": s.ci95, "diff_vs_fusion": None if d is None else {"mean": d.mean, "ci95": d.ci95}}
-            rows.append([name, f"{100 * s.mean:.2f} ± {100 * s.ci95:.2f}",
-                         "—" if d is None else f"{100 * d.mean:+.2f} ± {100 * d.ci95:.2f}"])
+        nll = summarize(cmp.fusion_nll)
+        out = cmp.summary()  # mean ± 95% CI per method, paired difference to the fusion
         w = mp["model"]["log_scale"].detach()
         results["eval"][k] = {
             "accuracy": out, "fusion_train_seconds": fusion_s, "eval_seconds": eval_s, "n_tasks": len(test),
             "learned_log_scale": w.tolist(), "learned_inner_lr": float(mp["model"]["log_inner_lr"].detach().exp()),
             "best_single_choice_counts": torch.bincount(torch.tensor(chosen), minlength=M).tolist(),
-            "fusion_nll": {"mean": r.metrics["nll"].mean, "ci95": r.metrics["nll"].ci95},
+            "fusion_nll": {"mean": nll.mean, "ci95": nll.ci95},
         }
-        tables.append((k, rows, fusion_s, eval_s))
+        tables.append((k, fusion_markdown(out)))
         print(f"K={k}: fusion meta-training {fusion_s:.0f} s, evaluation {eval_s:.0f} s", flush=True)
     results["total_seconds"] = time.perf_counter() - t_all
-    for k, rows, fs, es in tables:
-        print(f"\n5-way {k}-shot, {args.eval_tasks} test episodes ({args.eval_query} queries/class) of the evaluation alphabets (accuracy %)\n")
-        print(markdown_table(["method", "accuracy ± 95% CI", "fusion − method (paired) ± 95% CI"], rows))
+    for k, table in tables:
+        print(f"\n5-way {k}-shot, {args.eval_tasks} test episodes ({args.eval_query} queries/class) of the evaluation alphabets\n")
+        print(table, end="")
     print(f"\ntotal {results['total_seconds']:.0f} s (data load {load_s:.0f} s)")
     write_out(args.out, {"benchmark": "fusion_omniglot", "quick": args.quick, **results})
 
