@@ -44,6 +44,7 @@ PAPER = {  # (learner, n_way, k_shot) -> published accuracy (%), see docs/result
     ("protonet", 5, 1): "98.8", ("protonet", 5, 5): "99.7", ("protonet", 20, 1): "96.0", ("protonet", 20, 5): "98.9",
     ("reptile", 5, 1): "97.68 ± 0.04", ("reptile", 5, 5): "99.48 ± 0.06", ("reptile", 20, 1): "89.43 ± 0.14", ("reptile", 20, 5): "97.12 ± 0.32",
     ("anil", 20, 1): "96.2 ± 0.5", ("anil", 20, 5): "98.0 ± 0.3",
+    ("cnp", 5, 1): "95.3 (unconfirmed)", ("cnp", 5, 5): "98.5 (unconfirmed)",
 }
 
 
