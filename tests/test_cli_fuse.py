@@ -101,6 +101,7 @@ def test_cli_fuse_end_to_end(base_runs: list[Path], data_root: Path, tmp_path: P
         (["--base", "RUN", "--n-way", "5000"], "n_way (--n-way) must be <= 100 (classes of the Omniglot 'vinyals' val/test splits), got 5000"),
         (["--base", "RUN", "--k-shot", "10", "--n-query", "15"], "k_shot + n_query (--k-shot + --n-query) must be <= 20"),
         (["--base", "SINE"], "expected a model trained on Omniglot (data.dataset='omniglot'), got data.dataset='sinusoid'"),
+        (["--base", "CNP"], "expected an image classifier or embedding network (algo.name one of"),
     ],
 )
 def test_cli_fuse_bad_input_exits_2_with_one_line(extra: list[str], needle: str, base_runs: list[Path], data_root: Path,
@@ -110,7 +111,11 @@ def test_cli_fuse_bad_input_exits_2_with_one_line(extra: list[str], needle: str,
         assert main(["train", "--dataset", "sinusoid", "--algo", "fomaml", "--steps", "1", "--run-dir", str(sine), "--quiet",
                      "--set", "model.hidden=[4]", "--set", "data.eval_tasks=1", "--set", "data.tasks_per_batch=1"]) == 0
         capsys.readouterr()
-    extra = [{"RUN": str(base_runs[0]), "SINE": str(tmp_path / "sine")}.get(a, a) for a in extra]
+    if "CNP" in extra:
+        assert main(["train", "--dataset", "omniglot", "--set", "algo.name=cnp", "--steps", "1", "--run-dir", str(tmp_path / "cnp"),
+                     "--data-root", str(data_root), "--quiet", *TINY_OMNI, "--set", "model.r_dim=8"]) == 0
+        capsys.readouterr()
+    extra = [{"RUN": str(base_runs[0]), "SINE": str(tmp_path / "sine"), "CNP": str(tmp_path / "cnp")}.get(a, a) for a in extra]
     code = main(["fuse", *extra, "--data-root", str(data_root), "--steps", "1", "--train-tasks", "2", "--episodes", "2",
                  "--out-dir", str(tmp_path / "out")])
     assert code == 2
