@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -228,15 +228,22 @@ def calibration(
     """
     if algorithm.classification:
         raise ValueError("calibration is for regression CNPs (criterion='gaussian_nll')")
-    buffers = buffers or {}
     out: dict[float, list[float]] = {lv: [] for lv in levels}
+    for task, mean, var in _query_predictions(algorithm, model, meta_params, tasks, buffers or {}):
+        for lv, c in interval_coverage(mean, var, task.query_y, levels).items():
+            out[lv].append(float(c))
+    return out
+
+
+def _query_predictions(
+    algorithm: CNP, model: nn.Module, meta_params: MetaParams, tasks: TaskBatch | Sequence[Task], buffers: Buffers
+) -> Iterator[tuple[Task, Tensor, Tensor]]:
+    """``(task, mean, var)`` of each task's query set given its support set (no grad)."""
     with torch.no_grad():
         for task in tasks:
             state = algorithm.adapt(model, meta_params, buffers, task.support_x, task.support_y)
             mean, var = algorithm.predict_distribution(model, meta_params, buffers, state, task.query_x)
-            for lv, c in interval_coverage(mean, var, task.query_y, levels).items():
-                out[lv].append(float(c))
-    return out
+            yield task, mean, var
 
 
 def recalibrate(
@@ -280,13 +287,10 @@ def recalibrate(
     if method not in ("nll", "quantile"):
         raise ValueError(f"method must be 'nll' or 'quantile', got {method!r}")
     base = dataclasses.replace(algorithm, variance_scale=1.0)
-    buffers = buffers or {}
-    z2: list[Tensor] = []
-    with torch.no_grad():
-        for task in tasks:
-            state = base.adapt(model, meta_params, buffers, task.support_x, task.support_y)
-            mean, var = base.predict_distribution(model, meta_params, buffers, state, task.query_x)
-            z2.append(((task.query_y.reshape(mean.shape) - mean).pow(2) / var).flatten().double())
+    z2 = [
+        ((task.query_y.reshape(mean.shape) - mean).pow(2) / var).flatten().double()
+        for task, mean, var in _query_predictions(base, model, meta_params, tasks, buffers or {})
+    ]
     if not z2:
         raise ValueError("recalibrate needs at least one validation task")
     allz2 = torch.cat(z2)
