@@ -5,8 +5,9 @@ For each setup every variant gets the same seed, data and initial weights (one s
 meta-gradient of every variant is compared with the plain loop's (max abs and relative
 difference). Then the variants run interleaved in one process, one meta-iteration each per
 round with the starting position rotated, and the report gives paired ratios (variant time /
-plain time in the same round: median [min, max]), the median seconds, the peak RSS while the
-variant ran (VmHWM, reset between variants via /proc/self/clear_refs) and achieved GFLOP/s
+plain time in the same round: median [min, max]), the median seconds, the peak memory one call
+of the variant adds (CPU: VmHWM of a forked child minus its RSS at entry; CUDA:
+max_memory_allocated) and achieved GFLOP/s
 (FLOPs counted by torch.utils.flop_counter on one iteration) against the measured fp32
 matrix-multiply peak.
 
@@ -23,6 +24,7 @@ second order), ``omniglot20`` (20-way 1-shot, 5 queries, 16 tasks, 5 inner steps
 from __future__ import annotations
 
 import importlib
+import os
 import importlib.util
 import statistics
 import sys
@@ -210,6 +212,19 @@ def proto_variants(model: nn.Module) -> dict[str, Callable[[TaskBatch], None]]:
     algo = ProtoNet(distance="euclidean", joint_embedding=False)
     mp = {"model": dict(model.named_parameters())}
     out["metafit_protonet"] = lambda b: meta_backward(algo, model, mp, {}, b, path="loop") and None
+    # The same function with channels-last conv weights (what benchmarks/omniglot.py's ProtoNet
+    # recipe uses on the CPU); gradients are copied back onto the shared module for the check.
+    mp_cl = {"model": {k: v.detach().clone(memory_format=torch.channels_last if v.dim() == 4 else torch.preserve_format)
+                       .requires_grad_() for k, v in model.named_parameters()}}
+
+    def run_cl(b: TaskBatch) -> None:
+        for v in mp_cl["model"].values():
+            v.grad = None
+        meta_backward(algo, model, mp_cl, {}, b, path="loop")
+        for k, p in model.named_parameters():
+            p.grad = mp_cl["model"][k].grad
+
+    out["metafit_protonet_channels_last"] = run_cl
     try:
         try:
             from easyfsl.methods import PrototypicalNetworks  # type: ignore
@@ -236,25 +251,46 @@ def grads_of(model: nn.Module, fn: Callable[[TaskBatch], None], batch: TaskBatch
     return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
 
 
-def peak_rss_reset() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_rss_mib() -> float:
-    if DEVICE.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_memory_mib(fn: Callable[[TaskBatch], None], batch: TaskBatch) -> float:
+    """Peak memory ONE call of ``fn`` adds, in MiB.
+
+    CUDA: ``max_memory_allocated`` after a reset. CPU: the call runs in a forked child, whose peak
+    resident set (VmHWM) starts at its own resident set, so ``VmHWM - VmRSS at entry`` is what this
+    variant allocates on top of the shared state (a per-process reset through
+    /proc/self/clear_refs does not work on every kernel, e.g. this machine's).
+    """
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn(batch)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    if not Path("/proc/self/status").exists() or not hasattr(os, "fork"):
+        return float("nan")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: measure, report, exit without running any cleanup of the parent
+        try:
+            os.close(r)
+            torch.set_num_threads(1)  # the child must not reuse the parent's OpenMP pool
+            base = _status_mib("VmRSS")
+            fn(batch)
+            os.write(w, f"{_status_mib('VmHWM') - base}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        text = f.read()
+    os.waitpid(pid, 0)
+    return float(text) if text else float("nan")
 
 
 def _sync() -> None:
@@ -305,27 +341,27 @@ def bench_setup(setup: str, rounds: int, dtype_check: torch.dtype = torch.float6
     for name in names:
         results["variants"][name]["gflop"] = count_flops(model, variants[name], batch) / 1e9
     times: dict[str, list[float]] = {n: [] for n in names}
-    peaks: dict[str, float] = {n: 0.0 for n in names}
-    for name in names:  # warm-up
+    peaks: dict[str, float] = {}
+    for name in names:  # warm-up, then the variant's own peak memory (one call)
         grads_of(model, variants[name], batch)
+        model.zero_grad(set_to_none=True)
+        peaks[name] = peak_memory_mib(variants[name], batch)
     for r in range(rounds):
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             model.zero_grad(set_to_none=True)
-            peak_rss_reset()
             _sync()
             t0 = time.perf_counter()
             variants[name](batch)
             _sync()
             times[name].append(time.perf_counter() - t0)
-            peaks[name] = max(peaks[name], peak_rss_mib())
     for name in names:
         ratios = [t / p for t, p in zip(times[name], times[ref_name])]
         v = results["variants"][name]
         v.update(
             median_s=statistics.median(times[name]),
             ratio_median=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
-            peak_rss_mib=peaks[name],
+            peak_mib=peaks[name],
         )
         v["gflops_per_s"] = v["gflop"] / v["median_s"]
     results["reference"] = ref_name
@@ -357,11 +393,11 @@ def main() -> None:
             if "median_s" not in v:
                 continue
             rows.append([s, name, f"{v['median_s']:.4f}", f"{v['ratio_median']:.2f} [{v['ratio_min']:.2f}, {v['ratio_max']:.2f}]",
-                         f"{v['peak_rss_mib']:.0f}", f"{v['gflops_per_s']:.1f} ({100 * v['gflops_per_s'] / peak:.0f}%)",
+                         f"{v['peak_mib']:.0f}", f"{v['gflops_per_s']:.1f} ({100 * v['gflops_per_s'] / peak:.0f}%)",
                          f"{v['grad_max_abs_diff_float64']:.1e} ({v['grad_rel_diff_float64']:.1e})",
                          f"{v['grad_max_abs_diff_float32']:.1e}"])
     print(f"## Meta-iteration speed on {args.device} (paired ratio vs the plain loop; fp32 matmul peak {peak:.0f} GFLOP/s)\n")
-    print(markdown_table(["setup", "variant", "median s", "ratio vs plain [min, max]", "peak RSS MiB" if DEVICE.type == "cpu" else "peak GPU MiB", "GFLOP/s (% of peak)",
+    print(markdown_table(["setup", "variant", "median s", "ratio vs plain [min, max]", "peak MiB added (one call)" if DEVICE.type == "cpu" else "peak GPU MiB added", "GFLOP/s (% of peak)",
                           "grad diff f64 abs (rel)", "grad diff f32 abs"], rows))
     for n in sorted(set(NOTES)):
         print(f"- {n}")
