@@ -56,3 +56,12 @@ def image_tasks(n_tasks: int = 3, n_way: int = 3, k_shot: int = 2, n_query: int 
     sy = torch.arange(n_way).repeat_interleave(k_shot).expand(n_tasks, -1).contiguous()
     qy = torch.arange(n_way).repeat_interleave(n_query).expand(n_tasks, -1).contiguous()
     return TaskBatch(sx, sy, qx, qy, n_way=n_way)
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    """The single stderr line of a CLI error (no traceback), for asserting on its wording."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]

@@ -11,6 +11,7 @@ import pytest
 
 from metafit.checkpoint import latest_checkpoint, load_checkpoint
 from metafit.cli import build_parser, main
+from tests.conftest import one_line_error as _one_line_error
 
 TINY = ["--set", "model.hidden=[8,8]", "--set", "data.eval_tasks=10", "--set", "data.tasks_per_batch=2",
         "--set", "train.checkpoint_every=5", "--set", "train.log_every=2", "--set", "train.num_threads=1"]
@@ -18,14 +19,6 @@ TINY = ["--set", "model.hidden=[8,8]", "--set", "data.eval_tasks=10", "--set", "
 
 def _train(run_dir: Path, *extra: str) -> int:
     return main(["train", "--dataset", "sinusoid", "--algo", "fomaml", "--steps", "10", "--run-dir", str(run_dir), "--quiet", *TINY, *extra])
-
-
-def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def test_cli_train_eval_plot_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

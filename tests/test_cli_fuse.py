@@ -15,18 +15,11 @@ import torch
 
 from metafit.cli import main
 from metafit.fusion import BaseRun, fuse, load_base_run, load_fusion
+from tests.conftest import one_line_error as _one_line_error
 
 TINY_OMNI = ["--set", "model.width=8", "--set", "data.rotations=false", "--set", "data.n_way=5", "--set", "data.k_shot=1",
              "--set", "data.n_query=5", "--set", "data.tasks_per_batch=1", "--set", "data.eval_tasks=2",
              "--set", "train.checkpoint_every=100", "--set", "train.num_threads=1"]
-
-
-def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
