@@ -14,11 +14,16 @@ Usage:
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
 
 from _common import data_root, markdown_table, parser, setup_threads, write_out  # noqa: E402
 from metafit import evaluate  # noqa: E402
@@ -32,6 +37,16 @@ class Reached(Exception):
     """Stops training once every threshold is reached."""
 
 
+def decay_to_zero(kind: str, total: int) -> Callable[[torch.optim.Optimizer], Any]:
+    """A scheduler factory that decays the learning rate to zero over ``total`` steps."""
+
+    def factor(step: int) -> float:
+        frac = min(step, total) / total
+        return 0.5 * (1.0 + math.cos(math.pi * frac)) if kind == "cosine" else 1.0 - frac
+
+    return lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--learners", nargs="+", default=["protonet", "fomaml", "maml", "metasgd", "anil", "reptile"])
@@ -43,6 +58,12 @@ def main() -> None:
     p.add_argument("--no-stop", action="store_true",
                    help="train for the whole budget even after every threshold is reached (for the final model's table)")
     p.add_argument("--train-way", type=int, default=None, help="override the recipe's training-episode way")
+    p.add_argument("--train-query", type=int, default=None, help="override the recipe's queries per class in training episodes")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="stop after this many meta-iterations (also the length of --schedule cosine/linear)")
+    p.add_argument("--schedule", choices=["recipe", "cosine", "linear"], default="recipe",
+                   help="learning-rate schedule: the recipe's (ProtoNets: halve every 2,000 episodes) or "
+                        "cosine / linear decay to zero over --iterations (budgeted training)")
     args = p.parse_args()
     setup_threads(args.threads)
     if args.quick:
@@ -71,6 +92,12 @@ def main() -> None:
         r = recipe(learner, 5, 1, "cpu")
         if args.train_way is not None:
             r = dataclasses.replace(r, train_way=args.train_way)
+        if args.train_query is not None:
+            r = dataclasses.replace(r, train_query=args.train_query)
+        if args.schedule != "recipe":
+            if args.iterations is None:
+                p.error(f"--schedule {args.schedule} needs --iterations (the decay length); got none")
+            r = dataclasses.replace(r, scheduler=decay_to_zero(args.schedule, args.iterations))
         holder: dict = {}
 
         def keep(trainer, model, minutes, _m=monitor, holder=holder):  # noqa: ANN001
@@ -78,7 +105,7 @@ def main() -> None:
             _m(trainer, model, minutes)
 
         try:
-            _, _, trainer, info = train(r, train_set, minutes=args.minutes, iterations=None, seed=args.seed,
+            _, _, trainer, info = train(r, train_set, minutes=args.minutes, iterations=args.iterations, seed=args.seed,
                                         monitor=keep, monitor_every_s=args.every)
         except Reached:
             trainer, info = holder["trainer"], {"stopped_at_minutes": holder["minutes"]}
@@ -93,7 +120,8 @@ def main() -> None:
                 final_rows.append([learner, f"{ew}-way {es}-shot", f"{100 * a.mean:.2f} ± {100 * a.ci95:.2f}", a.n,
                                    PAPER.get((learner, ew, es), "–"), trainer.step_count])
         best = max((a for _, a, _ in curve), default=float("nan"))
-        records.append({"learner": learner, "train_way": r.train_way, "tasks_per_batch": r.tasks_per_batch, "first_minutes": first, "curve": curve, "budget_minutes": args.minutes,
+        records.append({"learner": learner, "train_way": r.train_way, "train_query": r.train_query, "schedule": args.schedule,
+                        "tasks_per_batch": r.tasks_per_batch, "first_minutes": first, "curve": curve, "budget_minutes": args.minutes,
                         "final": finals, **info})
         rows.append([learner] + [f"{first[t]:.1f}" if t in first else f"> {args.minutes:g}" for t in THRESHOLDS]
                     + [f"{best:.2f}", len(curve)])

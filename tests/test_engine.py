@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from metafit import MAML, SinusoidTasks, Trainer, choose_path, generator, seeded
-from metafit.engine import DivergenceError, make_optimizer, meta_backward
+from metafit import MAML, MetaSGD, SinusoidTasks, Trainer, choose_path, generator, seeded
+from metafit.engine import DivergenceError, make_optimizer, meta_backward, meta_gradients
 from metafit.functional import apply, buffers_of, params_of
 from metafit.models import MLP, TaskBatchNorm
 from tests.conftest import TinyConv, image_tasks
@@ -130,3 +130,23 @@ def test_meta_backward_denominator_scales_gradients() -> None:
         meta_backward(algo, model, mp2, {}, part, path="loop", denominator=4)
     for k in mp1["model"]:
         torch.testing.assert_close(mp1["model"][k].grad, mp2["model"][k].grad)
+
+
+@pytest.mark.parametrize("make_algo", [
+    lambda: MetaSGD(inner_lr=0.1, inner_steps=2),  # second order through 2 steps and learned rates
+    pytest.param(lambda: MAML(inner_lr=0.1, inner_steps=2), marks=pytest.mark.slow),
+    pytest.param(lambda: MAML(inner_lr=0.1, first_order=True), marks=pytest.mark.slow),
+], ids=["metasgd2", "maml2", "fomaml"])
+def test_compile_path_gives_the_loop_meta_gradient(make_algo) -> None:
+    # Each compile takes ~1 min on 2 cores, so only Meta-SGD runs by default. The torch.compile path traces the inner gradients with torch.func.grad: the meta-gradient,
+    # second order included, must equal the eager loop's (float64, torch BatchNorm inside).
+    torch._dynamo.reset()
+    model = seeded(0, lambda: TinyConv(norm="batchnorm")).double()
+    algo = make_algo()
+    batch = image_tasks(2)
+    g_loop, m_loop = meta_gradients(algo, model, algo.init(model), {}, batch, path="loop")
+    g_comp, m_comp = meta_gradients(algo, model, algo.init(model), {}, batch, path="compile")
+    for group in g_loop:
+        for k in g_loop[group]:
+            torch.testing.assert_close(g_comp[group][k], g_loop[group][k], rtol=1e-9, atol=1e-12)
+    assert m_comp["loss"] == pytest.approx(m_loop["loss"], rel=1e-12)

@@ -37,9 +37,10 @@ def inner_gradients(
 ) -> Params:
     """Gradient of ``loss_fn(params)`` w.r.t. ``params``.
 
-    Inside ``torch.func.vmap`` this uses ``torch.func.grad`` (``torch.autograd.grad`` cannot run
-    under vmap); otherwise plain ``torch.autograd.grad``, which is faster for a per-task loop.
-    Both give the same values (tests check it).
+    Inside ``torch.func.vmap`` or while ``torch.compile`` traces (the engine's ``"compile"`` path)
+    this uses ``torch.func.grad`` (``torch.autograd.grad`` cannot run under vmap and would break
+    the compiled graph); otherwise plain ``torch.autograd.grad``, which is faster for an eager
+    per-task loop. All give the same values (tests check it).
 
     Args:
         loss_fn: Scalar function of a parameter dict.
@@ -53,7 +54,7 @@ def inner_gradients(
         ``{name: gradient}`` with the shapes of ``params``.
     """
     probes = list(params.values()) + ([data] if data is not None else [])
-    if any(_under_functorch(t) for t in probes):
+    if torch.compiler.is_compiling() or any(_under_functorch(t) for t in probes):
         grads = torch.func.grad(loss_fn)(params)
         return grads if create_graph else {k: g.detach() for k, g in grads.items()}
     with torch.enable_grad():
