@@ -61,6 +61,8 @@ def main() -> None:
     p.add_argument("--train-query", type=int, default=None, help="override the recipe's queries per class in training episodes")
     p.add_argument("--iterations", type=int, default=None,
                    help="stop after this many meta-iterations (also the length of --schedule cosine/linear)")
+    p.add_argument("--path", choices=["loop", "vmap", "compile", "auto"], default=None,
+                   help="engine path (default: the recipe's); compile time counts as training time")
     p.add_argument("--schedule", choices=["recipe", "cosine", "linear"], default="recipe",
                    help="learning-rate schedule: the recipe's (ProtoNets: halve every 2,000 episodes) or "
                         "cosine / linear decay to zero over --iterations (budgeted training)")
@@ -106,7 +108,7 @@ def main() -> None:
 
         try:
             _, _, trainer, info = train(r, train_set, minutes=args.minutes, iterations=args.iterations, seed=args.seed,
-                                        monitor=keep, monitor_every_s=args.every)
+                                        monitor=keep, monitor_every_s=args.every, path=args.path)
         except Reached:
             trainer, info = holder["trainer"], {"stopped_at_minutes": holder["minutes"]}
         info["iterations"] = trainer.step_count
@@ -120,7 +122,7 @@ def main() -> None:
                 final_rows.append([learner, f"{ew}-way {es}-shot", f"{100 * a.mean:.2f} ± {100 * a.ci95:.2f}", a.n,
                                    PAPER.get((learner, ew, es), "–"), trainer.step_count])
         best = max((a for _, a, _ in curve), default=float("nan"))
-        records.append({"learner": learner, "train_way": r.train_way, "train_query": r.train_query, "schedule": args.schedule,
+        records.append({"learner": learner, "train_way": r.train_way, "train_query": r.train_query, "schedule": args.schedule, "engine_path": args.path or r.path,
                         "tasks_per_batch": r.tasks_per_batch, "first_minutes": first, "curve": curve, "budget_minutes": args.minutes,
                         "final": finals, **info})
         rows.append([learner] + [f"{first[t]:.1f}" if t in first else f"> {args.minutes:g}" for t in THRESHOLDS]
