@@ -150,3 +150,10 @@ def test_compile_path_gives_the_loop_meta_gradient(make_algo) -> None:
         for k in g_loop[group]:
             torch.testing.assert_close(g_comp[group][k], g_loop[group][k], rtol=1e-9, atol=1e-12)
     assert m_comp["loss"] == pytest.approx(m_loop["loss"], rel=1e-12)
+
+
+def test_trainer_accepts_the_compile_path_and_names_bad_ones() -> None:
+    model = MLP(1, (8,), 1)
+    assert Trainer(MAML(criterion="mse"), model, path="compile").path == "compile"
+    with pytest.raises(ValueError, match=r"path must be 'vmap', 'loop', 'compile' or 'auto', got 'fast'"):
+        Trainer(MAML(criterion="mse"), model, path="fast")

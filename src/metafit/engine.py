@@ -308,7 +308,7 @@ class Trainer:
         model: Any ``nn.Module``; its tensors are copied into ``meta_params`` by ``algorithm.init``.
         optimizer: An outer optimiser over ``parameters_of(meta_params)``, or a factory taking
             that list (default: Adam, lr 1e-3).
-        meta_params: Initial meta-parameters (default ``algorithm.init(model)``).
+        path: ``"vmap"``, ``"loop"``, ``"compile"`` or ``"auto"`` (measure vmap and loop on the first batch).
         path: ``"vmap"``, ``"loop"`` or ``"auto"`` (measure on the first batch).
         scheduler: Optional learning-rate scheduler stepped after each optimiser step.
         grad_clip: Clip the global meta-gradient norm to this value (``None``: no clipping).
@@ -336,8 +336,8 @@ class Trainer:
     path_report: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.path not in ("vmap", "loop", "auto"):
-            raise ValueError(f"path must be 'vmap', 'loop' or 'auto', got {self.path!r}")
+        if self.path not in (*PATH_NAMES, "auto"):
+            raise ValueError(f"path must be 'vmap', 'loop', 'compile' or 'auto', got {self.path!r}")
         if self.meta_params is None:
             self.meta_params = self.algorithm.init(self.model)
         if not self.buffers:
