@@ -61,6 +61,7 @@ def main() -> None:
     p.add_argument("--train-query", type=int, default=None, help="override the recipe's queries per class in training episodes")
     p.add_argument("--iterations", type=int, default=None,
                    help="stop after this many meta-iterations (also the length of --schedule cosine/linear)")
+    p.add_argument("--lr", type=float, default=None, help="override the recipe's outer Adam learning rate")
     p.add_argument("--path", choices=["loop", "vmap", "compile", "auto"], default=None,
                    help="engine path (default: the recipe's); compile time counts as training time")
     p.add_argument("--schedule", choices=["recipe", "cosine", "linear"], default="recipe",
@@ -96,6 +97,8 @@ def main() -> None:
             r = dataclasses.replace(r, train_way=args.train_way)
         if args.train_query is not None:
             r = dataclasses.replace(r, train_query=args.train_query)
+        if args.lr is not None:
+            r = dataclasses.replace(r, optimizer=lambda ps, lr=args.lr: torch.optim.Adam(ps, lr=lr))
         if args.schedule != "recipe":
             if args.iterations is None:
                 p.error(f"--schedule {args.schedule} needs --iterations (the decay length); got none")
@@ -122,7 +125,7 @@ def main() -> None:
                 final_rows.append([learner, f"{ew}-way {es}-shot", f"{100 * a.mean:.2f} ± {100 * a.ci95:.2f}", a.n,
                                    PAPER.get((learner, ew, es), "–"), trainer.step_count])
         best = max((a for _, a, _ in curve), default=float("nan"))
-        records.append({"learner": learner, "train_way": r.train_way, "train_query": r.train_query, "schedule": args.schedule, "engine_path": args.path or r.path,
+        records.append({"learner": learner, "train_way": r.train_way, "train_query": r.train_query, "schedule": args.schedule, "engine_path": args.path or r.path, "lr": args.lr,
                         "tasks_per_batch": r.tasks_per_batch, "first_minutes": first, "curve": curve, "budget_minutes": args.minutes,
                         "final": finals, **info})
         rows.append([learner] + [f"{first[t]:.1f}" if t in first else f"> {args.minutes:g}" for t in THRESHOLDS]
