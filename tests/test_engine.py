@@ -132,20 +132,24 @@ def test_meta_backward_denominator_scales_gradients() -> None:
         torch.testing.assert_close(mp1["model"][k].grad, mp2["model"][k].grad)
 
 
-@pytest.mark.parametrize("make_algo", [
-    lambda: MetaSGD(inner_lr=0.1, inner_steps=2),  # second order through 2 steps and learned rates
-    pytest.param(lambda: MAML(inner_lr=0.1, inner_steps=2), marks=pytest.mark.slow),
-    pytest.param(lambda: MAML(inner_lr=0.1, first_order=True), marks=pytest.mark.slow),
-], ids=["metasgd2", "maml2", "fomaml"])
-def test_compile_path_gives_the_loop_meta_gradient(make_algo) -> None:
+@pytest.mark.parametrize(("make_algo", "norm"), [
+    (lambda: MetaSGD(inner_lr=0.1, inner_steps=2), "task"),  # 2nd order through 2 steps, learned rates
+    pytest.param(lambda: MetaSGD(inner_lr=0.1, inner_steps=2), "batchnorm", marks=pytest.mark.slow),
+    pytest.param(lambda: MAML(inner_lr=0.1, inner_steps=2), "batchnorm", marks=pytest.mark.slow),
+    pytest.param(lambda: MAML(inner_lr=0.1, first_order=True), "task", marks=pytest.mark.slow),
+], ids=["metasgd2-tasknorm", "metasgd2-batchnorm", "maml2-batchnorm", "fomaml-tasknorm"])
+def test_compile_path_gives_the_loop_meta_gradient(make_algo, norm: str) -> None:
     # Each compile takes ~1 min on 2 cores, so only Meta-SGD runs by default. The torch.compile path traces the inner gradients with torch.func.grad: the meta-gradient,
-    # second order included, must equal the eager loop's (float64, torch BatchNorm inside).
+    # second order included, must equal the eager loop's (float64; metafit's TaskBatchNorm or
+    # torch's BatchNorm2d inside).
     torch._dynamo.reset()
-    model = seeded(0, lambda: TinyConv(norm="batchnorm")).double()
+    model = seeded(0, lambda: TinyConv(norm=norm)).double()
     algo = make_algo()
     batch = image_tasks(2)
     g_loop, m_loop = meta_gradients(algo, model, algo.init(model), {}, batch, path="loop")
+    torch._dynamo.utils.counters.clear()
     g_comp, m_comp = meta_gradients(algo, model, algo.init(model), {}, batch, path="compile")
+    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
     for group in g_loop:
         for k in g_loop[group]:
             torch.testing.assert_close(g_comp[group][k], g_loop[group][k], rtol=1e-9, atol=1e-12)

@@ -73,15 +73,16 @@ def _mse(pred: Tensor, target: Tensor) -> Tensor:
     return F.mse_loss(pred, target)
 
 
-CRITERIA: Mapping[str, Callable[[Tensor, Tensor], Tensor]] = MappingProxyType(
-    {"cross_entropy": F.cross_entropy, "mse": _mse}
-)
+# The private dict is what criterion_fn reads: torch.compile breaks its graph on a read through a
+# mappingproxy once any dict was mutated during tracing (the engine's "compile" path).
+_CRITERIA: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"cross_entropy": F.cross_entropy, "mse": _mse}
+CRITERIA: Mapping[str, Callable[[Tensor, Tensor], Tensor]] = MappingProxyType(_CRITERIA)
 
 
 def criterion_fn(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     """Returns the task loss function called ``name`` (``cross_entropy`` or ``mse``)."""
     try:
-        return CRITERIA[name]
+        return _CRITERIA[name]
     except KeyError:
         raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {name!r}") from None
 

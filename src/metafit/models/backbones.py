@@ -55,10 +55,12 @@ class TaskBatchNorm(nn.Module):
             raise ValueError(
                 f"TaskBatchNorm expected input (B, {self.num_features}, ...), got {tuple(x.shape)}"
             )
-        if not torch._C._functorch.is_functorch_wrapped_tensor(x):
+        if not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(x):
             # Outside torch.func transforms the fused kernel computes the same function (and its
             # double backward) several times faster; under vmap/grad the elementary form below
-            # keeps second-order gradients exact.
+            # keeps second-order gradients exact. While torch.compile traces (the engine's
+            # "compile" path) the elementary form is used too: it is exact by construction, inductor
+            # fuses it, and the functorch check itself would break the graph.
             return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
         dims = [0] + list(range(2, x.dim()))
         mean = x.mean(dim=dims, keepdim=True)
