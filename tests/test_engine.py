@@ -161,3 +161,17 @@ def test_trainer_accepts_the_compile_path_and_names_bad_ones() -> None:
     assert Trainer(MAML(criterion="mse"), model, path="compile").path == "compile"
     with pytest.raises(ValueError, match=r"path must be 'vmap', 'loop', 'compile' or 'auto', got 'fast'"):
         Trainer(MAML(criterion="mse"), model, path="fast")
+
+
+def test_compiled_loss_cache_does_not_keep_models_alive() -> None:
+    import gc
+    import weakref
+
+    from metafit.engine import compiled_task_loss
+
+    model = MLP(1, (4,), 1)
+    compiled_task_loss(MAML(criterion="mse"), model)  # builds the entry; nothing is compiled yet
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None

@@ -24,6 +24,7 @@ Only this module steps optimisers. Logging and checkpoints hang off :class:`Trai
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import weakref
@@ -113,14 +114,17 @@ def compiled_task_loss(algorithm: Algorithm, model: nn.Module) -> Callable[..., 
     entry = per_model.get(id(algorithm))
     if entry is None:
 
+        # The model is an argument, not a closure variable: a value holding the model strongly
+        # would keep its weak key alive forever.
         def task_loss(
-            meta_params: MetaParams, buffers: Buffers, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, n_way: int | None
+            net: nn.Module, meta_params: MetaParams, buffers: Buffers,
+            sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, n_way: int | None,
         ) -> tuple[Tensor, dict[str, Tensor]]:
-            return algorithm.loss(model, meta_params, buffers, Task(sx, sy, qx, qy, n_way=n_way))
+            return algorithm.loss(net, meta_params, buffers, Task(sx, sy, qx, qy, n_way=n_way))
 
         entry = (algorithm, torch.compile(task_loss, dynamic=False))
         per_model[id(algorithm)] = entry
-    return entry[1]
+    return functools.partial(entry[1], model)
 
 
 def meta_backward(
