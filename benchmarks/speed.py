@@ -227,8 +227,8 @@ def proto_variants(model: nn.Module) -> dict[str, Callable[[TaskBatch], None]]:
             p.grad = mp_cl["model"][k].grad
 
     out["metafit_protonet_channels_last"] = run_cl
-    # torch.compile of the episode loss: measured 1.45x SLOWER than eager here (the channels-last
-    # weights did not change that), kept as the record of a negative result.
+    # torch.compile of the episode loss: 1.63x SLOWER than the plain episode on the idle 2-core CPU
+    # (results/speed_cpu_compile.json), kept as the record of a negative result.
     out["metafit_protonet_compile"] = lambda b: meta_backward(algo, model, mp, {}, b, path="compile") and None
     try:
         try:
@@ -248,6 +248,8 @@ def proto_variants(model: nn.Module) -> dict[str, Callable[[TaskBatch], None]]:
 
 
 NOTES: list[str] = []
+# FLOPs of a compiled variant are counted on the eager variant computing the same function.
+EAGER_TWIN = {"metafit_compile": "metafit_loop", "metafit_protonet_compile": "metafit_protonet"}
 
 
 def grads_of(model: nn.Module, fn: Callable[[TaskBatch], None], batch: TaskBatch) -> list[torch.Tensor]:
@@ -336,17 +338,19 @@ def bench_setup(setup: str, rounds: int, dtype_check: torch.dtype = torch.float6
         ref_name = "plain_proto" if "plain_proto" in variants else "plain_loop"
         ref = grads_of(model, variants[ref_name], batch)
         scale = max(float(g.abs().max()) for g in ref)
+        tag = str(dtype).split(".")[-1]
         for name, fn in variants.items():
             t0 = time.perf_counter()  # the first call of a compiled variant in this dtype compiles
             g = grads_of(model, fn, batch)
-            results["variants"].setdefault(name, {})[f"first_call_s_{str(dtype).split('.')[-1]}"] = time.perf_counter() - t0
+            v = results["variants"].setdefault(name, {})
+            v[f"first_call_s_{tag}"] = time.perf_counter() - t0
             diff = max(float((a - b).abs().max()) for a, b in zip(g, ref))
-            results["variants"].setdefault(name, {})[f"grad_max_abs_diff_{str(dtype).split('.')[-1]}"] = diff
-            results["variants"][name][f"grad_rel_diff_{str(dtype).split('.')[-1]}"] = diff / scale
+            v[f"grad_max_abs_diff_{tag}"] = diff
+            v[f"grad_rel_diff_{tag}"] = diff / scale
     # 2) interleaved timing in float32
     names = list(variants)
     for name in names:  # a compiled variant computes the same function as its eager twin
-        eager = "metafit_protonet" if name.startswith("metafit_protonet_compile") else "metafit_loop" if name == "metafit_compile" else name
+        eager = EAGER_TWIN.get(name, name)
         results["variants"][name]["gflop"] = count_flops(model, variants[eager], batch) / 1e9
     times: dict[str, list[float]] = {n: [] for n in names}
     peaks: dict[str, float] = {}

@@ -11,8 +11,9 @@ Three interchangeable paths compute the same meta-gradient:
   ``algorithm.loss``. Inside the graph the inner gradients come from ``torch.func.grad``, so the
   whole adaptation is traced and the outer backward differentiates through it exactly (second
   order included). The first call compiles (one to a few minutes on 2 CPU cores; again for each
-  new task shape); afterwards a conv-4 second-order MAML meta-iteration is ~1.4x faster than the
-  eager loop on this CPU (benchmarks/speed.py). Opt-in: ``"auto"`` never picks it.
+  new task shape); afterwards a conv-4 second-order MAML meta-iteration is ~1.25x faster than the
+  eager loop on 2 CPU cores (benchmarks/speed.py, docs/results.md), while a ProtoNet episode is
+  ~1.6x slower. Opt-in: ``"auto"`` never picks it.
 
 ``"auto"`` measures both on the first batch, checks that they agree, and keeps the faster.
 Known-wrong combinations are refused: vmap through torch's fused batch-norm kernels gives a
@@ -312,8 +313,8 @@ class Trainer:
         model: Any ``nn.Module``; its tensors are copied into ``meta_params`` by ``algorithm.init``.
         optimizer: An outer optimiser over ``parameters_of(meta_params)``, or a factory taking
             that list (default: Adam, lr 1e-3).
+        meta_params: Initial meta-parameters (default ``algorithm.init(model)``).
         path: ``"vmap"``, ``"loop"``, ``"compile"`` or ``"auto"`` (measure vmap and loop on the first batch).
-        path: ``"vmap"``, ``"loop"`` or ``"auto"`` (measure on the first batch).
         scheduler: Optional learning-rate scheduler stepped after each optimiser step.
         grad_clip: Clip the global meta-gradient norm to this value (``None``: no clipping).
 
