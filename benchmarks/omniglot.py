@@ -182,7 +182,7 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=600, help="test episodes (ProtoNets use 1000)")
     p.add_argument("--data-root", default=None, help="folder holding omniglot/ (default $METAFIT_DATA)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--path", default=None, choices=["loop", "vmap", "compile", "auto"], help="engine path (default: the recipe's)")
+    p.add_argument("--path", default=None, choices=["loop", "vmap", "compile", "vmap_compile", "auto"], help="engine path (default: the recipe's)")
     args = p.parse_args()
     setup_threads(args.threads)
     if args.quick:

@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--eval-tasks", type=int, default=1000)
     p.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20])
     p.add_argument("--algos", nargs="+", default=["MAML", "Meta-SGD"])
-    p.add_argument("--path", default="vmap", choices=["vmap", "loop", "auto"])
+    p.add_argument("--path", default="vmap", choices=["vmap", "loop", "vmap_compile", "auto"])
     args = p.parse_args()
     setup_threads(args.threads)
     if args.quick:

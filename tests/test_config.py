@@ -46,7 +46,7 @@ def test_config_unknown_key_in_file_names_the_file(tmp_path: Path) -> None:
     [
         ("train", {"steps": -1}, r"train\.steps must be an int >= 0, got -1"),
         ("train", {"optimizer": "Adamm"}, r"train\.optimizer must be a torch\.optim optimizer class name.*'Adamm'"),
-        ("train", {"path": "fast"}, r"train\.path must be one of \['auto', 'vmap', 'loop', 'compile'\], got 'fast'"),
+        ("train", {"path": "fast"}, r"train\.path must be one of \['auto', 'vmap', 'loop', 'compile', 'vmap_compile'\], got 'fast'"),
         ("algo", {"inner_lr": 0}, r"algo\.inner_lr must be a finite number > 0, got 0"),
         ("algo", {"name": "mamal"}, r"algo\.name must be one of .*'mamal'"),
         ("data", {"n_way": 0}, r"data\.n_way must be an int >= 1, got 0"),

@@ -156,10 +156,32 @@ def test_compile_path_gives_the_loop_meta_gradient(make_algo, norm: str) -> None
     assert m_comp["loss"] == pytest.approx(m_loop["loss"], rel=1e-12)
 
 
-def test_trainer_accepts_the_compile_path_and_names_bad_ones() -> None:
+def test_vmap_compile_path_gives_the_loop_meta_gradient() -> None:
+    # One torch.compile graph of the vmapped batch loss, second order through 2 inner steps:
+    # the meta-gradient must equal the eager loop's in float64, with no graph break.
+    torch._dynamo.reset()
+    model = seeded(0, lambda: MLP(1, (8,), 1)).double()
+    algo = MAML(inner_lr=0.05, inner_steps=2, criterion="mse")
+    batch = SinusoidTasks(k_shot=5, generator=generator(0)).sample_batch(3).to(torch.float64)
+    g_loop, m_loop = meta_gradients(algo, model, algo.init(model), {}, batch, path="loop")
+    torch._dynamo.utils.counters.clear()
+    g_comp, m_comp = meta_gradients(algo, model, algo.init(model), {}, batch, path="vmap_compile")
+    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
+    for k in g_loop["model"]:
+        torch.testing.assert_close(g_comp["model"][k], g_loop["model"][k], rtol=1e-9, atol=1e-12)
+    assert m_comp["loss"] == pytest.approx(m_loop["loss"], rel=1e-12)
+
+
+def test_vmap_compile_path_is_refused_where_vmap_is() -> None:
+    with pytest.raises(ValueError, match="path='vmap_compile' with a second-order learner"):
+        Trainer(MAML(inner_lr=0.1), TinyConv(norm="batchnorm"), path="vmap_compile")
+
+
+def test_trainer_accepts_the_compile_paths_and_names_bad_ones() -> None:
     model = MLP(1, (8,), 1)
     assert Trainer(MAML(criterion="mse"), model, path="compile").path == "compile"
-    with pytest.raises(ValueError, match=r"path must be 'vmap', 'loop', 'compile' or 'auto', got 'fast'"):
+    assert Trainer(MAML(criterion="mse"), model, path="vmap_compile").path == "vmap_compile"
+    with pytest.raises(ValueError, match=r"path must be 'vmap', 'loop', 'compile', 'vmap_compile' or 'auto', got 'fast'"):
         Trainer(MAML(criterion="mse"), model, path="fast")
 
 

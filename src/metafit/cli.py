@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="meta-training steps (train.steps)")
     t.add_argument("--seed", type=int, help="random seed of model and task sampler (train.seed)")
     t.add_argument("--data-root", help="folder holding omniglot/images_*.zip (data.data_root; default $METAFIT_DATA)")
-    t.add_argument("--path", choices=PATHS, help="engine path (train.path; compile: torch.compile per-task loss, opt-in)")
+    t.add_argument("--path", choices=PATHS, help="engine path (train.path; compile: torch.compile per-task loss; vmap_compile: of the vmapped batch loss; both opt-in)")
     t.add_argument("--run-dir", help="output folder (default runs/<dataset>-<algo>-seed<seed>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest valid checkpoint")
     t.add_argument("--force", action="store_true", help="delete the outputs of a run already in --run-dir and start over")

@@ -47,7 +47,7 @@ __all__ = [
 DATASETS = ("sinusoid", "omniglot")
 ARCHS = ("auto", "mlp", "conv4")
 ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile", "protonet", "cnp")
-PATHS = ("auto", "vmap", "loop", "compile")
+PATHS = ("auto", "vmap", "loop", "compile", "vmap_compile")
 SCHEDULERS = ("none", "cosine", "step", "exponential")
 
 
@@ -229,7 +229,7 @@ class TrainConfig:
         scheduler: ``"none"``, ``"cosine"`` (to 0 over ``steps``), ``"step"`` or ``"exponential"``.
         scheduler_kwargs: Extra arguments (``step``: ``step_size``, ``gamma``; ``exponential``: ``gamma``).
         grad_clip: Clip the global meta-gradient norm (``None``: off).
-        path: Engine path ``"auto"``, ``"vmap"``, ``"loop"`` or ``"compile"`` (``auto`` is recorded in the
+        path: Engine path ``"auto"``, ``"vmap"``, ``"loop"``, ``"compile"`` or ``"vmap_compile"`` (``auto`` is recorded in the
             checkpoint so a resumed run keeps the same path).
         seed: Seeds the model initialisation and the task sampler.
         log_every: Steps between rows of ``metrics.jsonl``.
