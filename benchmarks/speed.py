@@ -146,6 +146,8 @@ def maml_variants(setup: str, model: nn.Module, loss_fn: Callable) -> dict[str, 
         out["metafit_compile"] = lambda b: meta_backward(algo, model, mp, {}, b, path="compile") and None
     if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         out["metafit_vmap"] = lambda b: meta_backward(algo, model, mp, {}, b, path="vmap") and None
+        if cfg["kind"] == "mlp":  # one torch.compile graph of the vmapped batch loss
+            out["metafit_vmap_compile"] = lambda b: meta_backward(algo, model, mp, {}, b, path="vmap_compile") and None
     try:
         try:
             from learn2learn.algorithms import MAML as L2LMAML  # type: ignore
@@ -249,7 +251,8 @@ def proto_variants(model: nn.Module) -> dict[str, Callable[[TaskBatch], None]]:
 
 NOTES: list[str] = []
 # FLOPs of a compiled variant are counted on the eager variant computing the same function.
-EAGER_TWIN = {"metafit_compile": "metafit_loop", "metafit_protonet_compile": "metafit_protonet"}
+EAGER_TWIN = {"metafit_compile": "metafit_loop", "metafit_protonet_compile": "metafit_protonet",
+              "metafit_vmap_compile": "metafit_vmap"}
 
 
 def grads_of(model: nn.Module, fn: Callable[[TaskBatch], None], batch: TaskBatch) -> list[torch.Tensor]:
