@@ -26,8 +26,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def provenance() -> dict[str, Any]:
-    """Where and how a figure was produced."""
+def _git_commit() -> str:
+    """The checkout's short commit (``+dirty`` with uncommitted changes to tracked files)."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
@@ -37,6 +37,17 @@ def provenance() -> dict[str, Any]:
                                     cwd=Path(__file__).resolve().parent).stdout.strip())
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", False
+    return commit + ("+dirty" if dirty else "")
+
+
+# Read when the benchmark starts: a long run must record the code it ran, not the commit the
+# checkout has moved on to by the time the figures are written.
+_START_COMMIT = _git_commit()
+_START_DATE = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def provenance() -> dict[str, Any]:
+    """Where and how a figure was produced (commit as of the start of the run)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -47,7 +58,8 @@ def provenance() -> dict[str, Any]:
         pass
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "commit": commit + ("+dirty" if dirty else ""),
+        "commit": _START_COMMIT,
+        "started": _START_DATE,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "python": platform.python_version(),
         "torch": torch.__version__,
