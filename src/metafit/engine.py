@@ -1,6 +1,6 @@
 """The engine: maps an algorithm's loss over a batch of tasks and steps the outer optimiser.
 
-Three interchangeable paths compute the same meta-gradient:
+Four interchangeable paths compute the same meta-gradient:
 
 * ``"vmap"``: ``torch.func.vmap`` of ``algorithm.loss`` over the task dimension of a
   :class:`~metafit.data.task.TaskBatch`, one backward for the whole batch. Fast for small
@@ -110,6 +110,7 @@ _COMPILED: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, str], tuple[Any,
 
 
 def _compiled(algorithm: Algorithm, model: nn.Module, kind: str, build: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
+    """``torch.compile(build())`` cached per (model, algorithm, kind), with ``model`` bound first."""
     per_model = _COMPILED.setdefault(model, {})
     entry = per_model.get((id(algorithm), kind))
     if entry is None:
