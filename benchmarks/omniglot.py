@@ -33,6 +33,7 @@ import torch  # noqa: E402
 
 from _common import data_root, markdown_table, parser, setup_threads, write_out  # noqa: E402
 from metafit import ANIL, MAML, MetaSGD, ProtoNet, Reptile, Trainer, evaluate, generator, seeded  # noqa: E402
+from metafit.config import PATHS  # noqa: E402
 from metafit.data.omniglot import load_omniglot, omniglot_split  # noqa: E402
 from metafit.data.sampling import EpisodeSampler, fixed_episodes  # noqa: E402
 from metafit.models import Conv4  # noqa: E402
@@ -182,7 +183,7 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=600, help="test episodes (ProtoNets use 1000)")
     p.add_argument("--data-root", default=None, help="folder holding omniglot/ (default $METAFIT_DATA)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--path", default=None, choices=["loop", "vmap", "compile", "vmap_compile", "auto"], help="engine path (default: the recipe's)")
+    p.add_argument("--path", default=None, choices=PATHS, help="engine path (default: the recipe's)")
     args = p.parse_args()
     setup_threads(args.threads)
     if args.quick:

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
 from metafit import MAML, MetaSGD, SinusoidTasks, Trainer, evaluate, generator, seeded, sinusoid_eval_tasks  # noqa: E402
+from metafit.config import PATHS  # noqa: E402
 from metafit.models import MLP  # noqa: E402
 
 PAPER_MAML_TABLE2 = {1: 0.67, 5: 0.38, 10: 0.35}  # MAML App. C Table 2, 5-shot, after 1/5/10 steps
@@ -62,7 +63,7 @@ def main() -> None:
     p.add_argument("--eval-tasks", type=int, default=1000)
     p.add_argument("--shots", type=int, nargs="+", default=[5, 10, 20])
     p.add_argument("--algos", nargs="+", default=["MAML", "Meta-SGD"])
-    p.add_argument("--path", default="vmap", choices=["vmap", "loop", "vmap_compile", "auto"])
+    p.add_argument("--path", default="vmap", choices=PATHS)
     args = p.parse_args()
     setup_threads(args.threads)
     if args.quick:

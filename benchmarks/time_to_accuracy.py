@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 from _common import data_root, markdown_table, parser, setup_threads, write_out  # noqa: E402
 from metafit import evaluate  # noqa: E402
+from metafit.config import PATHS  # noqa: E402
 from metafit.data.omniglot import load_omniglot, omniglot_split  # noqa: E402
 from omniglot import PAPER, eval_tasks, recipe, train  # noqa: E402
 
@@ -62,7 +63,7 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=None,
                    help="stop after this many meta-iterations (also the length of --schedule cosine/linear)")
     p.add_argument("--lr", type=float, default=None, help="override the recipe's outer Adam learning rate")
-    p.add_argument("--path", choices=["loop", "vmap", "compile", "vmap_compile", "auto"], default=None,
+    p.add_argument("--path", choices=PATHS, default=None,
                    help="engine path (default: the recipe's); compile time counts as training time")
     p.add_argument("--schedule", choices=["recipe", "cosine", "linear"], default="recipe",
                    help="learning-rate schedule: the recipe's (ProtoNets: halve every 2,000 episodes) or "

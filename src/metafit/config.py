@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from metafit.engine import PATH_NAMES
+
 __all__ = [
     "DataConfig",
     "ModelConfig",
@@ -47,7 +49,7 @@ __all__ = [
 DATASETS = ("sinusoid", "omniglot")
 ARCHS = ("auto", "mlp", "conv4")
 ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile", "protonet", "cnp")
-PATHS = ("auto", "vmap", "loop", "compile", "vmap_compile")
+PATHS = ("auto", *PATH_NAMES)
 SCHEDULERS = ("none", "cosine", "step", "exponential")
 
 

@@ -47,7 +47,7 @@ from metafit.functional import Buffers, buffers_of, has_batchnorm
 Path = Literal["vmap", "loop", "compile", "vmap_compile"]
 PathChoice = Literal["vmap", "loop", "compile", "vmap_compile", "auto"]
 PATH_NAMES = ("vmap", "loop", "compile", "vmap_compile")
-_PATH_LIST = "'vmap', 'loop', 'compile', 'vmap_compile' or 'auto'"
+_PATH_LIST = ", ".join(repr(p) for p in PATH_NAMES) + " or 'auto'"
 Tasks = TaskBatch | Sequence[Task]
 
 __all__ = [
