@@ -7,7 +7,9 @@ difference). Then the variants run interleaved in one process, one meta-iteratio
 round with the starting position rotated, and the report gives paired ratios (variant time /
 plain time in the same round: median [min, max]), the median seconds, the peak memory one call
 of the variant adds (CPU: VmHWM of a forked child minus its RSS at entry; CUDA:
-max_memory_allocated) and achieved GFLOP/s
+max_memory_allocated), on the CPU also the peak bytes of tensors one call holds at once
+(``torch.profiler`` allocation events; the only memory figure for compiled variants, whose
+forked children deadlock) and achieved GFLOP/s
 (FLOPs counted by torch.utils.flop_counter on one iteration) against the measured fp32
 matrix-multiply peak.
 
@@ -303,6 +305,34 @@ def peak_memory_mib(fn: Callable[[TaskBatch], None], batch: TaskBatch) -> float:
     return float(text) if text else float("nan")
 
 
+def peak_tensor_mib(fn: Callable[[TaskBatch], None], batch: TaskBatch) -> float:
+    """Peak bytes of tensors ONE call of ``fn`` holds at once, in MiB (CPU; profiler events).
+
+    ``torch.profiler`` with ``profile_memory`` records every CPU tensor allocation and free with
+    its size; the running sum of those events, in time order, peaks at what the call holds at
+    once on top of what existed before it. Unlike the resident-set figure this needs no fork, so
+    it also measures compiled variants (inductor deadlocked in forked children), and it counts
+    tensors only (no allocator caching, no compiled code). Run after a warm-up call.
+    """
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn(batch)
+    sizes: list[tuple[int, int]] = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        e = stack.pop()
+        if e.tag == _EventType.Allocation and e.extra_fields.device.type == "cpu":
+            sizes.append((e.start_time_ns, e.extra_fields.alloc_size))
+        stack.extend(e.children)
+    current = peak = 0
+    for _, n in sorted(sizes):
+        current += n
+        peak = max(peak, current)
+    return peak / 2**20
+
+
 def _sync() -> None:
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
@@ -357,14 +387,18 @@ def bench_setup(setup: str, rounds: int, dtype_check: torch.dtype = torch.float6
         results["variants"][name]["gflop"] = count_flops(model, variants[eager], batch) / 1e9
     times: dict[str, list[float]] = {n: [] for n in names}
     peaks: dict[str, float] = {}
+    tensor_peaks: dict[str, float] = {}
     for name in names:  # warm-up, then peak memory
         grads_of(model, variants[name], batch)
+        model.zero_grad(set_to_none=True)
+        tensor_peaks[name] = peak_tensor_mib(variants[name], batch) if DEVICE.type == "cpu" else float("nan")
         model.zero_grad(set_to_none=True)
         if "compile" in name and DEVICE.type == "cpu":
             # A forked child calling an inductor-compiled function deadlocked here (futex wait);
             # compiled variants' CPU peak memory is therefore not measured.
             peaks[name] = float("nan")
-            NOTES.append("peak memory of the compiled variants not measured on CPU (fork + inductor deadlock)")
+            NOTES.append("resident-set peak of the compiled variants not measured on CPU (fork + inductor deadlock); "
+                         "see the profiler's tensor peak column")
         else:
             peaks[name] = peak_memory_mib(variants[name], batch)
     for r in range(rounds):
@@ -382,7 +416,7 @@ def bench_setup(setup: str, rounds: int, dtype_check: torch.dtype = torch.float6
         v.update(
             median_s=statistics.median(times[name]),
             ratio_median=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
-            peak_mib=peaks[name],
+            peak_mib=peaks[name], peak_tensor_mib=tensor_peaks[name],
         )
         v["gflops_per_s"] = v["gflop"] / v["median_s"]
     results["reference"] = ref_name
@@ -414,11 +448,11 @@ def main() -> None:
             if "median_s" not in v:
                 continue
             rows.append([s, name, f"{v['median_s']:.4f}", f"{v['ratio_median']:.2f} [{v['ratio_min']:.2f}, {v['ratio_max']:.2f}]",
-                         f"{v['peak_mib']:.0f}", f"{v['gflops_per_s']:.1f} ({100 * v['gflops_per_s'] / peak:.0f}%)",
+                         f"{v['peak_mib']:.0f}", f"{v['peak_tensor_mib']:.1f}", f"{v['gflops_per_s']:.1f} ({100 * v['gflops_per_s'] / peak:.0f}%)",
                          f"{v['grad_max_abs_diff_float64']:.1e} ({v['grad_rel_diff_float64']:.1e})",
                          f"{v['grad_max_abs_diff_float32']:.1e}"])
     print(f"## Meta-iteration speed on {args.device} (paired ratio vs the plain loop; fp32 matmul peak {peak:.0f} GFLOP/s)\n")
-    print(markdown_table(["setup", "variant", "median s", "ratio vs plain [min, max]", "peak MiB added (one call)" if DEVICE.type == "cpu" else "peak GPU MiB added", "GFLOP/s (% of peak)",
+    print(markdown_table(["setup", "variant", "median s", "ratio vs plain [min, max]", "peak MiB added (one call)" if DEVICE.type == "cpu" else "peak GPU MiB added", "peak tensor MiB (profiler)", "GFLOP/s (% of peak)",
                           "grad diff f64 abs (rel)", "grad diff f32 abs"], rows))
     for n in sorted(set(NOTES)):
         print(f"- {n}")

@@ -9,7 +9,7 @@ from torch import nn
 from metafit import MAML, MetaSGD, SinusoidTasks, Trainer, choose_path, generator, seeded
 from metafit.engine import DivergenceError, make_optimizer, meta_backward, meta_gradients
 from metafit.functional import apply, buffers_of, params_of
-from metafit.models import MLP, TaskBatchNorm
+from metafit.models import MLP, Conv4, TaskBatchNorm
 from tests.conftest import TinyConv, image_tasks
 
 
@@ -154,6 +154,22 @@ def test_compile_path_gives_the_loop_meta_gradient(make_algo, norm: str) -> None
         for k in g_loop[group]:
             torch.testing.assert_close(g_comp[group][k], g_loop[group][k], rtol=1e-9, atol=1e-12)
     assert m_comp["loss"] == pytest.approx(m_loop["loss"], rel=1e-12)
+
+
+def test_compile_path_through_batch_norm_relu_max_pool_gives_the_loop_meta_gradient() -> None:
+    # On the CPU the compile path's backend drops inductor's max-pool decompositions (a speed
+    # choice); the graph must still give the eager loop's second-order meta-gradient through
+    # BatchNorm + ReLU + max-pool (float64), with no graph break.
+    torch._dynamo.reset()
+    model = seeded(0, lambda: Conv4(1, 3, width=4, image_size=16, norm="batchnorm")).double()
+    algo = MAML(inner_lr=0.1, inner_steps=1)
+    batch = image_tasks(2, side=16)
+    g_loop, _ = meta_gradients(algo, model, algo.init(model), {}, batch, path="loop")
+    torch._dynamo.utils.counters.clear()
+    g_comp, _ = meta_gradients(algo, model, algo.init(model), {}, batch, path="compile")
+    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
+    for k in g_loop["model"]:
+        torch.testing.assert_close(g_comp["model"][k], g_loop["model"][k], rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("case", [
