@@ -126,7 +126,12 @@ def _inductor_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -
     if any(isinstance(t, Tensor) and t.device.type != "cpu" for t in example_inputs):
         return compile_fx(gm, example_inputs)
     table = {op: fn for op, fn in select_decomp_table().items() if "max_pool" not in str(op)}
-    return compile_fx(gm, example_inputs, decompositions=table)
+    # AOTAutograd's on-disk cache is keyed on the graph BEFORE decomposition and does not see a
+    # custom decomposition table, so it would hand back a graph compiled earlier with inductor's
+    # default table (measured: a warm cache ran the old, slower kernels). It is bypassed here;
+    # inductor's own FX-graph cache, keyed on the decomposed graph, still saves warm starts.
+    with torch._functorch.config.patch(enable_autograd_cache=False):
+        return compile_fx(gm, example_inputs, decompositions=table)
 
 
 def _compiled(algorithm: Algorithm, model: nn.Module, kind: str, build: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
