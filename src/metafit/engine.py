@@ -11,9 +11,10 @@ Four interchangeable paths compute the same meta-gradient:
   ``algorithm.loss``. Inside the graph the inner gradients come from ``torch.func.grad``, so the
   whole adaptation is traced and the outer backward differentiates through it exactly (second
   order included). The first call compiles (one to a few minutes on 2 CPU cores; again for each
-  new task shape); afterwards a conv-4 second-order MAML meta-iteration is ~1.25x faster than the
-  eager loop on 2 CPU cores (benchmarks/speed.py, docs/results.md), while a ProtoNet episode is
-  ~1.6x slower. Opt-in: ``"auto"`` never picks it.
+  new task shape); afterwards a conv-4 second-order MAML meta-iteration takes 0.59-0.68 of the
+  eager loop's time on 2 CPU cores, 1.5x faster than the fastest peer (benchmarks/speed.py,
+  docs/results.md), while a ProtoNet episode is ~1.6x slower. On the CPU inductor runs without
+  its max-pool decompositions (see ``_inductor_backend``). Opt-in: ``"auto"`` never picks it.
 * ``"vmap_compile"``: the vmap path's whole batch loss (``vmap`` of ``algorithm.loss``) run by one
   ``torch.compile`` graph, with the same exact inner gradients. For overhead-bound models it
   removes most of what eager vmap leaves (the sinusoid MLP: ~2x faster than eager vmap on 2 CPU
@@ -128,8 +129,9 @@ def _inductor_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -
     table = {op: fn for op, fn in select_decomp_table().items() if "max_pool" not in str(op)}
     # AOTAutograd's on-disk cache is keyed on the graph BEFORE decomposition and does not see a
     # custom decomposition table, so it would hand back a graph compiled earlier with inductor's
-    # default table (measured: a warm cache ran the old, slower kernels). It is bypassed here;
-    # inductor's own FX-graph cache, keyed on the decomposed graph, still saves warm starts.
+    # default table (measured: a warm cache ran the old, slower kernels). It is bypassed here, and
+    # with it inductor's FX-graph cache, so each new process compiles these graphs again (the
+    # generated C++ kernels stay cached on disk: roughly half the cold compile time).
     with torch._functorch.config.patch(enable_autograd_cache=False):
         return compile_fx(gm, example_inputs, decompositions=table)
 
