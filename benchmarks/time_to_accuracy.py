@@ -113,6 +113,10 @@ def main() -> None:
         try:
             _, _, trainer, info = train(r, train_set, minutes=args.minutes, iterations=args.iterations, seed=args.seed,
                                         monitor=keep, monitor_every_s=args.every, path=args.path)
+            # The final model is scored on the same 600 episodes too, so that a threshold first
+            # reached by the end of training shows in the curve (budgeted schedules peak there).
+            if not curve or info["train_minutes"] - curve[-1][0] > 1e-6:
+                keep(trainer, trainer.model, info["train_minutes"])
         except Reached:
             trainer, info = holder["trainer"], {"stopped_at_minutes": holder["minutes"]}
         info["iterations"] = trainer.step_count
