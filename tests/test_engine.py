@@ -132,6 +132,19 @@ def test_meta_backward_denominator_scales_gradients() -> None:
         torch.testing.assert_close(mp1["model"][k].grad, mp2["model"][k].grad)
 
 
+def _assert_compiled_path_matches_loop(algo, model: nn.Module, batch, path: str) -> None:  # noqa: ANN001
+    """The meta-gradient and loss of ``path`` equal the eager loop's (float64), with no graph break."""
+    torch._dynamo.reset()
+    g_loop, m_loop = meta_gradients(algo, model, algo.init(model), {}, batch, path="loop")
+    torch._dynamo.utils.counters.clear()
+    g_comp, m_comp = meta_gradients(algo, model, algo.init(model), {}, batch, path=path)
+    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
+    for group in g_loop:
+        for k in g_loop[group]:
+            torch.testing.assert_close(g_comp[group][k], g_loop[group][k], rtol=1e-9, atol=1e-12)
+    assert m_comp["loss"] == pytest.approx(m_loop["loss"], rel=1e-12)
+
+
 @pytest.mark.parametrize(("make_algo", "norm"), [
     (lambda: MetaSGD(inner_lr=0.1, inner_steps=2), "task"),  # 2nd order through 2 steps, learned rates
     pytest.param(lambda: MetaSGD(inner_lr=0.1, inner_steps=2), "batchnorm", marks=pytest.mark.slow),
@@ -142,34 +155,16 @@ def test_compile_path_gives_the_loop_meta_gradient(make_algo, norm: str) -> None
     # Each compile takes ~1 min on 2 cores, so only Meta-SGD runs by default. The torch.compile path traces the inner gradients with torch.func.grad: the meta-gradient,
     # second order included, must equal the eager loop's (float64; metafit's TaskBatchNorm or
     # torch's BatchNorm2d inside).
-    torch._dynamo.reset()
     model = seeded(0, lambda: TinyConv(norm=norm)).double()
-    algo = make_algo()
-    batch = image_tasks(2)
-    g_loop, m_loop = meta_gradients(algo, model, algo.init(model), {}, batch, path="loop")
-    torch._dynamo.utils.counters.clear()
-    g_comp, m_comp = meta_gradients(algo, model, algo.init(model), {}, batch, path="compile")
-    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
-    for group in g_loop:
-        for k in g_loop[group]:
-            torch.testing.assert_close(g_comp[group][k], g_loop[group][k], rtol=1e-9, atol=1e-12)
-    assert m_comp["loss"] == pytest.approx(m_loop["loss"], rel=1e-12)
+    _assert_compiled_path_matches_loop(make_algo(), model, image_tasks(2), "compile")
 
 
 def test_compile_path_through_batch_norm_relu_max_pool_gives_the_loop_meta_gradient() -> None:
     # On the CPU the compile path's backend drops inductor's max-pool decompositions (a speed
     # choice); the graph must still give the eager loop's second-order meta-gradient through
     # BatchNorm + ReLU + max-pool (float64), with no graph break.
-    torch._dynamo.reset()
     model = seeded(0, lambda: Conv4(1, 3, width=4, image_size=16, norm="batchnorm")).double()
-    algo = MAML(inner_lr=0.1, inner_steps=1)
-    batch = image_tasks(2, side=16)
-    g_loop, _ = meta_gradients(algo, model, algo.init(model), {}, batch, path="loop")
-    torch._dynamo.utils.counters.clear()
-    g_comp, _ = meta_gradients(algo, model, algo.init(model), {}, batch, path="compile")
-    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
-    for k in g_loop["model"]:
-        torch.testing.assert_close(g_comp["model"][k], g_loop["model"][k], rtol=1e-9, atol=1e-12)
+    _assert_compiled_path_matches_loop(MAML(inner_lr=0.1, inner_steps=1), model, image_tasks(2, side=16), "compile")
 
 
 @pytest.mark.parametrize("case", [
@@ -179,7 +174,6 @@ def test_compile_path_through_batch_norm_relu_max_pool_gives_the_loop_meta_gradi
 def test_vmap_compile_path_gives_the_loop_meta_gradient(case: str) -> None:
     # One torch.compile graph of the vmapped batch loss: the meta-gradient must equal the eager
     # loop's in float64, with no graph break.
-    torch._dynamo.reset()
     if case == "mlp-maml2":
         model = seeded(0, lambda: MLP(1, (8,), 1)).double()
         algo = MAML(inner_lr=0.05, inner_steps=2, criterion="mse")
@@ -188,13 +182,7 @@ def test_vmap_compile_path_gives_the_loop_meta_gradient(case: str) -> None:
         model = seeded(0, lambda: TinyConv(norm="task")).double()
         algo = MAML(inner_lr=0.1, inner_steps=2)
         batch = image_tasks(2)
-    g_loop, m_loop = meta_gradients(algo, model, algo.init(model), {}, batch, path="loop")
-    torch._dynamo.utils.counters.clear()
-    g_comp, m_comp = meta_gradients(algo, model, algo.init(model), {}, batch, path="vmap_compile")
-    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
-    for k in g_loop["model"]:
-        torch.testing.assert_close(g_comp["model"][k], g_loop["model"][k], rtol=1e-9, atol=1e-12)
-    assert m_comp["loss"] == pytest.approx(m_loop["loss"], rel=1e-12)
+    _assert_compiled_path_matches_loop(algo, model, batch, "vmap_compile")
 
 
 def test_vmap_compile_path_is_refused_where_vmap_is() -> None:
