@@ -129,9 +129,10 @@ def _inductor_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -
     table = {op: fn for op, fn in select_decomp_table().items() if "max_pool" not in str(op)}
     # AOTAutograd's on-disk cache is keyed on the graph BEFORE decomposition and does not see a
     # custom decomposition table, so it would hand back a graph compiled earlier with inductor's
-    # default table (measured: a warm cache ran the old, slower kernels). It is bypassed here, and
-    # with it inductor's FX-graph cache, so each new process compiles these graphs again (the
-    # generated C++ kernels stay cached on disk: roughly half the cold compile time).
+    # default table (observed: a warm cache gave a 13 s first call and the old, slower timing).
+    # It is bypassed here, and with it inductor's FX-graph cache, so each new process compiles
+    # these graphs again (the generated C++ kernels stay cached on disk: roughly half the cold
+    # compile time).
     with torch._functorch.config.patch(enable_autograd_cache=False):
         return compile_fx(gm, example_inputs, decompositions=table)
 
