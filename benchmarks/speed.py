@@ -223,16 +223,20 @@ def proto_variants(model: nn.Module) -> dict[str, Callable[[TaskBatch], None]]:
     mp_cl = {"model": {k: v.detach().clone(memory_format=torch.channels_last if v.dim() == 4 else torch.preserve_format)
                        .requires_grad_() for k, v in model.named_parameters()}}
 
-    def run_cl(b: TaskBatch) -> None:
+    def run_cl(b: TaskBatch, path: str = "loop") -> None:
         for v in mp_cl["model"].values():
             v.grad = None
-        meta_backward(algo, model, mp_cl, {}, b, path="loop")
+        meta_backward(algo, model, mp_cl, {}, b, path=path)
         for k, p in model.named_parameters():
             p.grad = mp_cl["model"][k].grad
 
     out["metafit_protonet_channels_last"] = run_cl
-    # torch.compile of the episode loss: 1.63x SLOWER than the plain episode on the idle 2-core CPU
-    # (results/speed_cpu_compile.json), kept as the record of a negative result.
+    # The compile path on the same channels-last weights (inductor without its max-pool
+    # decompositions on the CPU, as the engine does).
+    out["metafit_protonet_compile_channels_last"] = lambda b: run_cl(b, "compile")
+    # torch.compile of the episode loss: 1.63x SLOWER than the plain episode with inductor's default
+    # decompositions (results/speed_cpu_compile.json); with the engine's CPU table about level with
+    # eager channels-last (results/speed_cpu_protonet_compile_cl.json).
     out["metafit_protonet_compile"] = lambda b: meta_backward(algo, model, mp, {}, b, path="compile") and None
     try:
         try:
@@ -254,6 +258,7 @@ def proto_variants(model: nn.Module) -> dict[str, Callable[[TaskBatch], None]]:
 NOTES: list[str] = []
 # FLOPs of a compiled variant are counted on the eager variant computing the same function.
 EAGER_TWIN = {"metafit_compile": "metafit_loop", "metafit_protonet_compile": "metafit_protonet",
+              "metafit_protonet_compile_channels_last": "metafit_protonet_channels_last",
               "metafit_vmap_compile": "metafit_vmap"}
 
 

@@ -13,7 +13,7 @@ Four interchangeable paths compute the same meta-gradient:
   order included). The first call compiles (one to a few minutes on 2 CPU cores; again for each
   new task shape); afterwards a conv-4 second-order MAML meta-iteration takes 0.59-0.68 of the
   eager loop's time on 2 CPU cores, 1.5x faster than the fastest peer (benchmarks/speed.py,
-  docs/results.md), while a ProtoNet episode is ~1.6x slower. On the CPU inductor runs without
+  docs/results.md); a ProtoNet episode runs level with eager channels-last. On the CPU inductor runs without
   its max-pool decompositions (see ``_inductor_backend``). Opt-in: ``"auto"`` never picks it.
 * ``"vmap_compile"``: the vmap path's whole batch loss (``vmap`` of ``algorithm.loss``) run by one
   ``torch.compile`` graph, with the same exact inner gradients. For overhead-bound models it
@@ -116,10 +116,11 @@ def _inductor_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -
     By default inductor decomposes ``max_pool2d_with_indices`` into a low-memory "offsets" form
     whose backward is a scatter; without those decompositions it lowers max-pool and its backward
     directly (the backward as a gather over each input position's windows), which on this
-    project's 2-core CPU made a compiled conv-4 second-order MAML task ~15% faster: 0.61 instead of
-    0.72 of the eager loop's time in one interleaved measurement (docs/results.md, "compile path
-    without inductor's max-pool decompositions"). Same function (the tests compare float64
-    meta-gradients with the eager loop). Off the CPU the default backend is used unchanged.
+    project's 2-core CPU made a compiled conv-4 second-order MAML task ~10-15% faster: 0.60
+    instead of 0.67 of the eager loop's time (benchmarks/prototypes/compile_decompositions.py;
+    docs/results.md, "compile path without inductor's max-pool decompositions"). Same function
+    (the tests compare float64 meta-gradients with the eager loop). Off the CPU the default
+    backend is used unchanged.
     """
     from torch._inductor.compile_fx import compile_fx
     from torch._inductor.decomposition import select_decomp_table
