@@ -1,6 +1,10 @@
 """Backbones and model-based learners (plain ``nn.Module`` s)."""
 
-from metafit.models.backbones import MLP, Conv4, TaskBatchNorm
+from metafit.models.backbones import MLP, Conv4, TaskBatchNorm, task_batch_norm
 from metafit.models.cnp import CNPClassifier, CNPRegressor
+from metafit.models.fused import batch_norm_relu_max_pool, fuse_norm_relu_pool
 
-__all__ = ["MLP", "Conv4", "TaskBatchNorm", "CNPRegressor", "CNPClassifier"]
+__all__ = [
+    "MLP", "Conv4", "TaskBatchNorm", "task_batch_norm", "CNPRegressor", "CNPClassifier",
+    "batch_norm_relu_max_pool", "fuse_norm_relu_pool",
+]

@@ -18,7 +18,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLP", "Conv4", "TaskBatchNorm"]
+__all__ = ["MLP", "Conv4", "TaskBatchNorm", "task_batch_norm"]
+
+
+def task_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
+    """Batch normalisation of ``x`` with its own statistics: the function of :class:`TaskBatchNorm`.
+
+    Args:
+        x: ``(B, C, *spatial)``; statistics over every dimension but ``C``.
+        weight: ``(C,)`` scale or ``None``.
+        bias: ``(C,)`` shift or ``None``.
+        eps: Added to the (biased) variance.
+
+    Returns:
+        Same shape as ``x``.
+    """
+    if not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(x):
+        # Outside torch.func transforms the fused kernel computes the same function (and its
+        # double backward) several times faster; under vmap/grad the elementary form below
+        # keeps second-order gradients exact. While torch.compile traces (the engine's
+        # "compile" path) the elementary form is used too: it is exact by construction, inductor
+        # fuses it, and the functorch check itself would break the graph.
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
+    dims = [0] + list(range(2, x.dim()))
+    mean = x.mean(dim=dims, keepdim=True)
+    var = (x - mean).pow(2).mean(dim=dims, keepdim=True)
+    y = (x - mean) * torch.rsqrt(var + eps)
+    if weight is not None:
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        y = y * weight.view(shape)
+        if bias is not None:
+            y = y + bias.view(shape)
+    return y
 
 
 class TaskBatchNorm(nn.Module):
@@ -55,21 +86,7 @@ class TaskBatchNorm(nn.Module):
             raise ValueError(
                 f"TaskBatchNorm expected input (B, {self.num_features}, ...), got {tuple(x.shape)}"
             )
-        if not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(x):
-            # Outside torch.func transforms the fused kernel computes the same function (and its
-            # double backward) several times faster; under vmap/grad the elementary form below
-            # keeps second-order gradients exact. While torch.compile traces (the engine's
-            # "compile" path) the elementary form is used too: it is exact by construction, inductor
-            # fuses it, and the functorch check itself would break the graph.
-            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
-        dims = [0] + list(range(2, x.dim()))
-        mean = x.mean(dim=dims, keepdim=True)
-        var = (x - mean).pow(2).mean(dim=dims, keepdim=True)
-        y = (x - mean) * torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            shape = [1, -1] + [1] * (x.dim() - 2)
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        return y
+        return task_batch_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}"

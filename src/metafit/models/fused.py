@@ -1,0 +1,283 @@
+"""Batch-norm -> ReLU -> max-pool as one autograd node: the same function, fewer passes over memory.
+
+This is kernel-level fusion inside one network (unrelated to :mod:`metafit.fusion`, which combines
+several models' predictions).
+
+A Conv-4 block ``conv -> batch norm (batch statistics) -> ReLU -> 2x2 max-pool`` spends about half
+of its CPU time outside the convolution, in passes over the full-resolution activation: the
+normalisation, the ReLU, its backward, the pooling. Two exact identities remove some of them:
+
+* ReLU and max-pool commute (``relu`` is monotone), so ``pool(relu(y)) == relu(pool(y))`` and the
+  ReLU runs on the pooled tensor, a quarter of the size;
+* the ReLU's backward is then a mask on the pooled gradient (``pool(y) > 0``), and the pooling's
+  backward scatters only what survives it, so neither the ReLU output nor its backward is
+  materialised at full size.
+
+:func:`batch_norm_relu_max_pool` is that composition as one ``torch.autograd.Function`` built
+from ATen's own kernels (``native_batch_norm``, ``max_pool2d_with_indices`` and their backwards),
+whose backward is itself differentiable, so second-order meta-gradients (MAML) through it are
+exact. The pooled argmax it keeps is the one the unfused network's pooling would choose wherever
+the gradient is non-zero, and the forward values are bitwise the unfused ones, so its gradients
+equal the unfused network's (tests compare them; float32 episode gradients came out bitwise equal).
+Under ``torch.func`` transforms (the engine's vmap paths) and while ``torch.compile`` traces, it
+computes the unfused composition with the elementary batch norm of
+:class:`metafit.models.TaskBatchNorm` instead (exact under vmap; inductor does its own fusion).
+
+:func:`fuse_norm_relu_pool` applies it to ANY ``nn.Module`` whose forward ``torch.fx`` can trace:
+it finds every ``norm -> relu -> max_pool2d`` chain whose intermediate results have no other use
+and returns a ``torch.fx.GraphModule`` that computes the same function with the fused node. The
+new module shares the original's parameters and buffers under the same names, so parameter dicts,
+``functional_call(..., strict=True)``, optimisers and checkpoints are interchangeable between them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from metafit.models.backbones import TaskBatchNorm, task_batch_norm
+
+__all__ = ["batch_norm_relu_max_pool", "fuse_norm_relu_pool"]
+
+_aten = torch.ops.aten
+IntPair = int | Sequence[int]
+
+
+def _pair(v: IntPair) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(u) for u in v]
+
+
+class _BatchNormReLUMaxPool(torch.autograd.Function):
+    """``max_pool2d(relu(batch_norm(x)))`` with batch statistics; see the module docstring."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
+        kernel: list[int], stride: list[int], padding: list[int], dilation: list[int], ceil_mode: bool,
+    ) -> Tensor:
+        y, mean, invstd = _aten.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        pooled, indices = _aten.max_pool2d_with_indices(y, kernel, stride, padding, dilation, ceil_mode)
+        pooled.relu_()  # relu(pool(y)) == pool(relu(y)); the first argmax agrees wherever pooled > 0
+        ctx.save_for_backward(x, weight, mean, invstd, pooled, indices)
+        ctx.args = (eps, kernel, stride, padding, dilation, ceil_mode)
+        return pooled
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, weight, mean, invstd, pooled, indices = ctx.saved_tensors
+        eps, kernel, stride, padding, dilation, ceil_mode = ctx.args
+        grad = torch.where(pooled > 0, grad, 0.0)  # the ReLU's backward, at a quarter of the size
+        grad_y = _aten.max_pool2d_with_indices_backward(
+            grad, x.detach(), kernel, stride, padding, dilation, ceil_mode, indices
+        )
+        affine = weight is not None  # weight and bias are both tensors or both None
+        mask = [ctx.needs_input_grad[0], affine and ctx.needs_input_grad[1], affine and ctx.needs_input_grad[2]]
+        if not any(mask):
+            return (None,) * 9
+        grad_x, grad_w, grad_b = _aten.native_batch_norm_backward(
+            grad_y, x, weight, None, None, mean, invstd, True, eps, mask
+        )
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+
+
+def batch_norm_relu_max_pool(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float = 1e-5,
+    kernel_size: IntPair = 2,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    ceil_mode: bool = False,
+) -> Tensor:
+    """``F.max_pool2d(F.relu(batch_norm(x)), ...)`` with the batch's own statistics, fused.
+
+    The batch norm normalises each channel with the mean and biased variance of ``x`` over
+    ``(B, H, W)`` (as ``nn.BatchNorm2d(track_running_stats=False)`` and
+    :class:`~metafit.models.TaskBatchNorm`), then scales by ``weight`` and shifts by ``bias``.
+
+    Args:
+        x: ``(B, C, H, W)``.
+        weight: ``(C,)`` scale, or ``None`` (no affine transform; then ``bias`` must be ``None``).
+        bias: ``(C,)`` shift, or ``None``.
+        eps: Added to the variance.
+        kernel_size, stride, padding, dilation, ceil_mode: As ``F.max_pool2d`` (``stride=None``
+            means ``kernel_size``).
+
+    Returns:
+        ``(B, C, H_out, W_out)``, the pooled activations.
+
+    Raises:
+        ValueError: ``x`` is not 4-D, or ``weight``/``bias`` do not have ``C`` elements.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"batch_norm_relu_max_pool expected x of shape (B, C, H, W), got {tuple(x.shape)}")
+    channels = x.shape[1]
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.shape != (channels,):
+            raise ValueError(f"batch_norm_relu_max_pool: {name} must have shape ({channels},), got {tuple(t.shape)}")
+    if (weight is None) != (bias is None):
+        raise ValueError("batch_norm_relu_max_pool: weight and bias must both be tensors or both None")
+    stride = kernel_size if stride is None or (not isinstance(stride, int) and len(stride) == 0) else stride
+    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x):
+        y = task_batch_norm(x, weight, bias, eps)
+        return F.max_pool2d(F.relu(y), kernel_size, stride, padding, dilation, ceil_mode)
+    return _BatchNormReLUMaxPool.apply(
+        x, weight, bias, float(eps), _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation), bool(ceil_mode)
+    )
+
+
+class _Tracer(fx.Tracer):
+    """``torch.fx`` tracer that keeps TaskBatchNorm a leaf (its forward checks shapes in Python)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, TaskBatchNorm) or super().is_leaf_module(m, module_qualified_name)
+
+
+def _norm_of(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[str, nn.Module] | None:
+    """The (qualified name, module) of a batch-statistics 2-D norm called by ``node``, else None."""
+    if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+        return None
+    m = modules[str(node.target)]
+    if isinstance(m, TaskBatchNorm):
+        return str(node.target), m
+    # BatchNorm2d without running statistics always normalises with the batch's own; with running
+    # statistics it would update (training) or use (eval) them, which the fused node does not do.
+    if type(m) is nn.BatchNorm2d and m.running_mean is None and m.running_var is None:
+        return str(node.target), m
+    return None
+
+
+_RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if len(node.args) != 1:
+        return False
+    if node.op == "call_module":
+        return type(modules[str(node.target)]) is nn.ReLU
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCTIONS and set(node.kwargs) <= {"inplace"}
+    return node.op == "call_method" and node.target in ("relu", "relu_") and not node.kwargs
+
+
+def _reference_max_pool2d(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+                          ceil_mode: bool = False, return_indices: bool = False) -> None:
+    """Signature of ``F.max_pool2d``, to bind a traced call's arguments."""
+
+
+def _pool_args(node: fx.Node, modules: dict[str, nn.Module]) -> dict[str, Any] | None:
+    """The pooling arguments of a 2-D max-pool ``node`` that returns only values, else None."""
+    if node.op == "call_module":
+        m = modules[str(node.target)]
+        if type(m) is not nn.MaxPool2d or m.return_indices or len(node.args) != 1 or node.kwargs:
+            return None
+        args = dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+                    ceil_mode=m.ceil_mode)
+    elif node.op == "call_function" and node.target in (F.max_pool2d, torch.max_pool2d):
+        try:
+            bound = inspect.signature(_reference_max_pool2d).bind(*node.args, **node.kwargs)
+        except TypeError:
+            return None
+        bound.apply_defaults()
+        args = dict(bound.arguments)
+        if args.pop("return_indices"):
+            return None
+        args.pop("input")
+    else:
+        return None
+    if any(isinstance(v, fx.Node) for v in args.values()):
+        return None  # pooling arguments computed at run time: leave the call alone
+    return args
+
+
+def _only_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _attach(root: nn.Module, name: str, value: Tensor, parameter: bool) -> None:
+    """Registers ``value`` at dotted ``name`` under ``root``, creating empty containers on the way."""
+    *path, leaf = name.split(".")
+    owner = root
+    for part in path:
+        if not hasattr(owner, part):
+            owner.add_module(part, nn.Module())
+        owner = getattr(owner, part)
+    if parameter:
+        owner.register_parameter(leaf, value)  # type: ignore[arg-type]
+    else:
+        owner.register_buffer(leaf, value)
+
+
+def fuse_norm_relu_pool(model: nn.Module) -> fx.GraphModule:
+    """The same network with every batch-norm -> ReLU -> max-pool chain as one fused node.
+
+    A chain is fused when: the norm is :class:`~metafit.models.TaskBatchNorm` or
+    ``nn.BatchNorm2d(track_running_stats=False)`` called as a module; the ReLU is ``nn.ReLU``,
+    ``F.relu``/``torch.relu`` or ``.relu()``; the pooling is ``nn.MaxPool2d``/``F.max_pool2d``
+    without ``return_indices`` and with constant arguments; and neither intermediate result is used
+    anywhere else. Everything else in the forward is kept as traced. The function computed, its
+    gradients and its second-order gradients are the original's (see the module docstring).
+
+    Args:
+        model: Any ``nn.Module`` whose ``forward`` ``torch.fx.symbolic_trace`` can trace (no
+            Python control flow on tensor values). Unchanged by this call.
+
+    Returns:
+        A ``torch.fx.GraphModule`` sharing ``model``'s parameter and buffer objects under the same
+        names (also those the forward never uses); ``fused_blocks`` holds the number of chains
+        fused. Only ``forward`` is carried over, not other methods of ``model``.
+
+    Raises:
+        TypeError: ``torch.fx`` cannot trace ``model``'s forward (the message says why).
+    """
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as e:  # noqa: BLE001 (fx raises many types; the cause is kept)
+        raise TypeError(
+            f"fuse_norm_relu_pool: torch.fx cannot trace {type(model).__name__}.forward "
+            f"({type(e).__name__}: {e}); use the model unfused"
+        ) from e
+    modules = dict(model.named_modules())
+    fused = 0
+    for node in list(graph.nodes):
+        norm = _norm_of(node, modules)
+        if norm is None:
+            continue
+        relu = _only_user(node)
+        if relu is None or not _is_relu(relu, modules):
+            continue
+        pool = _only_user(relu)
+        pool_args = _pool_args(pool, modules) if pool is not None else None
+        if pool is None or pool_args is None:
+            continue
+        name, module = norm
+        with graph.inserting_before(pool):
+            weight = graph.get_attr(f"{name}.weight") if module.weight is not None else None
+            bias = graph.get_attr(f"{name}.bias") if module.bias is not None else None
+            new = graph.call_function(
+                batch_norm_relu_max_pool, (node.args[0], weight, bias), dict(eps=float(module.eps), **pool_args)
+            )
+        pool.replace_all_uses_with(new)
+        for old in (pool, relu, node):
+            graph.erase_node(old)
+        fused += 1
+    graph.lint()
+    out = fx.GraphModule(model, graph, class_name=f"Fused{type(model).__name__}")
+    have_params, have_buffers = dict(out.named_parameters()), dict(out.named_buffers())
+    for name, p in model.named_parameters():
+        if name not in have_params:
+            _attach(out, name, p, parameter=True)
+    for name, b in model.named_buffers():
+        if name not in have_buffers:
+            _attach(out, name, b, parameter=False)
+    out.train(model.training)
+    out.fused_blocks = fused
+    return out
