@@ -23,6 +23,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smoke-sized run that finishes in under a minute")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="base seed")
+    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="glibc malloc keeps freed memory (metafit.runtime.keep_freed_memory; same results, fewer "
+                        "page faults); --no-keep-freed-memory leaves glibc's defaults, as runs before 2026-11-27 did")
     return p
 
 
@@ -66,6 +69,7 @@ def provenance() -> dict[str, Any]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "malloc": _MALLOC["mode"],
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
@@ -87,9 +91,17 @@ def write_out(path: Path | None, payload: dict[str, Any]) -> None:
         os.replace(tmp, path)
 
 
-def setup_threads(n: int | None) -> None:
+def setup_threads(n: int | None, keep_memory: bool = False) -> None:
+    """Sets torch's thread count (if given) and, with ``keep_memory``, glibc's malloc to keep freed memory."""
     if n is not None:
         torch.set_num_threads(n)
+    if keep_memory:
+        from metafit.runtime import keep_freed_memory
+
+        _MALLOC["mode"] = "keep freed memory (mallopt)" if keep_freed_memory() else "default (not glibc)"
+
+
+_MALLOC = {"mode": "default"}
 
 
 def data_root(arg: str | None) -> str:

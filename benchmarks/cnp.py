@@ -120,7 +120,7 @@ def main() -> None:
                    help="also train a CNP classifier on Omniglot 5-way episodes (1- and 5-shot) for this many minutes")
     p.add_argument("--data-root", default=None, help="folder holding omniglot/ (default $METAFIT_DATA)")
     args = p.parse_args()
-    setup_threads(args.threads)
+    setup_threads(args.threads, args.keep_freed_memory)
     if args.quick:
         args.iterations, args.minutes, args.eval_tasks, args.val_tasks = 300, 0.5, 200, 50
         args.omniglot_minutes = min(args.omniglot_minutes, 0.2)

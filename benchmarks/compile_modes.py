@@ -109,7 +109,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
-    setup_threads(args.threads)
+    setup_threads(args.threads, args.keep_freed_memory)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     device = torch.device(args.device)

@@ -152,7 +152,7 @@ def main() -> None:
     p.add_argument("--eval-tasks", type=int, default=300)
     p.add_argument("--eval-query", type=int, default=10, help="queries per class of test episodes")
     args = p.parse_args()
-    setup_threads(args.threads)
+    setup_threads(args.threads, args.keep_freed_memory)
     minutes = per_model(p, "--base-minutes", args.base_minutes, float)
     caps = per_model(p, "--base-steps", args.base_steps, int)
     source = "preset" if minutes is None and caps is None else "flags"

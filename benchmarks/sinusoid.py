@@ -65,7 +65,7 @@ def main() -> None:
     p.add_argument("--algos", nargs="+", default=["MAML", "Meta-SGD"])
     p.add_argument("--path", default="vmap", choices=PATHS)
     args = p.parse_args()
-    setup_threads(args.threads)
+    setup_threads(args.threads, args.keep_freed_memory)
     if args.quick:
         args.iterations, args.eval_tasks, args.shots = 600, 200, [5]
     t0 = time.perf_counter()

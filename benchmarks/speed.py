@@ -46,6 +46,7 @@ from torch.func import functional_call  # noqa: E402
 from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
 from metafit import MAML, ProtoNet, meta_backward  # noqa: E402
 from metafit.data.task import TaskBatch  # noqa: E402
+from metafit.models import fuse_norm_relu_pool  # noqa: E402
 
 SETUPS: dict[str, dict[str, Any]] = {
     "omniglot5": dict(kind="conv", n_way=5, k=1, q=15, tasks=32, steps=1, lr=0.4),
@@ -146,6 +147,10 @@ def maml_variants(setup: str, model: nn.Module, loss_fn: Callable) -> dict[str, 
     out["metafit_loop"] = lambda b: meta_backward(algo, model, mp, {}, b, path="loop") and None
     if cfg["kind"] == "conv":  # torch.compile of the per-task loss (inductor), exact second order
         out["metafit_compile"] = lambda b: meta_backward(algo, model, mp, {}, b, path="compile") and None
+        # The same module through metafit.models.fuse_norm_relu_pool (a torch.fx pass: one fused,
+        # twice-differentiable node per BatchNorm -> ReLU -> MaxPool chain; same parameters).
+        fused = fuse_norm_relu_pool(model)
+        out["metafit_fused_loop"] = lambda b: meta_backward(algo, fused, mp, {}, b, path="loop") and None
     if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         out["metafit_vmap"] = lambda b: meta_backward(algo, model, mp, {}, b, path="vmap") and None
         if cfg["kind"] == "mlp":  # one torch.compile graph of the vmapped batch loss
@@ -223,7 +228,7 @@ def proto_variants(model: nn.Module) -> dict[str, Callable[[TaskBatch], None]]:
     mp_cl = {"model": {k: v.detach().clone(memory_format=torch.channels_last if v.dim() == 4 else torch.preserve_format)
                        .requires_grad_() for k, v in model.named_parameters()}}
 
-    def run_cl(b: TaskBatch, path: str = "loop") -> None:
+    def run_cl(b: TaskBatch, path: str = "loop", model: nn.Module = model) -> None:
         for v in mp_cl["model"].values():
             v.grad = None
         meta_backward(algo, model, mp_cl, {}, b, path=path)
@@ -231,6 +236,10 @@ def proto_variants(model: nn.Module) -> dict[str, Callable[[TaskBatch], None]]:
             p.grad = mp_cl["model"][k].grad
 
     out["metafit_protonet_channels_last"] = run_cl
+    # The same module through metafit.models.fuse_norm_relu_pool (same parameters, same function).
+    fused = fuse_norm_relu_pool(model)
+    out["metafit_protonet_fused"] = lambda b: meta_backward(algo, fused, mp, {}, b, path="loop") and None
+    out["metafit_protonet_fused_channels_last"] = lambda b: run_cl(b, model=fused)
     # The compile path on the same channels-last weights (inductor without its max-pool
     # decompositions on the CPU, as the engine does).
     out["metafit_protonet_compile_channels_last"] = lambda b: run_cl(b, "compile")
@@ -438,7 +447,7 @@ def main() -> None:
     args = p.parse_args()
     global DEVICE, TASKNORM
     DEVICE, TASKNORM = torch.device(args.device), args.tasknorm
-    setup_threads(args.threads)
+    setup_threads(args.threads, args.keep_freed_memory)
     if args.quick:
         SETUPS["omniglot5"]["tasks"] = 4
         SETUPS["omniglot20"]["tasks"] = 2

@@ -69,7 +69,7 @@ def main() -> None:
                    help="learning-rate schedule: the recipe's (ProtoNets: halve every 2,000 episodes) or "
                         "cosine / linear decay to zero over --iterations (budgeted training)")
     args = p.parse_args()
-    setup_threads(args.threads)
+    setup_threads(args.threads, args.keep_freed_memory)
     if args.quick:
         args.minutes, args.every, args.episodes = 0.3, 6.0, 100
     t0 = time.perf_counter()

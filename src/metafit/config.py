@@ -239,6 +239,9 @@ class TrainConfig:
         checkpoint_every: Steps between checkpoints (a final one is always written).
         keep_last: Checkpoints kept besides the best one.
         num_threads: ``torch.set_num_threads`` for the run (0: leave torch's default).
+        keep_freed_memory: Make glibc's malloc keep freed memory for reuse
+            (:func:`metafit.runtime.keep_freed_memory`): same results, fewer page faults, on the
+            CPU about 1.5x faster Conv-4 steps here; no effect outside glibc.
         deterministic: Turn on ``torch.use_deterministic_algorithms``.
     """
 
@@ -256,6 +259,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_last: int = 3
     num_threads: int = 0
+    keep_freed_memory: bool = True
     deterministic: bool = True
 
     def __post_init__(self) -> None:
@@ -281,6 +285,7 @@ class TrainConfig:
         _check_int(s, "checkpoint_every", self.checkpoint_every, 1)
         _check_int(s, "keep_last", self.keep_last, 1)
         _check_int(s, "num_threads", self.num_threads, 0)
+        _check_bool(s, "keep_freed_memory", self.keep_freed_memory)
         _check_bool(s, "deterministic", self.deterministic)
 
 

@@ -54,6 +54,7 @@ from metafit.engine import DivergenceError, Trainer, make_optimizer, parameters_
 from metafit.evaluation import EvalResult, evaluate
 from metafit.functional import Buffers, buffers_of
 from metafit.models import MLP, CNPClassifier, CNPRegressor, Conv4
+from metafit.runtime import keep_freed_memory
 
 __all__ = [
     "RunError",
@@ -84,6 +85,7 @@ RESUMABLE_FIELDS = frozenset(
         "train.checkpoint_every",
         "train.keep_last",
         "train.num_threads",
+        "train.keep_freed_memory",
         "data.data_root",
         "data.cache_dir",
         "data.eval_tasks",
@@ -513,6 +515,8 @@ def train(
     t = config.train
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
+    if t.keep_freed_memory:
+        keep_freed_memory()
     if t.deterministic:
         seeding.deterministic(True)
 
