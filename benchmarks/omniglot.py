@@ -36,7 +36,7 @@ from metafit import ANIL, MAML, MetaSGD, ProtoNet, Reptile, Trainer, evaluate, g
 from metafit.config import PATHS  # noqa: E402
 from metafit.data.omniglot import load_omniglot, omniglot_split  # noqa: E402
 from metafit.data.sampling import EpisodeSampler, fixed_episodes  # noqa: E402
-from metafit.models import Conv4, fuse_norm_relu_pool  # noqa: E402
+from metafit.models import Conv4  # noqa: E402
 
 PAPER = {  # (learner, n_way, k_shot) -> published accuracy (%), see docs/results.md for sources
     ("maml", 5, 1): "98.7 ± 0.4", ("maml", 5, 5): "99.9 ± 0.1", ("maml", 20, 1): "95.8 ± 0.3", ("maml", 20, 5): "98.9 ± 0.2",
@@ -82,9 +82,9 @@ def recipe(learner: str, n_way: int, k_shot: int, protocol: str) -> Recipe:
         return Recipe(
             learner, n_way, k_shot, ProtoNet,
             # channels-last conv weights: ~1.4x faster ProtoNet steps on this CPU (same function);
-            # fused batch-norm -> ReLU -> max-pool nodes (same function and gradients, fewer passes
-            # over memory: docs/results.md, "Fused batch-norm, ReLU and max-pool")
-            lambda out: fuse_norm_relu_pool(Conv4(1, None, downsample="pool").to(memory_format=torch.channels_last)),
+            # Conv4 computes each block's norm -> ReLU -> max-pool fused by default (same function
+            # and gradients, fewer passes over memory: docs/results.md, "Fused ReLU and max-pool")
+            lambda out: Conv4(1, None, downsample="pool").to(memory_format=torch.channels_last),
             # 60-way training episodes as the paper; on the CPU with 2 queries per class (an episode
             # costs 1.5x a 20-way 5-query one, and beat it in an 11-minute screen and in 30 minutes:
             # docs/results.md, "60-way 2-query training episodes")

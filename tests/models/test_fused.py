@@ -56,7 +56,7 @@ def test_fused_plain_network_gives_the_same_values_and_gradients(affine: bool, c
 
 
 def test_fused_module_shares_parameters_under_the_same_names() -> None:
-    model = seeded(0, lambda: Conv4(1, 5, width=8, image_size=28))
+    model = seeded(0, lambda: Conv4(1, 5, width=8, image_size=28, fuse=False))
     model.register_buffer("unused_buffer", torch.arange(3.0))
     model.unused = nn.Parameter(torch.zeros(2))  # never used by forward: must survive for strict calls
     fused = fuse_norm_relu_pool(model)
@@ -68,26 +68,31 @@ def test_fused_module_shares_parameters_under_the_same_names() -> None:
     x = torch.rand(4, 1, 28, 28)
     params = dict(model.named_parameters())
     torch.testing.assert_close(apply(fused, params, dict(model.named_buffers()), x), model(x), rtol=1e-6, atol=1e-6)
-    # A strided Conv-4 has no pooling: nothing to fuse, same function.
+    # A strided Conv-4 has no pooling: nothing to fuse. A default Conv4 computes its blocks with
+    # the fused call already; torch.fx keeps that call whole.
     assert fuse_norm_relu_pool(Conv4(1, 5, width=8, downsample="stride")).fused_blocks == 0
+    native = fuse_norm_relu_pool(seeded(0, lambda: Conv4(1, 5, width=8, image_size=28)))
+    assert native.fused_blocks == 0 and "batch_norm_relu_max_pool" in native.code
+    torch.testing.assert_close(native(x), model(x), rtol=1e-6, atol=1e-6)
 
 
 def test_maml_second_order_meta_gradient_is_unchanged_by_fusion_on_loop_and_vmap_paths() -> None:
-    model = seeded(0, lambda: Conv4(1, 3, width=4, image_size=16)).double()
-    fused = fuse_norm_relu_pool(model)
+    model = seeded(0, lambda: Conv4(1, 3, width=4, image_size=16, fuse=False)).double()
+    native = seeded(0, lambda: Conv4(1, 3, width=4, image_size=16)).double()  # fused by default
     algo = MAML(inner_lr=0.1, inner_steps=2)
     batch = image_tasks(2, side=16)
     ref, _ = meta_gradients(algo, model, algo.init(model), {}, batch, path="loop")
-    for path in ("loop", "vmap"):  # under vmap the fused op computes the elementary composition
-        got, _ = meta_gradients(algo, fused, algo.init(model), {}, batch, path=path)
-        for k in ref["model"]:
-            torch.testing.assert_close(got["model"][k], ref["model"][k], rtol=1e-10, atol=1e-13, msg=f"{path} {k}")
+    for name, net in (("fx pass", fuse_norm_relu_pool(model)), ("Conv4 default", native)):
+        for path in ("loop", "vmap"):  # under vmap the fused op computes the elementary composition
+            got, _ = meta_gradients(algo, net, algo.init(model), {}, batch, path=path)
+            for k in ref["model"]:
+                torch.testing.assert_close(got["model"][k], ref["model"][k], rtol=1e-10, atol=1e-13, msg=f"{name} {path} {k}")
 
 
 def test_fused_torch_batchnorm_network_is_exact_under_vmap_unlike_the_unfused_one() -> None:
     # The fused node never calls torch's batch_norm under vmap, so the vmap path (refused for the
     # unfused network with torch BatchNorm) gives the loop's second-order meta-gradient.
-    model = seeded(0, lambda: Conv4(1, 3, width=4, image_size=16, norm="batchnorm")).double()
+    model = seeded(0, lambda: Conv4(1, 3, width=4, image_size=16, norm="batchnorm", fuse=False)).double()
     fused = fuse_norm_relu_pool(model)
     algo = MAML(inner_lr=0.1)
     batch = image_tasks(2, side=16)
@@ -98,8 +103,8 @@ def test_fused_torch_batchnorm_network_is_exact_under_vmap_unlike_the_unfused_on
 
 
 def test_protonet_episode_gradient_is_unchanged_by_fusion_in_float32() -> None:
-    model = seeded(1, lambda: Conv4(1, None, width=16)).to(memory_format=torch.channels_last)
-    fused = fuse_norm_relu_pool(model)
+    model = seeded(1, lambda: Conv4(1, None, width=16, fuse=False)).to(memory_format=torch.channels_last)
+    fused = seeded(1, lambda: Conv4(1, None, width=16)).to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)
     sx = (torch.rand(1, 5, 1, 28, 28, generator=g) > 0.5).float()
     qx = (torch.rand(1, 15, 1, 28, 28, generator=g) > 0.5).float()
@@ -160,8 +165,8 @@ def test_running_statistics_batchnorm_is_left_alone() -> None:
 def test_fused_node_is_traced_unfused_by_torch_compile() -> None:
     # Under torch.compile the node computes the elementary composition (dynamo traces it; no
     # autograd.Function of ATen internals in the graph). backend="eager" keeps the test fast.
-    model = seeded(0, lambda: Conv4(1, 3, width=4, image_size=16)).double()
-    fused = fuse_norm_relu_pool(model)
+    model = seeded(0, lambda: Conv4(1, 3, width=4, image_size=16, fuse=False)).double()
+    fused = seeded(0, lambda: Conv4(1, 3, width=4, image_size=16)).double()
     x = _binary_images(4, side=16)
     compiled = torch.compile(fused, backend="eager", fullgraph=True)
     out, grads = _grads(model, x)

@@ -2,7 +2,8 @@
 
 from metafit.models.backbones import MLP, Conv4, TaskBatchNorm, task_batch_norm
 from metafit.models.cnp import CNPClassifier, CNPRegressor
-from metafit.models.fused import batch_norm_relu_max_pool, fuse_norm_relu_pool
+from metafit.models.fused import fuse_norm_relu_pool
+from metafit.models.ops import batch_norm_relu_max_pool
 
 __all__ = [
     "MLP", "Conv4", "TaskBatchNorm", "task_batch_norm", "CNPRegressor", "CNPClassifier",

