@@ -50,9 +50,10 @@ def test_fused_plain_network_gives_the_same_values_and_gradients(affine: bool, c
     x = _binary_images(6)
     out, grads = _grads(model, x)
     out_f, grads_f = _grads(fused, x)
-    assert torch.equal(out_f, out)
+    torch.testing.assert_close(out_f, out, rtol=1e-12, atol=1e-13)  # float64; rounding differs (thin conv)
+    scale = max(g.abs().max().item() for g in grads)
     for name, a, b in zip([n for n, _ in model.named_parameters()], grads_f, grads):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15, msg=name)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12 * scale, msg=name)
 
 
 def test_fused_module_shares_parameters_under_the_same_names() -> None:
@@ -72,7 +73,7 @@ def test_fused_module_shares_parameters_under_the_same_names() -> None:
     # the fused call already; torch.fx keeps that call whole.
     assert fuse_norm_relu_pool(Conv4(1, 5, width=8, downsample="stride")).fused_blocks == 0
     native = fuse_norm_relu_pool(seeded(0, lambda: Conv4(1, 5, width=8, image_size=28)))
-    assert native.fused_blocks == 0 and "batch_norm_relu_max_pool" in native.code
+    assert native.fused_blocks == 0 and "relu_max_pool" in native.code and "conv_batch_norm" in native.code
     torch.testing.assert_close(native(x), model(x), rtol=1e-6, atol=1e-6)
 
 
@@ -103,19 +104,23 @@ def test_fused_torch_batchnorm_network_is_exact_under_vmap_unlike_the_unfused_on
 
 
 def test_protonet_episode_gradient_is_unchanged_by_fusion_in_float32() -> None:
+    # Continuous inputs: no exact ties inside pooling windows. (With binary images flat regions tie
+    # exactly; float rounding may then pick another, equally valid, argmax: a different subgradient.)
     model = seeded(1, lambda: Conv4(1, None, width=16, fuse=False)).to(memory_format=torch.channels_last)
     fused = seeded(1, lambda: Conv4(1, None, width=16)).to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)
-    sx = (torch.rand(1, 5, 1, 28, 28, generator=g) > 0.5).float()
-    qx = (torch.rand(1, 15, 1, 28, 28, generator=g) > 0.5).float()
+    sx = torch.rand(1, 5, 1, 28, 28, generator=g)
+    qx = torch.rand(1, 15, 1, 28, 28, generator=g)
     from metafit.data.task import TaskBatch
 
     batch = TaskBatch(sx, torch.arange(5)[None], qx, torch.arange(5).repeat(3)[None], n_way=5)
     algo = ProtoNet(distance="euclidean", joint_embedding=False)
-    ref, _ = meta_gradients(algo, model, algo.init(model), {}, batch, path="loop")
-    got, _ = meta_gradients(algo, fused, algo.init(model), {}, batch, path="loop")
-    for k in ref["model"]:
-        torch.testing.assert_close(got["model"][k], ref["model"][k], rtol=1e-5, atol=1e-6, msg=k)
+    ref, m_ref = meta_gradients(algo, model, algo.init(model), {}, batch, path="loop")
+    got, m_got = meta_gradients(algo, fused, algo.init(model), {}, batch, path="loop")
+    assert m_got["loss"] == pytest.approx(m_ref["loss"], rel=1e-5)
+    scale = max(g.abs().max().item() for g in ref["model"].values())
+    for k in ref["model"]:  # float32 rounding: differences relative to the largest gradient
+        torch.testing.assert_close(got["model"][k], ref["model"][k], rtol=0, atol=2e-4 * scale, msg=k)
 
 
 def test_batch_norm_relu_max_pool_double_backward_is_the_composition() -> None:
@@ -150,9 +155,10 @@ def test_functional_relu_and_pool_calls_are_fused_and_shared_results_are_not() -
     x = _binary_images(4, side=8)
     out, grads = _grads(model, x)
     out_f, grads_f = _grads(fused, x)
-    torch.testing.assert_close(out_f, out, rtol=0, atol=0)
+    torch.testing.assert_close(out_f, out, rtol=1e-12, atol=1e-13)
+    scale = max(g.abs().max().item() for g in grads)
     for a, b in zip(grads_f, grads):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12 * scale)
 
 
 def test_running_statistics_batchnorm_is_left_alone() -> None:
@@ -189,3 +195,54 @@ def test_errors_name_the_problem() -> None:
         batch_norm_relu_max_pool(torch.zeros(2, 3, 4, 4), torch.ones(4), torch.zeros(4))
     with pytest.raises(ValueError, match="weight and bias must both be tensors or both None"):
         batch_norm_relu_max_pool(torch.zeros(2, 3, 4, 4), torch.ones(3), None)
+
+
+@pytest.mark.parametrize(("c_in", "k", "stride", "padding", "affine", "conv_bias"), [
+    (1, 3, 1, 1, True, True),   # the Omniglot first layer (K = 9)
+    (1, 3, 2, 1, True, True),   # the strided MAML first layer
+    (3, 3, 1, 0, False, False),  # K = 27, no affine, no conv bias
+    (1, 5, 2, 2, True, False),  # K = 25
+    (4, 3, 1, 1, True, True),   # K = 36 > THIN_CONV_MAX_K: the unfused composition
+])
+def test_conv_batch_norm_is_conv_then_batch_norm(c_in: int, k: int, stride: int, padding: int, affine: bool,
+                                                 conv_bias: bool) -> None:
+    from metafit.models.ops import conv_batch_norm
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(5, c_in, 11, 11, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
+    w = torch.randn(6, c_in, k, k, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True) if conv_bias else None
+    gamma = (torch.randn(6, generator=g, dtype=torch.float64)).requires_grad_() if affine else None
+    beta = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True) if affine else None
+    inputs = [t for t in (x, w, b, gamma, beta) if t is not None]
+
+    def reference() -> torch.Tensor:
+        return F.batch_norm(F.conv2d(x, w, b, stride, padding), None, None, gamma, beta, True, 0.0, 1e-5)
+
+    out, ref = conv_batch_norm(x, w, b, gamma, beta, 1e-5, stride, padding), reference()
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    probe = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((out * probe).sum(), inputs, create_graph=True)
+    grads_ref = torch.autograd.grad((ref * probe).sum(), inputs, create_graph=True)
+    for a, r in zip(grads, grads_ref):  # the conv bias's gradient is 0 in both (up to rounding)
+        torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-10)
+    # second order: the gradient of a function of the first-order gradients
+    second = torch.autograd.grad(sum((gr * gr).sum() for gr in grads), [w, x])
+    second_ref = torch.autograd.grad(sum((gr * gr).sum() for gr in grads_ref), [w, x])
+    for a, r in zip(second, second_ref):
+        torch.testing.assert_close(a, r, rtol=1e-8, atol=1e-9)
+
+
+def test_fx_pass_joins_a_thin_first_convolution() -> None:
+    model = seeded(0, _plain_net).double()
+    fused = fuse_norm_relu_pool(model)
+    assert fused.code.count("conv_batch_norm") >= 1  # the 1-channel first conv (K = 9)
+    assert fused.code.count("task_batch_norm") >= 2  # the 4-channel ones (K = 36) stay convolutions
+    assert [n for n, _ in fused.named_parameters()] == [n for n, _ in model.named_parameters()]
+
+
+def test_conv_batch_norm_names_a_channel_mismatch() -> None:
+    from metafit.models.ops import conv_batch_norm
+
+    with pytest.raises(ValueError, match="x has 2 channels, conv_weight expects 1"):
+        conv_batch_norm(torch.zeros(1, 2, 5, 5), torch.zeros(3, 1, 3, 3), None, None, None)

@@ -18,13 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metafit.models.ops import batch_norm_relu_max_pool, task_batch_norm
+from metafit.models.ops import conv_batch_norm, relu_max_pool, task_batch_norm
 
 __all__ = ["MLP", "Conv4", "TaskBatchNorm", "task_batch_norm"]
 
-# torch.fx traces a Conv4 (metafit.models.fuse_norm_relu_pool, user passes) with the fused block
-# as one call instead of tracing into its Python checks.
-torch.fx.wrap("batch_norm_relu_max_pool")
+# torch.fx traces a Conv4 (metafit.models.fuse_norm_relu_pool, user passes) with the fused
+# functions as calls instead of tracing into their Python checks.
+torch.fx.wrap("conv_batch_norm")
+torch.fx.wrap("relu_max_pool")
 
 
 class TaskBatchNorm(nn.Module):
@@ -110,10 +111,12 @@ class Conv4(nn.Module):
         norm: ``"task"`` (:class:`TaskBatchNorm`, transductive batch statistics, the default),
             ``"batchnorm"`` (``nn.BatchNorm2d(track_running_stats=False)``, same maths but the
             fused kernel: loop path only for second order), or ``"none"``.
-        fuse: With pooling and a batch-statistics norm, compute each block's norm -> ReLU ->
-            max-pool with :func:`metafit.models.ops.batch_norm_relu_max_pool`: the same values and
-            (second-order) gradients, fewer passes over the activations (about 4% faster ProtoNet
-            training steps on the CPU here). ``False`` runs the blocks' modules one by one.
+        fuse: With a batch-statistics norm, compute each block with the fused functions of
+            :mod:`metafit.models.ops`: conv -> norm as :func:`~metafit.models.ops.conv_batch_norm`
+            (one matrix product for the thin first convolution) and ReLU -> max-pool as
+            :func:`~metafit.models.ops.relu_max_pool`. Same function and (second-order)
+            gradients, up to float rounding; fewer passes over the activations (docs/results.md,
+            "Fused blocks"). ``False`` runs the blocks' modules one by one.
 
     Shapes:
         ``(B, in_channels, image_size, image_size) -> (B, out_features)`` or ``(B, feature_dim)``.
@@ -158,7 +161,7 @@ class Conv4(nn.Module):
                 f"image_size={image_size} is too small for four 2x2 poolings (needs >= 16)"
             )
         self.features = nn.Sequential(*blocks)
-        self.fuse = bool(fuse) and downsample == "pool" and norm != "none"
+        self.fuse = bool(fuse) and norm != "none"
         self.feature_dim = width * side * side if downsample == "pool" else width
         self.head = nn.Linear(self.feature_dim, out_features) if out_features else None
 
@@ -166,11 +169,14 @@ class Conv4(nn.Module):
         """Features before the head, ``(B, feature_dim)``."""
         if self.fuse:
             h = x
-            for conv, norm, _, pool in self.features:  # (conv, norm, ReLU, max-pool) blocks
-                h = batch_norm_relu_max_pool(
-                    conv(h), norm.weight, norm.bias, norm.eps,
-                    pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode,
-                )
+            for block in self.features:  # (conv, norm, ReLU[, max-pool]) blocks
+                conv, norm = block[0], block[1]
+                h = conv_batch_norm(h, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps, conv.stride, conv.padding)
+                if self.downsample == "pool":
+                    pool = block[3]
+                    h = relu_max_pool(h, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+                else:
+                    h = F.relu(h)
         else:
             h = self.features(x)
         return h.flatten(1) if self.downsample == "pool" else h.mean(dim=(2, 3))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from metafit.models.backbones import TaskBatchNorm
-from metafit.models.ops import batch_norm_relu_max_pool
+from metafit.models.ops import THIN_CONV_MAX_K, conv_batch_norm, relu_max_pool, task_batch_norm
 
 __all__ = ["fuse_norm_relu_pool"]
 
@@ -92,6 +92,20 @@ def _pool_args(node: fx.Node, modules: dict[str, nn.Module]) -> dict[str, Any] |
     return args
 
 
+def _thin_conv_of(node: Any, modules: dict[str, nn.Module]) -> tuple[fx.Node, str, nn.Conv2d] | None:
+    """A plain ``nn.Conv2d`` call whose only user is the norm and whose patches are few, else None."""
+    if not isinstance(node, fx.Node) or node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+        return None
+    m = modules[str(node.target)]
+    if type(m) is not nn.Conv2d or _only_user(node) is None:
+        return None
+    if m.groups != 1 or tuple(m.dilation) != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str):
+        return None
+    if m.in_channels * m.kernel_size[0] * m.kernel_size[1] > THIN_CONV_MAX_K:
+        return None
+    return node, str(node.target), m
+
+
 def _only_user(node: fx.Node) -> fx.Node | None:
     users = list(node.users)
     return users[0] if len(users) == 1 else None
@@ -118,8 +132,11 @@ def fuse_norm_relu_pool(model: nn.Module) -> fx.GraphModule:
     ``nn.BatchNorm2d(track_running_stats=False)`` called as a module; the ReLU is ``nn.ReLU``,
     ``F.relu``/``torch.relu`` or ``.relu()``; the pooling is ``nn.MaxPool2d``/``F.max_pool2d``
     without ``return_indices`` and with constant arguments; and neither intermediate result is used
-    anywhere else. Everything else in the forward is kept as traced. The function computed, its
-    gradients and its second-order gradients are the original's (see the module docstring).
+    anywhere else. A plain ``nn.Conv2d`` feeding the norm with few patch elements
+    (``C_in * kh * kw <= THIN_CONV_MAX_K``, e.g. a grey-scale first layer) joins the chain as
+    :func:`~metafit.models.ops.conv_batch_norm`. Everything else in the forward is kept as traced.
+    The function computed, its gradients and its second-order gradients are the original's, up to
+    float rounding (see :mod:`metafit.models.ops`).
 
     Args:
         model: Any ``nn.Module`` whose ``forward`` ``torch.fx.symbolic_trace`` can trace (no
@@ -154,14 +171,24 @@ def fuse_norm_relu_pool(model: nn.Module) -> fx.GraphModule:
         if pool is None or pool_args is None:
             continue
         name, module = norm
+        conv = _thin_conv_of(node.args[0], modules)
         with graph.inserting_before(pool):
+            if conv is not None:  # (attributes fetched in the module's order: parameter order kept)
+                conv_node, conv_name, conv_module = conv
+                conv_w = graph.get_attr(f"{conv_name}.weight")
+                conv_b = graph.get_attr(f"{conv_name}.bias") if conv_module.bias is not None else None
             weight = graph.get_attr(f"{name}.weight") if module.weight is not None else None
             bias = graph.get_attr(f"{name}.bias") if module.bias is not None else None
-            new = graph.call_function(
-                batch_norm_relu_max_pool, (node.args[0], weight, bias), dict(eps=float(module.eps), **pool_args)
-            )
+            if conv is not None:  # conv -> norm as one matrix product (conv_batch_norm)
+                normed = graph.call_function(
+                    conv_batch_norm, (conv_node.args[0], conv_w, conv_b, weight, bias),
+                    dict(eps=float(module.eps), stride=tuple(conv_module.stride), padding=tuple(conv_module.padding)),
+                )
+            else:
+                normed = graph.call_function(task_batch_norm, (node.args[0], weight, bias, float(module.eps)))
+            new = graph.call_function(relu_max_pool, (normed,), pool_args)
         pool.replace_all_uses_with(new)
-        for old in (pool, relu, node):
+        for old in (pool, relu, node) + ((conv[0],) if conv is not None else ()):
             graph.erase_node(old)
         fused += 1
     graph.lint()

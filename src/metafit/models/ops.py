@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["task_batch_norm", "batch_norm_relu_max_pool"]
+__all__ = ["task_batch_norm", "relu_max_pool", "batch_norm_relu_max_pool", "conv_batch_norm", "THIN_CONV_MAX_K"]
 
 _aten = torch.ops.aten
 IntPair = int | Sequence[int]
@@ -81,19 +81,52 @@ class _ReLUMaxPool(torch.autograd.Function):
         pooled, indices = _aten.max_pool2d_with_indices(y, kernel, stride, padding, dilation, ceil_mode)
         pooled.relu_()  # relu(pool(y)) == pool(relu(y)); the first argmax agrees wherever pooled > 0
         # Saved: y (only for its shape and layout; the unfused ReLU keeps a tensor that size too),
-        # the argmax and the ReLU's mask at the pooled size. Freed when this node's backward is done.
-        ctx.save_for_backward(y, indices, pooled > 0)
+        # the argmax, and the output (the next layer keeps it anyway). Freed after this backward.
+        ctx.save_for_backward(y, indices, pooled)
         ctx.args = (kernel, stride, padding, dilation, ceil_mode)
         return pooled
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        y, indices, mask = ctx.saved_tensors
-        # The ReLU's backward at a quarter of the size, then the pooling's; both linear in grad,
-        # so their own derivative (second order through this node) is exact too.
-        grad = torch.where(mask, grad, 0.0)
+        y, indices, pooled = ctx.saved_tensors
+        # The ReLU's backward at the pooled size (ATen's own kernel), then the pooling's; both
+        # linear in grad, so their own derivative (second order through this node) is exact too.
+        grad = _aten.threshold_backward(grad, pooled.detach(), 0)
         grad_y = _aten.max_pool2d_with_indices_backward(grad, y.detach(), *ctx.args, indices)
         return grad_y, None, None, None, None, None
+
+
+def _transformed(x: Tensor) -> bool:
+    """True while torch.compile traces or under torch.func transforms: use elementary ops then."""
+    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
+def relu_max_pool(
+    y: Tensor, kernel_size: IntPair = 2, stride: IntPair | None = None, padding: IntPair = 0,
+    dilation: IntPair = 1, ceil_mode: bool = False,
+) -> Tensor:
+    """``F.max_pool2d(F.relu(y), ...)`` with the ReLU applied after the pooling (same values/gradients).
+
+    Args:
+        y: ``(B, C, H, W)``.
+        kernel_size, stride, padding, dilation, ceil_mode: As ``F.max_pool2d`` (``stride=None``
+            means ``kernel_size``).
+
+    Returns:
+        ``(B, C, H_out, W_out)``.
+    """
+    stride = kernel_size if stride is None or (not isinstance(stride, int) and len(stride) == 0) else stride
+    if _transformed(y):
+        return F.max_pool2d(F.relu(y), kernel_size, stride, padding, dilation, ceil_mode)
+    return _ReLUMaxPool.apply(y, _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation), bool(ceil_mode))
+
+
+def _check_norm_args(fn: str, channels: int, weight: Tensor | None, bias: Tensor | None) -> None:
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.shape != (channels,):
+            raise ValueError(f"{fn}: {name} must have shape ({channels},), got {tuple(t.shape)}")
+    if (weight is None) != (bias is None):
+        raise ValueError(f"{fn}: weight and bias must both be tensors or both None")
 
 
 def batch_norm_relu_max_pool(
@@ -111,7 +144,8 @@ def batch_norm_relu_max_pool(
 
     The batch norm normalises each channel with the mean and biased variance of ``x`` over
     ``(B, H, W)`` (as ``nn.BatchNorm2d(track_running_stats=False)`` and
-    :class:`~metafit.models.TaskBatchNorm`), then scales by ``weight`` and shifts by ``bias``.
+    :class:`~metafit.models.TaskBatchNorm`), then scales by ``weight`` and shifts by ``bias``;
+    :func:`relu_max_pool` follows.
 
     Args:
         x: ``(B, C, H, W)``.
@@ -129,15 +163,87 @@ def batch_norm_relu_max_pool(
     """
     if x.dim() != 4:
         raise ValueError(f"batch_norm_relu_max_pool expected x of shape (B, C, H, W), got {tuple(x.shape)}")
-    channels = x.shape[1]
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.shape != (channels,):
-            raise ValueError(f"batch_norm_relu_max_pool: {name} must have shape ({channels},), got {tuple(t.shape)}")
-    if (weight is None) != (bias is None):
-        raise ValueError("batch_norm_relu_max_pool: weight and bias must both be tensors or both None")
-    stride = kernel_size if stride is None or (not isinstance(stride, int) and len(stride) == 0) else stride
-    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x):
-        y = task_batch_norm(x, weight, bias, eps)
-        return F.max_pool2d(F.relu(y), kernel_size, stride, padding, dilation, ceil_mode)
-    y = F.batch_norm(x, None, None, weight, bias, True, 0.0, eps)
-    return _ReLUMaxPool.apply(y, _pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation), bool(ceil_mode))
+    _check_norm_args("batch_norm_relu_max_pool", x.shape[1], weight, bias)
+    return relu_max_pool(task_batch_norm(x, weight, bias, eps), kernel_size, stride, padding, dilation, ceil_mode)
+
+
+#: Largest ``C_in * kh * kw`` for which :func:`conv_batch_norm` uses its one-matmul form.
+THIN_CONV_MAX_K = 32
+
+
+def conv_batch_norm(
+    x: Tensor,
+    conv_weight: Tensor,
+    conv_bias: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float = 1e-5,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+) -> Tensor:
+    """``batch_norm(F.conv2d(x, conv_weight, conv_bias, stride, padding))`` with batch statistics.
+
+    For a thin convolution (``C_in * kh * kw <= THIN_CONV_MAX_K``, e.g. the first layer of a
+    grey-scale network: 9) the two are one matrix product. With ``X`` the ``(B*H_out*W_out, K)``
+    patches of ``x`` and ``W`` the ``(C_out, K)`` filters, the convolution is ``X W^T + b``, so its
+    per-channel batch mean and (biased) variance are ``W mean(X) + b`` and
+    ``diag(W Cov(X) W^T)``: they come from the ``K x K`` patch covariance, not from the
+    full-size output. The normalised output is then ``(X - mean(X)) (scale * W)^T + bias`` with
+    ``scale = weight / sqrt(var + eps)``: one pass writes it, and the backward is one matrix
+    product over it, instead of the convolution's and the batch norm's passes. Everything is
+    written in differentiable tensor ops, so gradients (also with respect to ``x``) and
+    second-order gradients are the composition's; the convolution's bias cancels in the
+    normalisation and gets its exact gradient, zero. Otherwise, under ``torch.func`` transforms
+    and while ``torch.compile`` traces it computes ``F.conv2d`` and :func:`task_batch_norm`.
+
+    The one-matmul output is channels-last (its memory layout, not its values).
+
+    Args:
+        x: ``(B, C_in, H, W)``.
+        conv_weight: ``(C_out, C_in, kh, kw)``.
+        conv_bias: ``(C_out,)`` or ``None``.
+        weight: ``(C_out,)`` norm scale, or ``None`` (then ``bias`` must be ``None``).
+        bias: ``(C_out,)`` norm shift, or ``None``.
+        eps: Added to the variance.
+        stride, padding: As ``F.conv2d`` (numbers, zero padding; no dilation or groups).
+
+    Returns:
+        ``(B, C_out, H_out, W_out)``.
+
+    Raises:
+        ValueError: ``x`` is not 4-D or the shapes do not match.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"conv_batch_norm expected x of shape (B, C, H, W), got {tuple(x.shape)}")
+    c_out, c_in, kh, kw = conv_weight.shape
+    if x.shape[1] != c_in:
+        raise ValueError(f"conv_batch_norm: x has {x.shape[1]} channels, conv_weight expects {c_in}")
+    _check_norm_args("conv_batch_norm", c_out, weight, bias)
+    k = c_in * kh * kw
+    if k > THIN_CONV_MAX_K or _transformed(x):
+        return task_batch_norm(F.conv2d(x, conv_weight, conv_bias, stride, padding), weight, bias, eps)
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    n_img, _, h, w = x.shape
+    h_out, w_out = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+    patches = torch.stack(
+        [xp[:, :, i : i + sh * (h_out - 1) + 1 : sh, j : j + sw * (w_out - 1) + 1 : sw]
+         for i in range(kh) for j in range(kw)],
+        dim=-1,
+    )  # (B, C_in, H_out, W_out, kh*kw)
+    patches = patches.permute(0, 2, 3, 1, 4).reshape(n_img * h_out * w_out, k)  # K ordered as the weight's
+    n = patches.shape[0]
+    centred = patches - patches.mean(0)
+    cov = centred.t() @ centred / n  # (K, K)
+    w2 = conv_weight.reshape(c_out, k)
+    var = ((w2 @ cov) * w2).sum(1)  # per-channel variance of the convolution's output
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = bias if bias is not None else torch.zeros_like(scale)
+    if conv_bias is not None:
+        shift = shift + scale * (conv_bias - conv_bias)  # cancels in the normalisation: gradient 0
+    w_aug = torch.cat([w2 * scale[:, None], shift[:, None]], 1)  # (C_out, K + 1)
+    ones = torch.ones(n, 1, dtype=centred.dtype, device=centred.device)
+    y = torch.cat([centred, ones], 1) @ w_aug.t()  # (B*H_out*W_out, C_out)
+    return y.view(n_img, h_out, w_out, c_out).permute(0, 3, 1, 2)
