@@ -1,15 +1,17 @@
-"""``fuse_norm_relu_pool``: a ``torch.fx`` pass that gives any traceable network the fused block.
+"""``fuse_norm_relu_pool``: a ``torch.fx`` pass that gives any traceable network the fused blocks.
 
 This is kernel-level fusion inside one network (unrelated to :mod:`metafit.fusion`, which combines
-several models' predictions). :func:`metafit.models.ops.batch_norm_relu_max_pool` computes
-``max_pool2d(relu(batch_norm(x)))`` (batch statistics) with the ReLU on the pooled tensor and
-the same values, gradients and second-order gradients (see :mod:`metafit.models.ops`);
-:class:`metafit.models.Conv4` uses it by default. :func:`fuse_norm_relu_pool` brings it to ANY
-``nn.Module`` whose forward ``torch.fx`` can trace: it finds every ``norm -> relu -> max_pool2d``
-chain whose intermediate results have no other use and returns a ``torch.fx.GraphModule`` that
-computes the same function with the fused call. The new module shares the original's parameters
-and buffers under the same names, so parameter dicts, ``functional_call(..., strict=True)``,
-optimisers and checkpoints are interchangeable between them.
+several models' predictions). :mod:`metafit.models.ops` computes a block's composition with fewer
+passes over memory and the same values, gradients and second-order gradients (up to float
+rounding): :func:`~metafit.models.ops.relu_max_pool` (the ReLU after the pooling) and
+:func:`~metafit.models.ops.conv_batch_norm` (a thin convolution and its batch norm as one matrix
+product). :class:`metafit.models.Conv4` uses them by default. :func:`fuse_norm_relu_pool` brings
+them to ANY ``nn.Module`` whose forward ``torch.fx`` can trace: it finds every
+``[conv ->] norm -> relu -> max_pool2d`` chain whose intermediate results have no other use and
+returns a ``torch.fx.GraphModule`` computing the same function with the fused calls. The new
+module shares the original's parameters and buffers under the same names (and order), so
+parameter dicts, ``functional_call(..., strict=True)``, optimisers and checkpoints are
+interchangeable between them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from metafit.models.backbones import TaskBatchNorm
 from metafit.models.ops import THIN_CONV_MAX_K, conv_batch_norm, relu_max_pool, task_batch_norm
 
 __all__ = ["fuse_norm_relu_pool"]
-
 
 
 class _Tracer(fx.Tracer):
@@ -126,7 +127,7 @@ def _attach(root: nn.Module, name: str, value: Tensor, parameter: bool) -> None:
 
 
 def fuse_norm_relu_pool(model: nn.Module) -> fx.GraphModule:
-    """The same network with every batch-norm -> ReLU -> max-pool chain as one fused node.
+    """The same network with every batch-norm -> ReLU -> max-pool chain computed by the fused functions.
 
     A chain is fused when: the norm is :class:`~metafit.models.TaskBatchNorm` or
     ``nn.BatchNorm2d(track_running_stats=False)`` called as a module; the ReLU is ``nn.ReLU``,

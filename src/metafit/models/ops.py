@@ -1,23 +1,24 @@
-"""Pure tensor functions behind the backbones: batch-statistics norm and the fused norm -> ReLU -> pool.
+"""Pure tensor functions behind the backbones: batch-statistics norm and the fused block functions.
 
-:func:`batch_norm_relu_max_pool` is ``max_pool2d(relu(batch_norm(x)))`` with the batch's own
-statistics, computed with fewer passes over the full-resolution activation. Two exact identities:
+Each computes a standard composition with fewer passes over the full-resolution activation (the
+CPU cost of a Conv-4 block is mostly memory traffic), from exact identities:
 
-* ReLU and max-pool commute (``relu`` is monotone), so ``pool(relu(y)) == relu(pool(y))`` and the
-  ReLU runs on the pooled tensor, a quarter of the size for 2x2 pooling;
-* the ReLU's backward is then a mask on the pooled gradient (``pool(y) > 0``), and the pooling's
-  backward scatters only what survives it, so neither the ReLU's full-size output nor its
-  full-size backward exists.
+* :func:`relu_max_pool`: ReLU and max-pool commute (``relu`` is monotone), so
+  ``pool(relu(y)) == relu(pool(y))`` and the ReLU and its backward run at the pooled size, a
+  quarter of the size for 2x2 pooling. One ``torch.autograd.Function`` built from ATen's kernels,
+  whose backward is linear in the incoming gradient and itself differentiable, so second-order
+  meta-gradients (MAML) through it are exact. The argmax it keeps is the unfused pooling's
+  wherever the gradient is non-zero; it keeps for the backward what the unfused ReLU and pooling
+  keep, so peak memory does not grow.
+* :func:`conv_batch_norm`: a thin convolution (``C_in * kh * kw <= THIN_CONV_MAX_K``, e.g. the
+  first layer of a grey-scale network) followed by a batch-statistics norm is one matrix
+  product, its statistics from the patches' covariance (see the function).
+* :func:`batch_norm_relu_max_pool`: :func:`task_batch_norm` then :func:`relu_max_pool`.
 
-The ReLU + pooling is one ``torch.autograd.Function`` built from ATen's own pooling kernels,
-whose backward is linear in the incoming gradient and itself differentiable, so second-order
-meta-gradients (MAML) through it are exact. The argmax it keeps is the unfused pooling's wherever
-the gradient is non-zero and the forward values are bitwise the unfused ones, so gradients equal
-the unfused network's (tests compare them). The tensors it keeps for the backward (the norm's
-output, the argmax, a pooled-size mask) are what the unfused ReLU and pooling keep, so peak memory
-does not grow. Under ``torch.func`` transforms (the engine's vmap paths) and while
-``torch.compile`` traces, it computes the unfused composition with the elementary batch norm
-(exact under vmap; inductor does its own fusion).
+Values and (second-order) gradients equal the plain composition's up to float rounding (tests in
+float64). Under ``torch.func`` transforms (the engine's vmap paths) and while ``torch.compile``
+traces, they compute the plain composition with the elementary batch norm (exact under vmap;
+inductor does its own fusion).
 """
 
 from __future__ import annotations
