@@ -151,6 +151,7 @@ def maml_variants(setup: str, model: nn.Module, loss_fn: Callable) -> dict[str, 
         # twice-differentiable node per BatchNorm -> ReLU -> MaxPool chain; same parameters).
         fused = fuse_norm_relu_pool(model)
         out["metafit_fused_loop"] = lambda b: meta_backward(algo, fused, mp, {}, b, path="loop") and None
+        out["metafit_fused_compile"] = lambda b: meta_backward(algo, fused, mp, {}, b, path="compile") and None
     if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         out["metafit_vmap"] = lambda b: meta_backward(algo, model, mp, {}, b, path="vmap") and None
         if cfg["kind"] == "mlp":  # one torch.compile graph of the vmapped batch loss
@@ -266,7 +267,7 @@ def proto_variants(model: nn.Module) -> dict[str, Callable[[TaskBatch], None]]:
 
 NOTES: list[str] = []
 # FLOPs of a compiled variant are counted on the eager variant computing the same function.
-EAGER_TWIN = {"metafit_compile": "metafit_loop", "metafit_protonet_compile": "metafit_protonet",
+EAGER_TWIN = {"metafit_compile": "metafit_loop", "metafit_fused_compile": "metafit_fused_loop", "metafit_protonet_compile": "metafit_protonet",
               "metafit_protonet_compile_channels_last": "metafit_protonet_channels_last",
               "metafit_vmap_compile": "metafit_vmap"}
 
