@@ -240,8 +240,8 @@ class TrainConfig:
         keep_last: Checkpoints kept besides the best one.
         num_threads: ``torch.set_num_threads`` for the run (0: leave torch's default).
         keep_freed_memory: Make glibc's malloc keep freed memory for reuse
-            (:func:`metafit.runtime.keep_freed_memory`): same results, fewer page faults, on the
-            CPU about 1.5x faster Conv-4 steps here; no effect outside glibc.
+            (:func:`metafit.runtime.keep_freed_memory`): same results, fewer page faults (on the
+            CPU here 1.2-1.5x faster Conv-4 steps); no effect outside glibc.
         deterministic: Turn on ``torch.use_deterministic_algorithms``.
     """
 

@@ -3,9 +3,9 @@
 :func:`keep_freed_memory` tunes glibc's ``malloc``. PyTorch's CPU tensors come straight from
 ``malloc``; glibc serves large blocks with fresh ``mmap`` calls and gives freed memory back to the
 operating system, so every meta-training step pays again for page faults on its activations
-(tens of MB per Conv-4 episode). On this project's 2-core VM that cost a ProtoNet training step
-about a third of its time: 87 ms with glibc's defaults against 59 ms with freed memory kept
-(30-way 1-shot 2-query episodes; docs/results.md, "Page faults: keeping freed memory"). The
+(tens of MB per Conv-4 episode). On this project's 2-core VM a ProtoNet training step (30-way
+1-shot 2-query episodes, fused Conv4) took 67 ms with glibc's defaults against 45 ms with freed
+memory kept (docs/results.md, "Page faults, fused blocks and the thin first convolution"). The
 allocator change is process-wide, so the library never makes it on its own: the CLI applies it
 (``train.keep_freed_memory``, on by default) and so do the benchmarks; a user script calls it once.
 """
