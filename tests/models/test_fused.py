@@ -168,9 +168,10 @@ def test_running_statistics_batchnorm_is_left_alone() -> None:
     assert dict(fused.named_buffers()).keys() == dict(model.named_buffers()).keys()
 
 
-def test_fused_node_is_traced_unfused_by_torch_compile() -> None:
-    # Under torch.compile the node computes the elementary composition (dynamo traces it; no
-    # autograd.Function of ATen internals in the graph). backend="eager" keeps the test fast.
+def test_fused_blocks_trace_under_torch_compile_to_the_same_function() -> None:
+    # Under torch.compile relu_max_pool is the plain composition (no autograd.Function of ATen
+    # internals in the graph) and conv_batch_norm's matrix-product form is traced as is; one graph,
+    # same values and gradients as the unfused network. backend="eager" keeps the test fast.
     model = seeded(0, lambda: Conv4(1, 3, width=4, image_size=16, fuse=False)).double()
     fused = seeded(0, lambda: Conv4(1, 3, width=4, image_size=16)).double()
     x = _binary_images(4, side=16)

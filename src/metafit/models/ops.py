@@ -37,6 +37,11 @@ _aten = torch.ops.aten
 IntPair = int | Sequence[int]
 
 
+def _transformed(x: Tensor) -> bool:
+    """True while torch.compile traces or under torch.func transforms: use elementary ops then."""
+    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
 def task_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5) -> Tensor:
     """Batch normalisation of ``x`` with its own statistics: the function of :class:`TaskBatchNorm`.
 
@@ -49,7 +54,7 @@ def task_batch_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: 
     Returns:
         Same shape as ``x``.
     """
-    if not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(x):
+    if not _transformed(x):
         # Outside torch.func transforms the fused kernel computes the same function (and its
         # double backward) several times faster; under vmap/grad the elementary form below
         # keeps second-order gradients exact. While torch.compile traces (the engine's
@@ -96,11 +101,6 @@ class _ReLUMaxPool(torch.autograd.Function):
         grad = _aten.threshold_backward(grad, pooled.detach(), 0)
         grad_y = _aten.max_pool2d_with_indices_backward(grad, y.detach(), *ctx.args, indices)
         return grad_y, None, None, None, None, None
-
-
-def _transformed(x: Tensor) -> bool:
-    """True while torch.compile traces or under torch.func transforms: use elementary ops then."""
-    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
 def relu_max_pool(
