@@ -78,10 +78,6 @@ def parameters_of(meta_params: MetaParams) -> list[Tensor]:
     return [t for g in meta_params for t in meta_params[g].values()]
 
 
-def _second_order(algorithm: Any) -> bool:
-    return not getattr(algorithm, "first_order", True) and getattr(algorithm, "inner_steps", 0) > 0
-
-
 def check_path(algorithm: Algorithm, model: nn.Module, path: Path) -> None:
     """Raises ValueError for a path known to give wrong results with this model/learner.
 
@@ -91,7 +87,7 @@ def check_path(algorithm: Algorithm, model: nn.Module, path: Path) -> None:
     """
     if path not in PATH_NAMES:
         raise ValueError(f"path must be {_PATH_LIST}, got {path!r}")
-    if path in ("vmap", "vmap_compile") and has_batchnorm(model) and _second_order(algorithm):
+    if path in ("vmap", "vmap_compile") and has_batchnorm(model) and algorithm.spec.second_order:
         raise ValueError(
             f"path={path!r} with a second-order learner and a model containing torch BatchNorm/"
             "InstanceNorm layers gives a WRONG meta-gradient in torch 2.13 (the vmap batching rule "

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metafit.algorithms.base import Algorithm, MetaParams, clone_meta_params
+from metafit.algorithms.base import Algorithm, GradientLearner, MetaParams, check_inner_lr, check_steps, clone_meta_params
 from metafit.data.task import Task, TaskBatch
 from metafit.functional import Buffers
 
@@ -118,17 +118,37 @@ def evaluate(
     """
     t0 = time.perf_counter()
     buffers = buffers or {}
+    if steps is not None:
+        check_steps("steps", steps)
+    if lr is not None:
+        check_inner_lr("lr", lr)
+    if curve_steps is not None:
+        check_steps("curve_steps", curve_steps)
+    if not algorithm.spec.inner_loop and (steps is not None or lr is not None or curve_steps is not None):
+        raise ValueError(
+            f"steps, lr and curve_steps are inner-loop settings, but {type(algorithm).__name__} has no inner loop "
+            "(leave them unset)"
+        )
     mp = clone_meta_params(meta_params, requires_grad=False)
     task_list = _task_list(tasks)
     if not task_list:
         raise ValueError("evaluate needs at least one task")
+    try:  # tasks are checked when built; this catches tensors changed in place since
+        if isinstance(tasks, TaskBatch):
+            tasks.check_finite()
+        else:
+            for task in task_list:
+                task.check_finite()
+    except ValueError as e:
+        raise ValueError(f"evaluate: tasks: {e}") from None
     per_task: dict[str, list[float]] = {}
     curve_vals: dict[str, list[list[float]]] = {}
     eval_steps: int | None = None
-    if hasattr(algorithm, "adaptation_curve"):
-        settings = algorithm.eval_settings()  # type: ignore[attr-defined]
-        eval_steps = settings["steps"] if steps is None else steps
-        lr = settings["lr"] if lr is None else lr
+    if algorithm.spec.inner_loop:
+        assert isinstance(algorithm, GradientLearner)
+        settings = algorithm.eval_settings()
+        eval_steps = settings.steps if steps is None else steps
+        lr = settings.lr if lr is None else lr
         n_curve = max(eval_steps, curve_steps if curve_steps is not None else eval_steps)
         curves = _curves(algorithm, model, mp, buffers, tasks, task_list, n_curve, lr, chunk)
         for k, c in curves.items():  # c: (n_tasks, n_curve + 1)

@@ -9,7 +9,7 @@ passed in and never mutated: modules that would write into a buffer during the f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -25,11 +25,7 @@ __all__ = [
     "params_of",
     "buffers_of",
     "apply",
-    "partition",
-    "combine",
-    "tree_map",
-    "tree_sub",
-    "tree_axpy",
+    "under_transform",
     "has_batchnorm",
     "writes_buffers",
 ]
@@ -102,42 +98,13 @@ def apply(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, 
     return functional_call(model, (dict(params), dict(buffers)), args, strict=True)
 
 
-def partition(params: Mapping[str, Tensor], predicate: Callable[[str], bool]) -> tuple[Params, Params]:
-    """Splits ``params`` into (matching, rest) by a predicate on the name."""
-    hit = {k: v for k, v in params.items() if predicate(k)}
-    rest = {k: v for k, v in params.items() if not predicate(k)}
-    return hit, rest
+def under_transform(*tensors: Tensor | None) -> bool:
+    """True while ``torch.compile`` traces, or if any tensor is wrapped by a ``torch.func`` transform.
 
-
-def combine(*dicts: Mapping[str, Tensor]) -> Params:
-    """Merges disjoint parameter dicts (a key in two dicts is an error)."""
-    out: Params = {}
-    for d in dicts:
-        dup = out.keys() & d.keys()
-        if dup:
-            raise ValueError(f"combine got the same parameter name twice: {sorted(dup)[:5]}")
-        out.update(d)
-    return out
-
-
-def tree_map(fn: Callable[..., Tensor], *dicts: Mapping[str, Tensor]) -> Params:
-    """Applies ``fn`` key-wise over dicts with identical keys."""
-    keys = dicts[0].keys()
-    for d in dicts[1:]:
-        if d.keys() != keys:
-            raise ValueError(
-                f"parameter dicts differ in names: {sorted(set(keys) ^ set(d.keys()))[:5]}"
-            )
-    return {k: fn(*(d[k] for d in dicts)) for k in keys}
-
-
-def tree_sub(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Params:
-    """``a - b`` key-wise."""
-    return tree_map(torch.sub, a, b)
-
-
-def tree_axpy(alpha: float | Mapping[str, Tensor], x: Mapping[str, Tensor], y: Mapping[str, Tensor]) -> Params:
-    """``y + alpha * x`` key-wise; ``alpha`` is a scalar or a dict of per-parameter tensors."""
-    if isinstance(alpha, Mapping):
-        return {k: y[k] + alpha[k] * x[k] for k in y}
-    return {k: y[k] + alpha * x[k] for k in y}
+    Code that has a fast eager form (``torch.autograd.grad``, fused ATen kernels, custom
+    ``autograd.Function`` s) checks this and falls back to plain differentiable tensor code that
+    vmap, ``torch.func.grad`` and dynamo can trace.
+    """
+    if torch.compiler.is_compiling():
+        return True
+    return any(t is not None and bool(torch._C._functorch.is_functorch_wrapped_tensor(t)) for t in tensors)

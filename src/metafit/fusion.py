@@ -71,7 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metafit.algorithms.base import MetaParams, Metrics
+from metafit.algorithms.base import LearnerSpec, MetaParams, Metrics
 from metafit.algorithms.maml import inner_gradients
 from metafit.algorithms.protonet import prototypes, squared_distances
 from metafit.data.task import Task, TaskBatch, stack_tasks
@@ -337,6 +337,14 @@ class FusionLearner:
         if self.criterion != "cross_entropy":
             raise ValueError("FusionLearner is a classifier: criterion must be 'cross_entropy'")
 
+    @property
+    def spec(self) -> LearnerSpec:
+        """A classifier of embedded tasks; its few inner steps are not a model inner loop."""
+        return LearnerSpec(
+            tasks="classification", inner_loop=False, second_order=not self.first_order and self.inner_steps > 0,
+            head="none", embeds=False,
+        )
+
     def init(self, model: nn.Module, *, generator: torch.Generator | None = None) -> MetaParams:
         """``{"model": params}`` of the :class:`FusionHead`."""
         return {"model": params_of(model)}
@@ -351,7 +359,6 @@ class FusionLearner:
         *,
         n_way: int | None = None,
         create_graph: bool | None = None,
-        **_: object,
     ) -> FusionState:
         """Per-task fusion weights from the embedded support set.
 

@@ -34,7 +34,15 @@ from typing import Any, TextIO
 import torch
 from torch import Tensor, nn
 
-from metafit.algorithms.base import Algorithm, MetaParams, clone_meta_params
+from metafit.algorithms.base import (
+    Algorithm,
+    GradientLearner,
+    MetaParams,
+    check_inner_lr,
+    check_labels,
+    check_steps,
+    clone_meta_params,
+)
 from metafit.functional import Buffers
 
 __all__ = ["Predictor", "AdaptedPredictor", "adapt_and_predict", "predict_folders", "write_predictions_csv"]
@@ -133,26 +141,31 @@ class Predictor:
         _check_input_shape("support_x", support_x, self.input_shape)
         if support_x.is_floating_point() and not bool(torch.isfinite(support_x).all()):
             raise ValueError("support_x contains NaN or inf")
+        spec = self.algorithm.spec
         classification = not support_y.is_floating_point()
         if classification:
             n_way = int(support_y.max()) + 1 if n_way is None else n_way
-            if int(support_y.min()) < 0 or int(support_y.max()) >= n_way:
-                raise ValueError(f"support_y must be labels in 0..{n_way - 1}, got range {int(support_y.min())}..{int(support_y.max())}")
+            check_labels("support_y", support_y, n_way, what="the support set")
             head = _head_size(self.meta_params)
-            if head is not None and hasattr(self.algorithm, "adaptation_curve") and head != n_way:
+            if spec.head == "fixed" and head is not None and head != n_way:
                 raise ValueError(
                     f"the support set has {n_way} classes but the model was trained with a {head}-way head; "
-                    f"give exactly {head} classes (or train a protonet, which takes any number)"
+                    f"give exactly {head} classes (or train a learner that takes any number, such as protonet)"
                 )
         else:
             n_way = None
-        kwargs: dict[str, Any] = {}
-        if hasattr(self.algorithm, "eval_settings"):
-            s = self.algorithm.eval_settings()  # type: ignore[attr-defined]
-            kwargs = {"steps": s["steps"] if steps is None else steps, "lr": s["lr"] if lr is None else lr, "create_graph": False}
-        elif n_way is not None:
-            kwargs = {"n_way": n_way}
-        adapted = self.algorithm.adapt(self.model, self.meta_params, self.buffers, support_x, support_y, **kwargs)
+        if spec.inner_loop:
+            assert isinstance(self.algorithm, GradientLearner)
+            s = self.algorithm.eval_settings()
+            adapted = self.algorithm.adapt(
+                self.model, self.meta_params, self.buffers, support_x, support_y, n_way=n_way,
+                steps=s.steps if steps is None else check_steps("steps", steps),
+                lr=s.lr if lr is None else check_inner_lr("lr", lr), create_graph=False,
+            )
+        else:
+            if steps is not None or lr is not None:
+                raise ValueError(f"steps and lr are inner-loop settings, but {type(self.algorithm).__name__} has none")
+            adapted = self.algorithm.adapt(self.model, self.meta_params, self.buffers, support_x, support_y, n_way=n_way)
         if isinstance(adapted, dict):
             adapted = {k: v.detach() for k, v in adapted.items()}
         return AdaptedPredictor(

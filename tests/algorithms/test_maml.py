@@ -9,6 +9,7 @@ from torch import nn
 
 from metafit import MAML, MetaSGD, SinusoidTasks, Trainer, generator, meta_gradients, seeded
 from metafit.data.task import TaskBatch
+from metafit.algorithms import EvalSettings
 from metafit.functional import apply, buffers_of
 from metafit.models import MLP, Conv4
 from tests.conftest import TinyConv, image_tasks
@@ -193,7 +194,7 @@ def test_same_seed_gives_identical_tasks_and_parameters() -> None:
 
 def test_inner_steps_and_lr_can_differ_between_training_and_evaluation() -> None:
     algo = MAML(inner_lr=0.01, inner_steps=1, eval_inner_lr=0.02, eval_inner_steps=10, criterion="mse")
-    assert algo.eval_settings() == {"steps": 10, "lr": 0.02}
+    assert algo.eval_settings() == EvalSettings(steps=10, lr=0.02)
     model = _mlp(torch.float32)
     curve = algo.adaptation_curve(model, algo.init(model), {}, _sin_batch(1, dtype=torch.float32)[0], steps=10)
     assert curve["mse"].shape == (11,)

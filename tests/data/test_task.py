@@ -41,13 +41,13 @@ def test_stack_rejects_variable_shot_tasks() -> None:
         stack_tasks([_task(4), _task(5)])
 
 
-def test_check_finite_names_the_field() -> None:
-    t = Task(torch.tensor([[float("nan")]]), torch.zeros(1), torch.zeros(1, 1), torch.zeros(1))
-    with pytest.raises(ValueError, match="support_x contains 1 non-finite"):
-        t.check_finite()
-    b = TaskBatch(torch.zeros(1, 1, 1), torch.zeros(1, 1), torch.full((1, 1, 1), float("inf")), torch.zeros(1, 1))
-    with pytest.raises(ValueError, match="query_x"):
-        b.check_finite()
+def test_non_finite_data_is_refused_when_a_task_is_built() -> None:
+    with pytest.raises(ValueError, match="support_x contains 1 non-finite value"):
+        Task(torch.tensor([[float("nan")]]), torch.zeros(1), torch.zeros(1, 1), torch.zeros(1))
+    with pytest.raises(ValueError, match="query_x contains 1 non-finite value"):
+        TaskBatch(torch.zeros(1, 1, 1), torch.zeros(1, 1), torch.full((1, 1, 1), float("inf")), torch.zeros(1, 1))
+    with pytest.raises(ValueError, match="query_y contains 1 non-finite value"):
+        Task(torch.zeros(1, 1), torch.zeros(1), torch.zeros(1, 1), torch.tensor([float("nan")]))
 
 
 def test_to_keeps_integer_labels() -> None:

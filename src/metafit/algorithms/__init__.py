@@ -1,22 +1,31 @@
-"""Meta-learning algorithms: small frozen dataclasses with pure ``init``/``adapt``/``loss``."""
+"""Learners: small frozen dataclasses with pure ``init``/``adapt``/``predict``/``loss`` and a ``spec``.
+
+:data:`metafit.algorithms.registry.LEARNERS` maps each learner's name to its builder.
+"""
 
 from metafit.algorithms.anil import ANIL
 from metafit.algorithms.base import (
     Algorithm,
+    EvalSettings,
+    GradientLearner,
+    LearnerSpec,
     MetaParams,
     Metrics,
     clone_meta_params,
     flat_meta_params,
-    unflat_meta_params,
 )
+from metafit.algorithms.cnp import CNP, CNPState, calibration, gaussian_nll, interval_coverage, recalibrate
 from metafit.algorithms.maml import MAML, inner_gradients
 from metafit.algorithms.meta_sgd import MetaSGD
 from metafit.algorithms.protonet import ProtoNet
+from metafit.algorithms.registry import LEARNERS, LearnerEntry, build_learner, learner_options
 from metafit.algorithms.reptile import Reptile
-from metafit.algorithms.cnp import CNP, CNPState, calibration, gaussian_nll, interval_coverage, recalibrate
 
 __all__ = [
     "Algorithm",
+    "GradientLearner",
+    "LearnerSpec",
+    "EvalSettings",
     "MetaParams",
     "Metrics",
     "MAML",
@@ -27,11 +36,14 @@ __all__ = [
     "inner_gradients",
     "clone_meta_params",
     "flat_meta_params",
-    "unflat_meta_params",
     "CNP",
     "CNPState",
     "gaussian_nll",
     "interval_coverage",
     "calibration",
     "recalibrate",
+    "LEARNERS",
+    "LearnerEntry",
+    "build_learner",
+    "learner_options",
 ]

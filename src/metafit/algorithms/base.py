@@ -1,22 +1,28 @@
-"""The algorithm protocol and the helpers every learner shares.
+"""The learner protocol and the helpers every learner shares.
 
-An algorithm is a small frozen dataclass of hyperparameters with pure methods:
+A learner is a small frozen dataclass of hyperparameters with pure methods:
 
 * ``init(model, *, generator)`` -> ``MetaParams``: what the outer loop learns, a dict of named
   parameter groups; ``"model"`` holds the model's parameters (``named_parameters()`` names),
   other groups hold extras such as Meta-SGD's inner learning rates.
-* ``adapt(model, meta_params, buffers, support_x, support_y, ...)`` -> adapted state (fast
-  weights, prototypes, a context embedding), pure.
+* ``adapt(model, meta_params, buffers, support_x, support_y, *, n_way=None)`` -> adapted state
+  (fast weights, prototypes, a context embedding), pure.
 * ``predict(model, meta_params, buffers, adapted, x)`` -> outputs for new inputs.
 * ``loss(model, meta_params, buffers, task)`` -> ``(scalar, metrics)``: the query loss after
   adaptation, differentiable w.r.t. ``meta_params``. The engine maps it over a task batch.
+
+and one declaration, :attr:`Algorithm.spec` (a :class:`LearnerSpec`): everything the engine,
+the evaluator, the predictor and the application need to know about a learner without probing
+it. Learners with an inner loop (``spec.inner_loop``) also satisfy :class:`GradientLearner`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -30,21 +36,72 @@ Metrics = dict[str, Tensor]
 
 __all__ = [
     "Algorithm",
+    "GradientLearner",
+    "LearnerSpec",
+    "EvalSettings",
     "MetaParams",
     "Metrics",
     "CRITERIA",
     "criterion_fn",
     "task_metrics",
     "flat_meta_params",
-    "unflat_meta_params",
     "clone_meta_params",
-    "is_batched",
+    "check_inner_lr",
+    "check_steps",
+    "check_labels",
+    "check_regression_targets",
 ]
+
+TaskKind = Literal["classification", "regression", "any"]
+HeadKind = Literal["none", "fixed", "max"]
+
+
+@dataclass(frozen=True)
+class LearnerSpec:
+    """What a learner needs from the engine, the evaluator and the predictor.
+
+    Attributes:
+        tasks: ``"classification"``, ``"regression"`` or ``"any"`` (decided by the criterion).
+        inner_loop: The learner adapts by gradient steps on the support set; it then satisfies
+            :class:`GradientLearner` (``adapt_steps``, ``adaptation_curve``, ``eval_settings``,
+            ``with_eval``) and the evaluator records an adaptation curve.
+        second_order: The meta-gradient differentiates through inner gradients (Hessian-vector
+            terms). The engine refuses paths known to get those wrong.
+        head: How the learner takes ``n_way``: ``"none"`` (any number of classes per task, read
+            from the task: metric and set learners), ``"fixed"`` (the model's output layer has
+            ``n_way`` units, fixed when the model is built) or ``"max"`` (any number up to the
+            model's ``max_way``).
+        embeds: The model maps inputs to feature vectors (an embedding network, or a classifier
+            whose features before ``head`` are used): such runs can be base models of a fusion.
+    """
+
+    tasks: TaskKind
+    inner_loop: bool
+    second_order: bool
+    head: HeadKind
+    embeds: bool = True
+
+    def __post_init__(self) -> None:
+        if self.tasks not in ("classification", "regression", "any"):
+            raise ValueError(f"tasks must be 'classification', 'regression' or 'any', got {self.tasks!r}")
+        if self.head not in ("none", "fixed", "max"):
+            raise ValueError(f"head must be 'none', 'fixed' or 'max', got {self.head!r}")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Inner-loop settings used when a gradient-based learner adapts at evaluation time."""
+
+    steps: int
+    lr: float
 
 
 @runtime_checkable
 class Algorithm(Protocol):
     """What the engine, evaluator and ``predict`` need from a learner."""
+
+    @property
+    def spec(self) -> LearnerSpec: ...
 
     def init(self, model: nn.Module, *, generator: torch.Generator | None = None) -> MetaParams: ...
 
@@ -55,7 +112,8 @@ class Algorithm(Protocol):
         buffers: Buffers,
         support_x: Tensor,
         support_y: Tensor,
-        **kwargs: Any,
+        *,
+        n_way: int | None = None,
     ) -> Any: ...
 
     def predict(
@@ -67,15 +125,95 @@ class Algorithm(Protocol):
     ) -> tuple[Tensor, Metrics]: ...
 
 
+@runtime_checkable
+class GradientLearner(Algorithm, Protocol):
+    """A learner whose adaptation is gradient steps (``spec.inner_loop`` is True)."""
+
+    def adapt_steps(
+        self,
+        model: nn.Module,
+        meta_params: MetaParams,
+        buffers: Buffers,
+        support_x: Tensor,
+        support_y: Tensor,
+        *,
+        steps: int | None = None,
+        lr: float | None = None,
+        create_graph: bool | None = None,
+    ) -> Iterator[Params]: ...
+
+    def adaptation_curve(
+        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task, *, steps: int, lr: float | None = None
+    ) -> Metrics: ...
+
+    def eval_settings(self) -> EvalSettings: ...
+
+    def with_eval(self, *, steps: int | None = None, lr: float | None = None) -> GradientLearner: ...
+
+
+# -- argument checks shared by learners, the evaluator and the predictor ------------------------
+
+
+def check_steps(name: str, value: object) -> int:
+    """``value`` as an int >= 0, else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return value
+
+
+def check_inner_lr(name: str, value: object) -> float:
+    """``value`` as a finite float > 0, else a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_labels(name: str, y: Tensor, n_classes: int, *, what: str = "the head") -> None:
+    """Raises ValueError if integer labels ``y`` fall outside ``0..n_classes-1``.
+
+    Skipped under ``torch.func`` transforms and ``torch.compile`` (data-dependent checks cannot
+    run there; the evaluator and the samplers check eagerly).
+    """
+    from metafit.functional import under_transform
+
+    if y.is_floating_point() or y.numel() == 0 or under_transform(y):
+        return
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(
+            f"{name} must hold class labels in 0..{n_classes - 1} ({what} has {n_classes} classes), "
+            f"got labels in {lo}..{hi}"
+        )
+
+
+def check_regression_targets(name: str, output: Tensor, target: Tensor) -> None:
+    """Raises ValueError if regression targets cannot match the model's outputs element for element."""
+    if output.shape == target.shape:
+        return
+    if output.numel() == target.numel() and output.shape[0] == target.shape[0]:
+        return  # e.g. (N, 1) outputs against (N,) targets
+    raise ValueError(
+        f"{name} must match the model's output shape {tuple(output.shape)} (one target per output), "
+        f"got shape {tuple(target.shape)}"
+    )
+
+
 def _mse(pred: Tensor, target: Tensor) -> Tensor:
     if pred.shape != target.shape:
+        check_regression_targets("targets", pred, target)
         target = target.reshape(pred.shape)
     return F.mse_loss(pred, target)
 
 
+def _cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    if logits.dim() >= 2:
+        check_labels("labels", target, int(logits.shape[-1]), what="the model's output")
+    return F.cross_entropy(logits, target)
+
+
 # The private dict is what criterion_fn reads: torch.compile breaks its graph on a read through a
 # mappingproxy once any dict was mutated during tracing (the engine's "compile" path).
-_CRITERIA: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"cross_entropy": F.cross_entropy, "mse": _mse}
+_CRITERIA: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"cross_entropy": _cross_entropy, "mse": _mse}
 CRITERIA: Mapping[str, Callable[[Tensor, Tensor], Tensor]] = MappingProxyType(_CRITERIA)
 
 
@@ -95,25 +233,9 @@ def task_metrics(criterion: str, output: Tensor, target: Tensor, loss: Tensor) -
     return {"loss": loss, "mse": loss}
 
 
-def is_batched(t: Tensor) -> bool:
-    """True inside ``torch.func.vmap`` (the tensor is a functorch BatchedTensor)."""
-    return bool(torch._C._functorch.is_batchedtensor(t))
-
-
 def flat_meta_params(meta_params: MetaParams) -> dict[str, Tensor]:
     """``{"group/name": tensor}`` view used by checkpoints and optimizers."""
     return {f"{g}/{k}": v for g, d in meta_params.items() for k, v in d.items()}
-
-
-def unflat_meta_params(flat: Mapping[str, Tensor]) -> MetaParams:
-    """Inverse of :func:`flat_meta_params`."""
-    out: MetaParams = {}
-    for key, v in flat.items():
-        if "/" not in key:
-            raise ValueError(f"meta-parameter key must look like 'group/name', got {key!r}")
-        g, k = key.split("/", 1)
-        out.setdefault(g, {})[k] = v
-    return out
 
 
 def clone_meta_params(meta_params: MetaParams, *, requires_grad: bool = True) -> MetaParams:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metafit.algorithms.base import MetaParams, Metrics
+from metafit.algorithms.base import LearnerSpec, MetaParams, Metrics
 from metafit.data.task import Task, TaskBatch
 from metafit.functional import Buffers, params_of
 
@@ -138,7 +138,19 @@ class CNP:
 
     @property
     def classification(self) -> bool:
+        """True for a classifier (``criterion="cross_entropy"``)."""
         return self.criterion == "cross_entropy"
+
+    @property
+    def spec(self) -> LearnerSpec:
+        """No inner loop; a classifier takes up to the network's ``max_way`` classes."""
+        return LearnerSpec(
+            tasks="classification" if self.classification else "regression",
+            inner_loop=False,
+            second_order=False,
+            head="max" if self.classification else "none",
+            embeds=False,
+        )
 
     # -- protocol -----------------------------------------------------------------------
     def init(self, model: nn.Module, *, generator: torch.Generator | None = None) -> MetaParams:
@@ -154,7 +166,6 @@ class CNP:
         support_y: Tensor,
         *,
         n_way: int | None = None,
-        **_: object,
     ) -> CNPState:
         """Encodes and aggregates the context set: no gradient steps.
 

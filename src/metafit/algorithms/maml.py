@@ -9,21 +9,23 @@ filter, and Reptile (:mod:`metafit.algorithms.reptile`) reuses the same inner lo
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
 
 from metafit.algorithms.base import (
+    EvalSettings,
+    LearnerSpec,
     MetaParams,
     Metrics,
+    check_inner_lr,
+    check_steps,
     criterion_fn,
-    is_batched,
     task_metrics,
 )
 from metafit.data.task import Task
-from metafit.functional import Buffers, Params, apply, params_of
+from metafit.functional import Buffers, Params, apply, params_of, under_transform
 
 __all__ = ["MAML", "inner_gradients"]
 
@@ -53,8 +55,7 @@ def inner_gradients(
     Returns:
         ``{name: gradient}`` with the shapes of ``params``.
     """
-    probes = list(params.values()) + ([data] if data is not None else [])
-    if torch.compiler.is_compiling() or any(_under_functorch(t) for t in probes):
+    if under_transform(data, *params.values()):
         grads = torch.func.grad(loss_fn)(params)
         return grads if create_graph else {k: g.detach() for k, g in grads.items()}
     with torch.enable_grad():
@@ -62,10 +63,6 @@ def inner_gradients(
         loss = loss_fn(inputs)
         gs = torch.autograd.grad(loss, list(inputs.values()), create_graph=create_graph)
     return dict(zip(inputs.keys(), gs))
-
-
-def _under_functorch(t: Tensor) -> bool:
-    return is_batched(t) or bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 
 def _matches(name: str, prefixes: tuple[str, ...] | None) -> bool:
@@ -112,17 +109,26 @@ class MAML:
     adapt_only: tuple[str, ...] | None = field(default=None)
 
     def __post_init__(self) -> None:
-        if not self.inner_lr > 0:
-            raise ValueError(f"inner_lr must be > 0, got {self.inner_lr}")
-        if not isinstance(self.inner_steps, int) or self.inner_steps < 0:
-            raise ValueError(f"inner_steps must be an int >= 0, got {self.inner_steps!r}")
-        if self.eval_inner_steps is not None and self.eval_inner_steps < 0:
-            raise ValueError(f"eval_inner_steps must be >= 0, got {self.eval_inner_steps}")
-        if self.eval_inner_lr is not None and not self.eval_inner_lr > 0:
-            raise ValueError(f"eval_inner_lr must be > 0, got {self.eval_inner_lr}")
+        check_inner_lr("inner_lr", self.inner_lr)
+        check_steps("inner_steps", self.inner_steps)
+        if self.eval_inner_steps is not None:
+            check_steps("eval_inner_steps", self.eval_inner_steps)
+        if self.eval_inner_lr is not None:
+            check_inner_lr("eval_inner_lr", self.eval_inner_lr)
         criterion_fn(self.criterion)
         if self.adapt_only is not None:
             object.__setattr__(self, "adapt_only", tuple(self.adapt_only))
+
+    @property
+    def spec(self) -> LearnerSpec:
+        """Gradient-based, second order unless ``first_order`` (or no inner step); fixed head."""
+        classification = self.criterion == "cross_entropy"
+        return LearnerSpec(
+            tasks="classification" if classification else "regression",
+            inner_loop=True,
+            second_order=not self.first_order and self.inner_steps > 0,
+            head="fixed" if classification else "none",
+        )
 
     # -- protocol -----------------------------------------------------------------------
     def init(self, model: nn.Module, *, generator: torch.Generator | None = None) -> MetaParams:
@@ -160,8 +166,8 @@ class MAML:
             lr: Step size (default ``inner_lr``).
             create_graph: Differentiate through the updates (default: ``not first_order``).
         """
-        steps = self.inner_steps if steps is None else steps
-        lr = self.inner_lr if lr is None else lr
+        steps = self.inner_steps if steps is None else check_steps("steps", steps)
+        lr = self.inner_lr if lr is None else check_inner_lr("lr", lr)
         create_graph = (not self.first_order) if create_graph is None else create_graph
         crit = criterion_fn(self.criterion)
         params = meta_params["model"]
@@ -188,11 +194,16 @@ class MAML:
         support_x: Tensor,
         support_y: Tensor,
         *,
+        n_way: int | None = None,
         steps: int | None = None,
         lr: float | None = None,
         create_graph: bool | None = None,
     ) -> Params:
-        """Fast weights after ``steps`` inner updates on the support set."""
+        """Fast weights after ``steps`` inner updates on the support set.
+
+        ``n_way`` is accepted for the protocol; the head's size fixes the classes. ``steps``,
+        ``lr`` and ``create_graph`` default to the training settings (see :meth:`adapt_steps`).
+        """
         params: Params = {}
         for params in self.adapt_steps(
             model, meta_params, buffers, support_x, support_y, steps=steps, lr=lr, create_graph=create_graph
@@ -216,12 +227,21 @@ class MAML:
         return loss, task_metrics(self.criterion, out, task.query_y, loss)
 
     # -- evaluation ---------------------------------------------------------------------
-    def eval_settings(self) -> dict[str, Any]:
-        """``steps`` and ``lr`` used when adapting at evaluation time."""
-        return {
-            "steps": self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps,
-            "lr": self.inner_lr if self.eval_inner_lr is None else self.eval_inner_lr,
-        }
+    def eval_settings(self) -> EvalSettings:
+        """Inner steps and step size used when adapting at evaluation time."""
+        return EvalSettings(
+            steps=self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps,
+            lr=self.inner_lr if self.eval_inner_lr is None else self.eval_inner_lr,
+        )
+
+    def with_eval(self, *, steps: int | None = None, lr: float | None = None) -> MAML:
+        """A copy whose evaluation-time inner steps / step size are replaced (``None``: keep)."""
+        changes: dict[str, object] = {}
+        if steps is not None:
+            changes["eval_inner_steps"] = check_steps("steps", steps)
+        if lr is not None:
+            changes["eval_inner_lr"] = check_inner_lr("lr", lr)
+        return replace(self, **changes) if changes else self
 
     def adaptation_curve(
         self,
@@ -234,7 +254,7 @@ class MAML:
         lr: float | None = None,
     ) -> Metrics:
         """Query metrics after 0..``steps`` inner updates, each a tensor of shape ``(steps+1,)``."""
-        lr = self.eval_settings()["lr"] if lr is None else lr
+        lr = self.eval_settings().lr if lr is None else lr
         crit = criterion_fn(self.criterion)
         rows: list[Metrics] = []
         for params in self.adapt_steps(

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metafit.algorithms.base import MetaParams, Metrics, task_metrics
+from metafit.algorithms.base import LearnerSpec, MetaParams, Metrics, check_labels, task_metrics
 from metafit.data.task import Task
 from metafit.functional import Buffers, apply, params_of
 
@@ -78,6 +78,11 @@ class ProtoNet:
         if not self.distance_scale > 0:
             raise ValueError(f"distance_scale must be > 0, got {self.distance_scale}")
 
+    @property
+    def spec(self) -> LearnerSpec:
+        """A metric classifier: no inner loop, any number of classes per task."""
+        return LearnerSpec(tasks="classification", inner_loop=False, second_order=False, head="none")
+
     def init(self, model: nn.Module, *, generator: torch.Generator | None = None) -> MetaParams:
         """``{"model": params}`` of the embedding network."""
         return {"model": params_of(model)}
@@ -91,7 +96,6 @@ class ProtoNet:
         support_y: Tensor,
         *,
         n_way: int | None = None,
-        **_: object,
     ) -> ProtoSupport:
         """Stores the support set; prototypes are computed jointly with the inputs in ``predict``.
 
@@ -102,6 +106,7 @@ class ProtoNet:
         """
         if n_way is None:
             n_way = int(support_y.max()) + 1
+        check_labels("support_y", support_y, n_way, what="the task")
         return ProtoSupport(support_x, support_y, n_way)
 
     def logits(
@@ -133,6 +138,8 @@ class ProtoNet:
         """Cross-entropy of the query set against the support prototypes."""
         if task.n_way is None:
             raise ValueError("ProtoNet needs tasks with n_way set (classification tasks)")
+        check_labels("support_y", task.support_y, task.n_way, what="the task")
+        check_labels("query_y", task.query_y, task.n_way, what="the task")
         support = ProtoSupport(task.support_x, task.support_y, task.n_way)
         logits = self.logits(model, meta_params, buffers, support, task.query_x)
         loss = F.cross_entropy(logits, task.query_y)

@@ -38,6 +38,11 @@ class Reptile(MAML):
     def __post_init__(self) -> None:
         object.__setattr__(self, "first_order", True)
         super().__post_init__()
+        if self.inner_steps == 0:
+            raise ValueError(
+                "inner_steps must be >= 1 for Reptile, got 0: with no inner step phi = theta and the "
+                "meta-gradient theta - phi is exactly zero forever"
+            )
 
     def loss(
         self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task

@@ -98,6 +98,7 @@ class LabelledDataset:
                 f"({empty.numel()} empty class(es) in total)"
             )
         self._cache["sizes"] = counts
+        self.check_finite()
 
     # -- basic facts -------------------------------------------------------------------------------
 

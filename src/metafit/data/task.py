@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 from torch.utils import _pytree as pytree
 
+from metafit.functional import under_transform
+
 __all__ = ["Task", "TaskBatch", "stack_tasks"]
 
 
@@ -70,6 +72,8 @@ class Task:
             )
         if self.n_way is not None and (not isinstance(self.n_way, int) or self.n_way < 1):
             raise ValueError(f"n_way must be a positive int or None, got {self.n_way!r}")
+        if not under_transform(self.support_x, self.query_x):
+            self.check_finite()
 
     @property
     def n_support(self) -> int:
@@ -92,14 +96,20 @@ class Task:
 
     def check_finite(self) -> None:
         """Raises ValueError if any input or target contains NaN or inf."""
-        for name in _TENSOR_FIELDS:
-            t = getattr(self, name)
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                bad = int((~torch.isfinite(t)).sum())
-                raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf)")
+        _check_finite(self)
 
 
 _TENSOR_FIELDS = ("support_x", "support_y", "query_x", "query_y")
+
+
+def _check_finite(obj: Any) -> None:
+    for name in _TENSOR_FIELDS:
+        t = getattr(obj, name)
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(
+                f"{name} contains {bad} non-finite value(s) (NaN or inf); expected finite inputs and targets"
+            )
 
 
 def _to(t: Tensor, *args: Any, **kwargs: Any) -> Tensor:
@@ -142,6 +152,10 @@ class TaskBatch:
                 "support_x and query_x must have the same per-example shape; got "
                 f"{tuple(self.support_x.shape[2:])} and {tuple(self.query_x.shape[2:])}"
             )
+        if self.n_way is not None and (not isinstance(self.n_way, int) or self.n_way < 1):
+            raise ValueError(f"n_way must be a positive int or None, got {self.n_way!r}")
+        if not under_transform(self.support_x, self.query_x):
+            self.check_finite()
 
     def __len__(self) -> int:
         return int(self.support_x.shape[0])
@@ -182,7 +196,7 @@ class TaskBatch:
 
     def check_finite(self) -> None:
         """Raises ValueError if any input or target contains NaN or inf."""
-        Task.check_finite(self)  # type: ignore[arg-type]
+        _check_finite(self)
 
 
 def stack_tasks(tasks: Sequence[Task]) -> TaskBatch:
