@@ -1,7 +1,8 @@
 """Distributed meta-training: sharding maths, equality with one process, failures, resume.
 
-Multi-process tests run 2 ranks on loopback (gloo, spawn) through ``metafit.distributed.launch``;
-each launch costs a few seconds of process start-up, so several checks share one launch.
+Multi-process tests run 2 ranks on loopback (gloo, spawn) through ``metafit.distributed.launch``
+(torch's ``elastic_launch``); each launch costs a few seconds of process start-up, so several
+checks share one launch. Checkpoints are the ordinary ``metafit.checkpoint`` ones.
 """
 
 from __future__ import annotations
@@ -18,20 +19,18 @@ import torch
 
 from metafit import MAML, ProtoNet, SinusoidTasks, Trainer, generator, seeded
 from metafit.data.task import TaskBatch
+from metafit.checkpoint import load_checkpoint, restore_trainer, save_checkpoint, trainer_state
 from metafit.distributed import (
     DistInfo,
-    DistributedTrainer,
+    DistributedReduce,
     LaunchError,
-    LaunchTimeout,
-    distributed_step,
+    distributed_callbacks,
     init_from_env,
     launch,
-    load_training_state,
-    save_training_state,
     shard,
     shard_sizes,
 )
-from metafit.engine import meta_backward, parameters_of
+from metafit.engine import Callback, meta_backward, parameters_of
 from metafit.models import MLP, Conv4
 from tests.conftest import TinyConv
 
@@ -62,8 +61,11 @@ class ImageTasks:
             yield TaskBatch(sx, sy, qx, qy, n_way=n)
 
 
-def make(kind: str, seed: int = 0) -> tuple[Trainer, Any, torch.Generator]:
-    """(trainer, sampler, sampler generator) of one test set-up, float64, 5 tasks per batch."""
+def make(kind: str, seed: int = 0, *, ranks: bool = False) -> tuple[Trainer, Any, torch.Generator]:
+    """(trainer, sampler, sampler generator) of one test set-up, float64, 5 tasks per batch.
+
+    With ``ranks`` the trainer carries the distributed callbacks (shard + all-reduce + guard).
+    """
     g = generator(seed + 1)
     if kind == "maml_sinusoid":
         model = seeded(seed, lambda: MLP(1, (16, 16), 1)).to(D)
@@ -79,8 +81,26 @@ def make(kind: str, seed: int = 0) -> tuple[Trainer, Any, torch.Generator]:
         sampler = ImageTasks(g, tasks=5, side=16)
     else:
         raise ValueError(kind)
-    trainer = Trainer(algo, model, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), path="loop")
+    trainer = Trainer(algo, model, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), path="loop",
+                      callbacks=distributed_callbacks() if ranks else None)
     return trainer, sampler, g
+
+
+def save_state(path: Path, trainer: Trainer, g: torch.Generator, **extra: Any) -> Path:
+    tensors, meta = trainer_state(trainer, generator=g)
+    return save_checkpoint(path, trainer.step_count, tensors, {**meta, **extra})
+
+
+def load_state(path: Path, trainer: Trainer, g: torch.Generator) -> dict[str, Any]:
+    ck = load_checkpoint(path)
+    restore_trainer(ck, trainer, generator=g)
+    return ck.meta
+
+
+def in_sync(trainer: Trainer) -> float:
+    from metafit.distributed import check_in_sync
+
+    return check_in_sync(trainer.parameters)
 
 
 def flat(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -105,60 +125,54 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def _train_kinds(kinds: tuple[str, ...], steps: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in kinds:
-        trainer, sampler, _ = make(kind)
+        trainer, sampler, _ = make(kind, ranks=True)
         if torch.distributed.get_rank() == 1:  # a different start: the broadcast must fix it
             with torch.no_grad():
                 for p in parameters_of(trainer.meta_params):
                     p.add_(1.0)
-        dt = DistributedTrainer(trainer)
-        results = dt.fit(sampler, steps, callback_on_all_ranks=True)
+        results = trainer.fit(sampler, steps)
         out[kind] = {"params": flat(trainer), "losses": [r.metrics["loss"] for r in results],
-                     "n_tasks": [r.metrics["n_tasks"] for r in results], "sync": dt.in_sync()}
+                     "n_tasks": [r.metrics["n_tasks"] for r in results], "sync": in_sync(trainer)}
     return out
 
 
-def _crash_run(ckpt: str, crash_step: int, steps: int) -> int:
-    trainer, sampler, g = make("maml_sinusoid")
-    dt = DistributedTrainer(trainer)
-    it = iter(sampler)
-    for s in range(1, steps + 1):
-        batch = next(it)
-        if dt.rank == 1 and s == crash_step:
-            os.kill(os.getpid(), signal.SIGKILL)  # a hard crash: no exception, no cleanup
-        dt.step(batch)
-        if dt.is_main:
-            save_training_state(ckpt, trainer, generator=g, extra={"note": "last good step"})
-    return dt.step_count
+class _Crash(Callback):
+    """Rank 1 kills itself (SIGKILL: no exception, no clean-up) before step ``at``; rank 0 saves
+    a checkpoint after every step."""
 
+    def __init__(self, folder: str, at: int, g: torch.Generator, how: str) -> None:
+        self.folder, self.at, self.g, self.how = Path(folder), at, g, how
 
-def _stall_run(stall_step: int, steps: int) -> int:
-    trainer, sampler, _ = make("maml_sinusoid")
-    dt = DistributedTrainer(trainer)
-    it = iter(sampler)
-    for s in range(1, steps + 1):
-        batch = next(it)
-        if dt.rank == 1 and s == stall_step:
+    def on_batch(self, trainer: Trainer, batch: Any) -> Any:
+        if torch.distributed.get_rank() == 1 and trainer.step_count + 1 == self.at:
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(600)  # alive but unresponsive (a hung rank): only the timeout can tell
-        dt.step(batch)
-    return dt.step_count
+        return batch
+
+    def on_step_end(self, trainer: Trainer, result: Any) -> None:
+        if torch.distributed.get_rank() == 0:
+            save_state(self.folder, trainer, self.g, note="last good step")
+
+
+def _failing_run(folder: str, at: int, steps: int, how: str) -> int:
+    trainer, sampler, g = make("maml_sinusoid", ranks=True)
+    trainer.fit(sampler, steps, callbacks=[_Crash(folder, at, g, how)])
+    return trainer.step_count
 
 
 def _resume_both_ways(state_from_1proc: str, state_out: str, steps: int) -> dict[str, Any]:
     # (i) a state written by ONE process, resumed by two ranks
-    trainer, sampler, g = make("maml_sinusoid")
-    load_training_state(state_from_1proc, trainer, generator=g)
-    dt = DistributedTrainer(trainer)
-    dt.fit(sampler, steps)
+    trainer, sampler, g = make("maml_sinusoid", ranks=True)
+    load_state(Path(state_from_1proc), trainer, g)
+    trainer.fit(sampler, trainer.step_count + steps)
     resumed = flat(trainer)
     # (ii) two ranks train from scratch and rank 0 writes the state for a 1-process resume
-    trainer, sampler, g = make("maml_sinusoid")
-    dt = DistributedTrainer(trainer)
-    dt.fit(sampler, steps, callback=lambda r: save_training_state(state_out, trainer, generator=g))
-    return {"resumed": resumed, "step": dt.step_count}
-
-
-def _sleep_forever() -> None:
-    time.sleep(600)
+    trainer, sampler, g = make("maml_sinusoid", ranks=True)
+    trainer.fit(sampler, steps)
+    if torch.distributed.get_rank() == 0:
+        save_state(Path(state_out), trainer, g)
+    return {"resumed": resumed, "step": trainer.step_count}
 
 
 def _raise_on_rank1() -> int:
@@ -205,19 +219,21 @@ def test_shard_gradients_sum_to_the_full_meta_gradient(world: int) -> None:
 
 def test_without_process_group_it_is_the_plain_trainer() -> None:
     ref, ref_losses = reference("maml_sinusoid", 2)
-    trainer, sampler, _ = make("maml_sinusoid")
-    dt = DistributedTrainer(trainer)
-    assert (dt.rank, dt.world_size, dt.is_main) == (0, 1, True)
-    losses = [r.metrics["loss"] for r in dt.fit(sampler, 2)]
+    trainer, sampler, _ = make("maml_sinusoid", ranks=True)
+    reduce = trainer.callbacks[0]
+    assert isinstance(reduce, DistributedReduce) and (reduce.rank, reduce.world_size) == (0, 1)
+    losses = [r.metrics["loss"] for r in trainer.fit(sampler, 2)]
     assert max_diff(flat(trainer), ref) == 0.0
     assert losses == ref_losses
 
 
 def test_fewer_tasks_than_ranks_is_a_clear_error() -> None:
     trainer, _, _ = make("maml_sinusoid")
+    reduce = DistributedReduce()
+    reduce.world_size = 2  # as on one of two ranks
     batch = SinusoidTasks(k_shot=5, generator=generator(0), dtype=D).sample_batch(1)
-    with pytest.raises(ValueError, match="at least one task"):
-        distributed_step(trainer, batch, rank=0, world_size=2)
+    with pytest.raises(ValueError, match="1 task\\(s\\) for 2 ranks: every rank needs at least one task"):
+        reduce.on_batch(trainer, batch)
 
 
 def test_init_from_env_without_torchrun_is_single_process() -> None:
@@ -234,15 +250,16 @@ def test_training_state_roundtrip_is_exact_and_pickle_free(tmp_path: Path) -> No
     trainer, sampler, g = make("maml_conv")
     it = iter(sampler)
     trainer.step(next(it))
-    path = save_training_state(tmp_path / "s.safetensors", trainer, generator=g, extra={"lr": 1e-2})
-    assert path.read_bytes()[8:9] == b"{"  # safetensors: 8-byte header length, then JSON
+    path = save_state(tmp_path, trainer, g, lr=1e-2)
+    st = path.with_suffix(".safetensors").read_bytes()
+    assert st[8:9] == b"{"  # safetensors: 8-byte header length, then JSON (no pickle anywhere)
     expected_next = next(it)
     trainer.step(expected_next)
     want = flat(trainer)
 
     t2, s2, g2 = make("maml_conv")
-    meta = load_training_state(path, t2, generator=g2)
-    assert meta["step"] == 1 and meta["extra"] == {"lr": 1e-2} and t2.step_count == 1
+    meta = load_state(path, t2, g2)
+    assert meta["step"] == 1 and meta["lr"] == 1e-2 and t2.step_count == 1
     batch = next(iter(s2))
     assert torch.equal(batch.support_x, expected_next.support_x)  # sampler generator restored
     t2.step(batch)
@@ -250,17 +267,17 @@ def test_training_state_roundtrip_is_exact_and_pickle_free(tmp_path: Path) -> No
     assert t2.step_count == 2
 
     other = Trainer(MAML(), MLP(1, (3,), 1), path="loop")
-    with pytest.raises(ValueError, match="names differ"):
-        load_training_state(path, other)
+    with pytest.raises(ValueError, match="different architecture: missing model/"):
+        load_state(path, other, generator(0))
 
 
 # ---------------------------------------------------------------------------------------------
 # Multi-process tests (2 ranks, gloo on loopback)
 # ---------------------------------------------------------------------------------------------
 def test_two_ranks_equal_one_process_second_order_maml_and_protonet() -> None:
-    """(a) 3 steps, 5 tasks per meta-batch (uneven shards 3 + 2), float64, max |diff| <= 1e-6."""
+    """3 steps, 5 tasks per meta-batch (uneven shards 3 + 2), float64, max |diff| <= 1e-6."""
     steps = 3
-    out = launch(_train_kinds, 2, KINDS, steps, timeout=120, pg_timeout=30, threads=1)
+    out = launch(_train_kinds, 2, KINDS, steps, pg_timeout=30, threads=1)
     for kind in KINDS:
         ref, ref_losses = reference(kind, steps)
         r0, r1 = out[0][kind], out[1][kind]
@@ -273,77 +290,61 @@ def test_two_ranks_equal_one_process_second_order_maml_and_protonet() -> None:
 
 
 def test_a_killed_rank_fails_the_job_quickly_and_the_last_checkpoint_resumes(tmp_path: Path) -> None:
-    """(b) rank 1 is SIGKILLed before step 3: rank 0 errors out by itself (no hang), the launcher
-    raises, the checkpoint of step 2 is intact, and resuming from it reproduces the full run."""
-    ckpt = tmp_path / "last.safetensors"
+    """Rank 1 is SIGKILLed before step 3: the job fails at once (the elastic agent stops rank 0),
+    the checkpoint of step 2 is intact, and resuming from it reproduces the full run."""
     steps, crash = 5, 3
     t0 = time.monotonic()
     with pytest.raises(LaunchError) as info:
-        launch(_crash_run, 2, str(ckpt), crash, steps, timeout=90, pg_timeout=15, grace=30, threads=1)
+        launch(_failing_run, 2, str(tmp_path), crash, steps, "kill", pg_timeout=15, threads=1)
     elapsed = time.monotonic() - t0
-    assert not isinstance(info.value, LaunchTimeout)
-    o0, o1 = info.value.outcomes
-    assert o1.exitcode == -signal.SIGKILL
-    assert not o0.killed_by_launcher and o0.exitcode == 1 and o0.error  # failed on its own
+    assert any(f.rank == 1 and f.exitcode == -signal.SIGKILL for f in info.value.failures), info.value
     assert elapsed < 60, elapsed
 
     trainer, sampler, g = make("maml_sinusoid")
-    meta = load_training_state(ckpt, trainer, generator=g)
-    assert meta["step"] == crash - 1 and meta["extra"] == {"note": "last good step"}
-    assert not list(tmp_path.glob("*.tmp*"))
-    it = iter(sampler)
-    for _ in range(steps - trainer.step_count):
-        trainer.step(next(it))
+    meta = load_state(tmp_path, trainer, g)
+    assert meta["step"] == crash - 1 and meta["note"] == "last good step"
+    assert not list(tmp_path.glob(".*tmp*"))
+    trainer.fit(sampler, steps)
     ref, _ = reference("maml_sinusoid", steps)
     assert max_diff(flat(trainer), ref) <= TOL
 
 
-def test_a_hung_rank_makes_the_others_fail_within_the_process_group_timeout() -> None:
+def test_a_hung_rank_makes_the_job_fail_within_the_process_group_timeout(tmp_path: Path) -> None:
     """A rank that stops answering (no closed connection) is caught by the process-group timeout:
-    rank 0 raises by itself after ~pg_timeout s, then the launcher kills the hung rank."""
+    rank 0's collective raises after ~pg_timeout s and the agent stops the hung rank."""
     pg_timeout = 4.0
     t0 = time.monotonic()
     with pytest.raises(LaunchError) as info:
-        launch(_stall_run, 2, 2, 4, timeout=90, pg_timeout=pg_timeout, grace=1, threads=1)
+        launch(_failing_run, 2, str(tmp_path), 2, 4, "hang", pg_timeout=pg_timeout, threads=1)
     elapsed = time.monotonic() - t0
-    o0, o1 = info.value.outcomes
-    assert not isinstance(info.value, LaunchTimeout)
-    assert not o0.killed_by_launcher and o0.exitcode == 1 and "Timed out" in (o0.error or ""), o0
-    assert o1.killed_by_launcher
+    assert any(f.rank == 0 and f.exitcode == 1 for f in info.value.failures), info.value
     assert elapsed < 45, elapsed
+    assert load_checkpoint(tmp_path).step == 1  # the last good step survives
 
 
 def test_resume_with_a_different_world_size(tmp_path: Path) -> None:
-    """(c) 2 steps on 1 process -> 2 more on 2 ranks, and 2 steps on 2 ranks -> 2 more on 1
+    """2 steps on 1 process -> 2 more on 2 ranks, and 2 steps on 2 ranks -> 2 more on 1
     process, both equal 4 single-process steps."""
     ref4, _ = reference("maml_sinusoid", 4)
     trainer, sampler, g = make("maml_sinusoid")
-    DistributedTrainer(trainer).fit(sampler, 2)
-    one = save_training_state(tmp_path / "one.safetensors", trainer, generator=g)
-    two = tmp_path / "two.safetensors"
+    trainer.fit(sampler, 2)
+    one = save_state(tmp_path / "one", trainer, g)
+    two = tmp_path / "two"
 
-    out = launch(_resume_both_ways, 2, str(one), str(two), 2, timeout=120, pg_timeout=30, threads=1)
+    out = launch(_resume_both_ways, 2, str(one), str(two), 2, pg_timeout=30, threads=1)
     assert max_diff(out[0]["resumed"], ref4) <= TOL  # 1 process -> 2 ranks
 
     trainer, sampler, g = make("maml_sinusoid")
-    assert load_training_state(two, trainer, generator=g)["step"] == 2
-    DistributedTrainer(trainer).fit(sampler, 2)  # 2 ranks -> 1 process
+    assert load_state(two, trainer, g)["step"] == 2
+    trainer.fit(sampler, 4)  # 2 ranks -> 1 process
     assert trainer.step_count == 4
     assert max_diff(flat(trainer), ref4) <= TOL
 
 
 def test_launch_propagates_a_rank_exception() -> None:
-    with pytest.raises(LaunchError, match="boom on rank 1") as info:
-        launch(_raise_on_rank1, 2, timeout=60, pg_timeout=20, threads=1)
-    assert "ValueError" in (info.value.outcomes[1].error or "")
-
-
-def test_launch_hard_timeout_kills_every_rank() -> None:
-    t0 = time.monotonic()
-    with pytest.raises(LaunchTimeout) as info:
-        launch(_sleep_forever, 2, timeout=8, pg_timeout=20, threads=1)
-    assert time.monotonic() - t0 < 20
-    assert all(o.killed_by_launcher for o in info.value.outcomes)
+    with pytest.raises(LaunchError, match="rank 1") as info:
+        launch(_raise_on_rank1, 2, pg_timeout=20, threads=1)
+    assert "boom on rank 1" in str(info.value.failures[0].message) or "boom on rank 1" in str(info.value)
 
 
 def test_cli_train_nproc_2_matches_one_process(tmp_path) -> None:

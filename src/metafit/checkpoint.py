@@ -372,3 +372,72 @@ def prune_checkpoints(folder: str | Path, keep_last: int, keep: set[int] | None 
         ):
             p.unlink(missing_ok=True)
     return removed
+
+
+# -- trainer state ---------------------------------------------------------------------------------
+
+
+def trainer_state(trainer: Any, *, generator: torch.Generator | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Tensors and JSON of everything needed to resume a :class:`metafit.engine.Trainer` exactly.
+
+    The state does not depend on the number of processes that produced it: meta-parameters
+    (``meta/group/name``), optimiser and scheduler states, the step, the engine path, the training
+    seconds, the task sampler's generator state (``rng/tasks``) and each callback's state.
+
+    Returns:
+        ``(tensors, meta)`` for :func:`save_checkpoint`.
+    """
+    from metafit.algorithms.base import flat_meta_params
+
+    flat = flat_meta_params(trainer.meta_params)
+    tensors: dict[str, Tensor] = {f"meta/{k}": v for k, v in flat.items()}
+    tensors.update({f"buffers/{k}": v for k, v in trainer.buffers.items()})
+    if generator is not None:
+        tensors["rng/tasks"] = generator.get_state()
+    meta: dict[str, Any] = {
+        "path": trainer.resolved_path,
+        "path_report": {k: v for k, v in trainer.path_report.items() if isinstance(v, (str, int, float, bool))},
+        "optimizer": pack_state(trainer.optimizer.state_dict(), "optim", tensors),
+        "scheduler": pack_state(trainer.scheduler.state_dict(), "sched", tensors) if trainer.scheduler is not None else None,
+        "train_seconds": trainer.train_seconds,
+        "fingerprint": fingerprint(flat),
+        "callbacks": {type(cb).__name__: cb.state_dict() for cb in trainer.callbacks if cb.state_dict()},
+        "torch": torch.__version__,
+    }
+    return tensors, meta
+
+
+def restore_trainer(ck: Checkpoint, trainer: Any, *, generator: torch.Generator | None = None,
+                    callbacks: Any = ()) -> None:
+    """Restores what :func:`trainer_state` saved into ``trainer`` (and ``generator``, ``callbacks``).
+
+    Raises:
+        ValueError: the checkpoint was written for a different architecture (names the
+            parameters and shapes), or lacks a generator state that ``generator`` needs.
+    """
+    from metafit.algorithms.base import flat_meta_params
+
+    flat = flat_meta_params(trainer.meta_params)
+    check_fingerprint(fingerprint(flat), ck.meta.get("fingerprint", []), where=str(ck.path))
+    saved = ck.group("meta")
+    with torch.no_grad():
+        for k, v in flat.items():
+            v.copy_(saved[k])
+        for k, v in ck.group("buffers").items():
+            if k in trainer.buffers:
+                trainer.buffers[k].copy_(v)
+    trainer.optimizer.load_state_dict(unpack_state(ck.meta["optimizer"], ck.tensors))
+    if trainer.scheduler is not None and ck.meta.get("scheduler") is not None:
+        trainer.scheduler.load_state_dict(unpack_state(ck.meta["scheduler"], ck.tensors))
+    if generator is not None:
+        if "rng/tasks" not in ck.tensors:
+            raise ValueError(f"checkpoint {ck.path} holds no task-sampler generator state (rng/tasks)")
+        generator.set_state(ck.tensors["rng/tasks"])
+    trainer.step_count = ck.step
+    trainer.train_seconds = float(ck.meta.get("train_seconds", ck.meta.get("wall_time", 0.0)))
+    if ck.meta.get("path") is not None:
+        trainer.path = ck.meta["path"]
+    states = ck.meta.get("callbacks", {})
+    for cb in [*trainer.callbacks, *callbacks]:
+        if type(cb).__name__ in states:
+            cb.load_state_dict(states[type(cb).__name__])

@@ -5,50 +5,38 @@ The scheme (see docs/distributed.md):
 * Every rank runs the SAME seeded task sampler and draws the FULL meta-batch of ``T`` tasks
   each step, then keeps its contiguous :func:`shard` (sizes differ by at most one task, so ``T``
   need not divide by the world size). The union of the shards is exactly the meta-batch a
-  single process would draw. Sampling is duplicated on every rank (cheap for sinusoid and
-  Omniglot episodes, whose cost is a few index draws and tensor copies, against a meta-gradient
-  through an inner loop); in exchange no sampler state ever has to be split, communicated or
-  reassembled, and the sampler's generator state is the same on every rank.
-* Each rank computes ``d(sum over its tasks of loss_t / T)`` (``Trainer.step(...,
-  denominator=T)``) and an all-reduce SUM of the gradients (:func:`allreduce_sum`, the
-  ``reduce_grads`` hook) gives every rank the single-process meta-gradient ``d mean_t loss_t``,
-  up to floating-point summation order. All ranks hold bit-identical reduced gradients, start
-  from meta-parameters broadcast from rank 0 and step identical optimisers, so they stay
-  bit-identical.
-* Metrics are all-reduced (task-weighted means); rank 0 alone should log and checkpoint.
-* The training state (meta-parameters, optimiser state, sampler generator state, step) does not
-  depend on the world size: :func:`save_training_state` / :func:`load_training_state` write and
-  read it as one safetensors file with JSON metadata, and a run may resume with any number of
-  processes.
+  single process would draw; no sampler state is ever split or communicated.
+* Each rank computes ``d(sum over its tasks of loss_t / T)`` and an all-reduce SUM of the
+  gradients gives every rank the single-process meta-gradient ``d mean_t loss_t``, up to
+  floating-point summation order. All ranks start from meta-parameters broadcast from rank 0
+  and step identical optimisers, so they stay bit-identical.
+* This is :class:`DistributedReduce`, a :class:`~metafit.engine.Callback` of the one training
+  loop (:meth:`metafit.engine.Trainer.fit`): it shards each batch (``on_batch``) and all-reduces
+  gradients and metrics (``on_gradients``) before the divergence guard, so every rank sees the
+  same values and all stop together.
+* Checkpoints are the ordinary ones (:mod:`metafit.checkpoint`), written by rank 0; nothing in
+  them depends on the world size, so a run may resume with any number of processes.
 
-Processes are started either by ``torchrun`` (read with :func:`init_from_env`) or by
-:func:`launch`, which spawns ``nproc`` local processes with a hard timeout and reports how each
-rank ended.
+Processes are started by torch's own launcher: ``torchrun`` / ``python -m torch.distributed.run``
+(``metafit train --nproc N`` runs exactly that), or :func:`launch` (``elastic_launch``) from
+Python. A killed rank fails the job at once (the elastic agent sees it exit and stops the
+others); a hung rank makes the others' collectives raise after the process-group timeout.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import os
-import pickle
-import queue as queue_mod
-import socket
-import sys
-import time
-import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from metafit.algorithms.base import flat_meta_params
 from metafit.data.task import Task, TaskBatch
-from metafit.engine import StepResult, Trainer, parameters_of
+from metafit.engine import Callback, DivergenceGuard, Trainer, parameters_of
 
 __all__ = [
     "DistInfo",
@@ -63,20 +51,15 @@ __all__ = [
     "broadcast_",
     "allreduce_metrics",
     "check_in_sync",
-    "distributed_step",
-    "DistributedTrainer",
-    "save_training_state",
-    "load_training_state",
+    "DistributedReduce",
+    "distributed_callbacks",
     "launch",
     "LaunchError",
-    "LaunchTimeout",
-    "RankOutcome",
 ]
 
 R = TypeVar("R")
 
-DEFAULT_TIMEOUT_S = 120.0
-STATE_FORMAT = "metafit.training_state/1"
+DEFAULT_TIMEOUT_S = 300.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +118,7 @@ def _env_int(environ: Mapping[str, str], name: str) -> int:
     try:
         return int(environ[name])
     except KeyError:
-        raise RuntimeError(f"environment variable {name} is not set (start the job with torchrun or metafit.distributed.launch)") from None
+        raise RuntimeError(f"environment variable {name} is not set (start the job with torchrun, metafit train --nproc, or metafit.distributed.launch)") from None
     except ValueError:
         raise RuntimeError(f"environment variable {name} must be an integer, got {environ[name]!r}") from None
 
@@ -377,478 +360,132 @@ def check_in_sync(tensors: Sequence[Tensor], group: Any = None) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Training
+# Training: a callback of the one loop
 # ---------------------------------------------------------------------------------------------
-def distributed_step(
-    trainer: Trainer,
-    batch: TaskBatch | Sequence[Task],
-    *,
-    rank: int | None = None,
-    world_size: int | None = None,
-    group: Any = None,
-) -> StepResult:
-    """One data-parallel meta-step on the FULL meta-batch ``batch`` (every rank passes the same).
+class DistributedReduce(Callback):
+    """Shards each meta-batch across the ranks and all-reduces gradients and metrics.
 
-    Each rank keeps its :func:`shard`, backpropagates ``sum(loss over its tasks) / len(batch)``,
-    all-reduces the gradients (SUM) and steps its optimiser: the update equals the single-process
-    ``trainer.step(batch)`` up to summation order.
+    Put it BEFORE :class:`~metafit.engine.DivergenceGuard` in ``Trainer(callbacks=...)`` (see
+    :func:`distributed_callbacks`). Without a process group, or with one rank, it changes nothing.
 
     Args:
-        trainer: This rank's trainer (meta-parameters identical on every rank).
-        batch: The full meta-batch of this step, identical on every rank.
-        rank: This rank (default: from the process group, 0 without one).
-        world_size: Number of ranks (default: from the process group, 1 without one).
-        group: Process group of the collectives.
-
-    Returns:
-        The step result with metrics averaged over ALL tasks of the meta-batch.
-
-    Raises:
-        ValueError: if the meta-batch has fewer tasks than there are ranks.
-    """
-    r0, w0 = _world()
-    rank = r0 if rank is None else rank
-    world_size = w0 if world_size is None else world_size
-    n = len(batch)
-    if n < world_size:
-        raise ValueError(
-            f"the meta-batch has {n} task(s) for {world_size} ranks: every rank needs at least one task "
-            "(use fewer processes or a larger meta-batch)"
-        )
-    local = shard(batch, rank, world_size)
-    result = trainer.step(local, denominator=n, reduce_grads=lambda gs: allreduce_sum(gs, group))
-    device = parameters_of(trainer.meta_params)[0].device  # type: ignore[arg-type]
-    result.metrics = allreduce_metrics(result.metrics, len(local), device=device, group=group)
-    return result
-
-
-@dataclass
-class DistributedTrainer:
-    """A :class:`~metafit.engine.Trainer` whose every step is split across the ranks of a group.
-
-    On construction the meta-parameters are broadcast from rank 0, so every rank starts from
-    the same point whatever its own initialisation. With no process group (or one rank) it
-    behaves exactly like the wrapped trainer.
-
-    Args:
-        trainer: This rank's trainer. Use an explicit ``path`` (``"loop"`` or ``"vmap"``):
-            with ``"auto"`` each rank times the two paths on its own shard and ranks may choose
-            differently (still correct, but not bit-identical to one process).
         group: Process group of the collectives (default: the default group).
 
-    Example:
-        >>> info = init_from_env()                        # torchrun sets RANK/WORLD_SIZE/...
-        >>> sampler = SinusoidTasks(k_shot=5, tasks_per_batch=25, generator=generator(0))
-        >>> dt = DistributedTrainer(Trainer(MAML(criterion="mse"), MLP(), path="loop"))
-        >>> for batch in itertools.islice(sampler, 1000):   # same seed on every rank
-        ...     r = dt.step(batch)
-        ...     if dt.is_main: log(r)
-    """
-
-    trainer: Trainer
-    group: Any = None
-    rank: int = field(init=False, default=0)
-    world_size: int = field(init=False, default=1)
-
-    def __post_init__(self) -> None:
-        self.rank, self.world_size = _world()
-        if self.group is not None:
-            self.rank, self.world_size = dist.get_rank(self.group), dist.get_world_size(self.group)
-        self.broadcast_parameters()
-
-    @property
-    def is_main(self) -> bool:
-        """True on rank 0 (the rank that should log and checkpoint)."""
-        return self.rank == 0
-
-    @property
-    def meta_params(self) -> Any:
-        """The wrapped trainer's meta-parameters."""
-        return self.trainer.meta_params
-
-    @property
-    def step_count(self) -> int:
-        """Completed meta-steps."""
-        return self.trainer.step_count
-
-    def broadcast_parameters(self, src: int = 0) -> None:
-        """Overwrites every rank's meta-parameters with rank ``src``'s."""
-        broadcast_(parameters_of(self.trainer.meta_params), src=src, group=self.group)  # type: ignore[arg-type]
-
-    def in_sync(self) -> float:
-        """Max abs difference of the meta-parameters across ranks (0.0 when in sync)."""
-        return check_in_sync(parameters_of(self.trainer.meta_params), group=self.group)  # type: ignore[arg-type]
-
-    def step(self, batch: TaskBatch | Sequence[Task]) -> StepResult:
-        """One meta-step on the full meta-batch (see :func:`distributed_step`)."""
-        return distributed_step(self.trainer, batch, rank=self.rank, world_size=self.world_size, group=self.group)
-
-    def fit(
-        self,
-        batches: Iterable[TaskBatch | Sequence[Task]],
-        steps: int,
-        *,
-        callback: Callable[[StepResult], None] | None = None,
-        callback_on_all_ranks: bool = False,
-    ) -> list[StepResult]:
-        """Runs ``steps`` meta-steps on successive FULL meta-batches from ``batches``.
-
-        Args:
-            batches: The task sampler, seeded identically on every rank.
-            steps: Number of steps.
-            callback: Called after each step with globally averaged metrics (logging,
-                checkpoints), on rank 0 only unless ``callback_on_all_ranks``.
-            callback_on_all_ranks: Call ``callback`` on every rank.
-
-        Returns:
-            The step results.
-        """
-        results = []
-        it = iter(batches)
-        for _ in range(steps):
-            r = self.step(next(it))
-            results.append(r)
-            if callback is not None and (self.is_main or callback_on_all_ranks):
-                callback(r)
-        return results
-
-
-# ---------------------------------------------------------------------------------------------
-# World-size independent training state (safetensors + JSON, no pickle)
-# ---------------------------------------------------------------------------------------------
-def _jsonable(x: Any) -> Any:
-    json.dumps(x)
-    return x
-
-
-def save_training_state(
-    path: str | Path,
-    trainer: Trainer,
-    *,
-    generator: torch.Generator | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> Path:
-    """Writes meta-parameters, optimiser state, sampler generator state and step to one file.
-
-    The file is a safetensors file (tensors) whose metadata holds JSON (step, path, optimiser
-    hyperparameters, ``extra``); nothing is pickled. It is written to a temporary name and
-    renamed, so a crash mid-write leaves the previous file intact. Nothing in it depends on the
-    number of processes that produced it. Call it on rank 0 only.
-
-    Args:
-        path: Destination (``.safetensors``).
-        trainer: The trainer whose state to save.
-        generator: The task sampler's generator (all ranks share its state).
-        extra: JSON-serialisable metadata (config, metrics...).
-
-    Returns:
-        The path written.
-    """
-    from safetensors.torch import save_file
-
-    assert trainer.meta_params is not None and isinstance(trainer.optimizer, torch.optim.Optimizer)
-    tensors: dict[str, Tensor] = {
-        f"meta/{k}": v.detach().cpu().contiguous().clone() for k, v in flat_meta_params(trainer.meta_params).items()
-    }
-    osd = trainer.optimizer.state_dict()
-    scalar_state: dict[str, dict[str, Any]] = {}
-    for pid, st in osd["state"].items():
-        for key, val in st.items():
-            if torch.is_tensor(val):
-                tensors[f"optim/{pid}/{key}"] = val.detach().cpu().contiguous().clone()
-            else:
-                scalar_state.setdefault(str(pid), {})[key] = _jsonable(val)
-    if generator is not None:
-        tensors["rng/sampler"] = generator.get_state().clone()
-    meta: dict[str, Any] = {
-        "format": STATE_FORMAT,
-        "step": trainer.step_count,
-        "path": trainer.path,
-        "optimizer_class": type(trainer.optimizer).__name__,
-        "param_groups": _jsonable(osd["param_groups"]),
-        "optim_scalar_state": scalar_state,
-        "scheduler": _jsonable(trainer.scheduler.state_dict()) if trainer.scheduler is not None else None,
-        "extra": _jsonable(dict(extra or {})),
-    }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"metafit": json.dumps(meta)})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def load_training_state(
-    path: str | Path,
-    trainer: Trainer,
-    *,
-    generator: torch.Generator | None = None,
-) -> dict[str, Any]:
-    """Restores what :func:`save_training_state` wrote, in place, with any number of processes.
-
-    Every rank loads the same file, so every rank ends up with identical state.
-
-    Args:
-        path: The file.
-        trainer: A trainer built like the saved one (same model, algorithm, optimiser class).
-        generator: The sampler's generator, whose state is restored if the file has one.
-
-    Returns:
-        The JSON metadata (``step``, ``extra``, ...).
-
     Raises:
-        ValueError: on a file of another format or parameters that do not match.
+        ValueError: from ``on_batch`` if a meta-batch has fewer tasks than there are ranks.
     """
-    from safetensors import safe_open
 
-    assert trainer.meta_params is not None and isinstance(trainer.optimizer, torch.optim.Optimizer)
-    with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get("metafit")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if raw is None:
-        raise ValueError(f"{path} is not a metafit training state (no 'metafit' metadata)")
-    meta = json.loads(raw)
-    if meta.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path}: unsupported state format {meta.get('format')!r} (expected {STATE_FORMAT})")
-    flat = flat_meta_params(trainer.meta_params)
-    saved = {k[len("meta/"):]: v for k, v in tensors.items() if k.startswith("meta/")}
-    if saved.keys() != flat.keys():
-        raise ValueError(f"{path}: meta-parameter names differ: {sorted(set(saved) ^ set(flat))[:5]}")
-    with torch.no_grad():
-        for k, v in flat.items():
-            if saved[k].shape != v.shape:
-                raise ValueError(f"{path}: {k} has shape {tuple(saved[k].shape)}, expected {tuple(v.shape)}")
-            v.copy_(saved[k])
-    if meta["optimizer_class"] != type(trainer.optimizer).__name__:
-        raise ValueError(f"{path}: saved optimiser {meta['optimizer_class']}, trainer has {type(trainer.optimizer).__name__}")
-    state: dict[int, dict[str, Any]] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim/"):
-            _, pid, key = k.split("/", 2)
-            state.setdefault(int(pid), {})[key] = v
-    for pid, st in meta["optim_scalar_state"].items():
-        state.setdefault(int(pid), {}).update(st)
-    trainer.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    if meta.get("scheduler") is not None and trainer.scheduler is not None:
-        trainer.scheduler.load_state_dict(meta["scheduler"])
-    if generator is not None and "rng/sampler" in tensors:
-        generator.set_state(tensors["rng/sampler"])
-    trainer.step_count = int(meta["step"])
-    if meta.get("path") in ("vmap", "loop") and trainer.path == "auto":
-        trainer.path = meta["path"]
-    return meta
+    def __init__(self, group: Any = None) -> None:
+        self.group = group
+        self.rank, self.world_size = _world()
+        if group is not None:
+            self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
+        self._n_local = 0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        broadcast_(trainer.parameters, src=0, group=self.group)
+
+    def on_batch(self, trainer: Trainer, batch: Any) -> Any:
+        n = len(batch)
+        if n < self.world_size:
+            raise ValueError(
+                f"the meta-batch has {n} task(s) for {self.world_size} ranks: every rank needs at least one task "
+                "(use fewer processes or more tasks per batch)"
+            )
+        local = shard(batch, self.rank, self.world_size)
+        self._n_local = len(local)
+        return local
+
+    def on_gradients(self, trainer: Trainer, grads: list[Tensor], metrics: dict[str, float]) -> None:
+        allreduce_sum(grads, self.group)
+        device = grads[0].device if grads else torch.device("cpu")
+        reduced = allreduce_metrics(metrics, self._n_local or int(metrics.get("n_tasks", 0)), device=device, group=self.group)
+        metrics.clear()
+        metrics.update(reduced)
+
+
+def distributed_callbacks(group: Any = None) -> list[Callback]:
+    """``[DistributedReduce(group), DivergenceGuard()]``: the trainer callbacks of a rank."""
+    return [DistributedReduce(group), DivergenceGuard()]
 
 
 # ---------------------------------------------------------------------------------------------
-# Local launcher
+# Launching from Python: torch's elastic launcher
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class RankOutcome:
-    """How one rank of a :func:`launch` ended.
-
-    Attributes:
-        rank: The rank.
-        exitcode: Process exit code (negative: killed by that signal; ``None``: still running
-            when the launcher gave up).
-        error: The traceback of an exception raised by the rank's function, if any.
-        killed_by_launcher: The launcher terminated it (timeout, or it outlived a failed peer
-            by more than the grace period).
-    """
+class RankFailure:
+    """How one rank of a :func:`launch` failed: its exit code (negative: killed by that signal)
+    and the error message it reported (empty when it died without one)."""
 
     rank: int
-    exitcode: int | None
-    error: str | None = None
-    killed_by_launcher: bool = False
+    exitcode: int
+    message: str
 
     def __str__(self) -> str:
-        how = "killed by the launcher" if self.killed_by_launcher else f"exit code {self.exitcode}"
-        head = f"rank {self.rank}: {how}"
-        if self.error:
-            last = self.error.strip().splitlines()[-1]
-            head += f" ({last})"
-        return head
+        return f"rank {self.rank}: exit code {self.exitcode}" + (f" ({self.message})" if self.message else "")
 
 
 class LaunchError(RuntimeError):
-    """A rank of a :func:`launch` failed; ``outcomes`` says how each rank ended."""
+    """A rank of a :func:`launch` failed; ``failures`` says which and how."""
 
-    def __init__(self, message: str, outcomes: list[RankOutcome]) -> None:
-        detail = "; ".join(str(o) for o in outcomes)
-        super().__init__(f"{message}: {detail}")
-        self.outcomes = outcomes
-
-
-class LaunchTimeout(LaunchError, TimeoutError):
-    """The job did not finish within the launcher's timeout; every rank was killed."""
+    def __init__(self, failures: list[RankFailure]) -> None:
+        super().__init__("a rank failed: " + "; ".join(str(f) for f in failures))
+        self.failures = failures
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _worker(
-    rank: int,
-    nproc: int,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    env: dict[str, str],
-    threads: int,
-    backend: str | None,
-    pg_timeout: float,
-    results: Any,
-) -> None:
-    os.environ.update(env)
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc)})
+def _entry(fn: Callable[..., R], threads: int, backend: str | None, pg_timeout: float, args: tuple[Any, ...]) -> R:
     torch.set_num_threads(threads)
+    init_from_env(backend=backend, timeout=pg_timeout)
     try:
-        init_process_group(rank, nproc, local_rank=rank, backend=backend, timeout=pg_timeout)
-        out = fn(*args)
-        payload = pickle.dumps(out)  # by value (IPC only; never written to disk)
-        results.put(("ok", rank, payload))
-    except BaseException:
-        results.put(("error", rank, traceback.format_exc()))
-        results.close()
-        results.join_thread()
-        os._exit(1)  # skip process-group teardown, which may block on a dead peer
-    try:
-        cleanup()
+        return fn(*args)
     finally:
-        results.close()
-        results.join_thread()
-    # The result is delivered and the group destroyed. Leave without the interpreter's teardown:
-    # C++ static destructors of torch's communication threads once aborted a finished rank here
-    # ("terminate called without an active exception", exit -6; seen once in CI).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+        cleanup()
 
 
 def launch(
     fn: Callable[..., R],
     nproc: int,
     *args: Any,
-    timeout: float = 600.0,
     pg_timeout: float = DEFAULT_TIMEOUT_S,
     backend: str | None = None,
     threads: int | None = None,
-    grace: float = 10.0,
-    master_addr: str = "127.0.0.1",
-    master_port: int | None = None,
 ) -> list[R]:
-    """Runs ``fn(*args)`` in ``nproc`` fresh local processes that form one process group.
+    """Runs ``fn(*args)`` in ``nproc`` local processes forming one process group (``elastic_launch``).
 
-    Each process is started with the ``spawn`` method, gets ``RANK``/``LOCAL_RANK``/
-    ``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` in its environment and ``threads`` torch
-    threads, initialises the process group (gloo on CPU, nccl on CUDA unless ``backend`` says
-    otherwise) and calls ``fn(*args)``, which reads its rank from ``torch.distributed`` or
-    :func:`init_from_env`.
-
-    If a rank fails (exception, non-zero exit, killed), the launcher waits up to ``grace``
-    seconds for the others to fail on their own (their collectives error out when a peer is
-    gone, at the latest after ``pg_timeout``), then kills any that remain and raises
-    :class:`LaunchError`. After ``timeout`` seconds in all, it kills every rank and raises
-    :class:`LaunchTimeout`: the launcher never hangs.
+    Each process gets torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+    ``MASTER_ADDR``, ``MASTER_PORT``), ``threads`` torch threads and an initialised process group
+    (gloo on CPU, nccl on CUDA unless ``backend`` says otherwise) whose collectives time out after
+    ``pg_timeout`` seconds. The job is not restarted: if a rank fails, the others are stopped.
 
     Args:
         fn: A picklable (module-level) function; its return value must be picklable.
         nproc: Number of processes.
         *args: Arguments of ``fn`` (picklable).
-        timeout: Hard wall-clock limit for the whole job, in seconds.
-        pg_timeout: Process-group timeout (collectives and rendezvous), in seconds.
+        pg_timeout: Seconds before a collective (or the rendezvous) fails: how long a hung rank
+            can block the others.
         backend: ``"gloo"``/``"nccl"`` (default :func:`default_backend`).
         threads: Torch threads per process (default ``max(1, cpu_count // nproc)``).
-        grace: Seconds the surviving ranks get to exit after a peer failed.
-        master_addr: Rendezvous address.
-        master_port: Rendezvous port (default: a free port).
 
     Returns:
         ``[fn's return value on rank 0, on rank 1, ...]``.
 
     Raises:
-        LaunchError: if any rank failed (``.outcomes`` describes every rank).
-        LaunchTimeout: if the job ran past ``timeout``.
+        LaunchError: if any rank failed (``.failures`` names them, with exit codes and messages).
     """
-    if nproc < 1:
-        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc must be an int >= 1, got {nproc!r}")
     threads = threads or max(1, (os.cpu_count() or 1) // nproc)
-    env = {
-        "MASTER_ADDR": master_addr,
-        "MASTER_PORT": str(master_port or free_port(master_addr)),
-        "OMP_NUM_THREADS": str(threads),
-    }
-    ctx = torch.multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    procs = [
-        ctx.Process(
-            target=_worker,
-            args=(r, nproc, fn, args, env, threads, backend, pg_timeout, results),
-            name=f"metafit-rank{r}",
-        )
-        for r in range(nproc)
-    ]
-    payloads: dict[int, bytes] = {}
-    errors: dict[int, str] = {}
-    killed: set[int] = set()
-    deadline = time.monotonic() + timeout
-    failed_at: float | None = None
-    timed_out = False
-
-    def drain(block_s: float) -> None:
-        try:
-            kind, rank, data = results.get(timeout=block_s)
-        except queue_mod.Empty:
-            return
-        (payloads if kind == "ok" else errors)[rank] = data
-        while True:
-            try:
-                kind, rank, data = results.get_nowait()
-            except queue_mod.Empty:
-                return
-            (payloads if kind == "ok" else errors)[rank] = data
-
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=nproc, rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0",
+        max_restarts=0, monitor_interval=0.1, start_method="spawn", rdzv_configs={"timeout": int(pg_timeout) + 30},
+    )
     try:
-        for p in procs:
-            p.start()
-        while True:
-            drain(0.05)
-            codes = [p.exitcode for p in procs]
-            if all(c == 0 for c in codes) and len(payloads) == nproc:
-                break
-            if failed_at is None and (errors or any(c not in (None, 0) for c in codes)):
-                failed_at = time.monotonic()
-            if failed_at is not None and (all(c is not None for c in codes) or time.monotonic() > failed_at + grace):
-                break
-            if all(c == 0 for c in codes):  # exited cleanly; results may still be in flight
-                drain(1.0)
-                if len(payloads) == nproc or time.monotonic() > deadline:
-                    break
-                continue
-            if time.monotonic() > deadline:
-                timed_out = True
-                break
-    finally:
-        for r, p in enumerate(procs):
-            if p.is_alive():
-                killed.add(r)
-                p.terminate()
-        for r, p in enumerate(procs):
-            if r in killed:
-                p.join(2.0)
-                if p.is_alive():
-                    p.kill()
-            p.join(2.0)
-        drain(0.0)
-        results.close()
-    outcomes = [
-        RankOutcome(r, p.exitcode if r not in killed else None, errors.get(r), r in killed) for r, p in enumerate(procs)
-    ]
-    if timed_out:
-        raise LaunchTimeout(f"the job did not finish within {timeout:g} s", outcomes)
-    if failed_at is not None or len(payloads) < nproc:
-        raise LaunchError("a rank failed", outcomes)
-    return [pickle.loads(payloads[r]) for r in range(nproc)]  # noqa: S301 - our own children's bytes
+        out = elastic_launch(config, _entry)(fn, threads, backend, pg_timeout, args)
+    except ChildFailedError as e:
+        failures = [RankFailure(rank, f.exitcode, (f.message or "").strip() if isinstance(f.message, str)
+                                else str(f.message)) for rank, f in sorted(e.failures.items())]
+        raise LaunchError(failures) from None
+    return [out[r] for r in range(nproc)]

@@ -25,7 +25,9 @@ Known-wrong combinations are refused: vmap through torch's fused batch-norm kern
 wrong second-order gradient in torch 2.13 (see docs/design.md), so ``"vmap"`` with such a model
 and a second-order learner raises, and ``"auto"`` picks the loop.
 
-Only this module steps optimisers. Logging and checkpoints hang off :class:`Trainer` hooks.
+Only this module steps optimisers. :class:`Trainer` is metafit's one training loop; logging,
+validation, checkpoints, progress, time budgets, the divergence guard and distributed gradient
+reduction are :class:`Callback` s (:mod:`metafit.callbacks`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import functools
 import math
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -59,6 +61,8 @@ __all__ = [
     "DivergenceError",
     "Trainer",
     "StepResult",
+    "Callback",
+    "DivergenceGuard",
     "make_optimizer",
     "parameters_of",
 ]
@@ -340,7 +344,7 @@ OptimizerFactory = Callable[[list[Tensor]], torch.optim.Optimizer]
 def make_optimizer(name: str, params: list[Tensor], lr: float, **kwargs: Any) -> torch.optim.Optimizer:
     """Builds ``torch.optim.<name>(params, lr=lr, **kwargs)`` with a clear error for bad names."""
     cls = getattr(torch.optim, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or name == "Optimizer":
         options = sorted(
             n for n in dir(torch.optim)
             if isinstance(getattr(torch.optim, n), type) and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
@@ -352,7 +356,15 @@ def make_optimizer(name: str, params: list[Tensor], lr: float, **kwargs: Any) ->
 
 @dataclass
 class StepResult:
-    """What one meta-training step reports."""
+    """What one meta-training step reports.
+
+    Attributes:
+        step: The step count after this step.
+        metrics: Means over the step's tasks (``loss``, ``accuracy`` / ``mse``, ...), plus
+            ``grad_norm`` and ``n_tasks``.
+        seconds: Wall time of the step (meta-gradient and optimiser step).
+        lr: The outer learning rate used (first parameter group).
+    """
 
     step: int
     metrics: dict[str, float]
@@ -360,9 +372,66 @@ class StepResult:
     lr: float
 
 
+class Callback:
+    """Hooks of :meth:`Trainer.fit` and :meth:`Trainer.step`; a subclass overrides what it needs.
+
+    Order of one step inside ``fit``: draw a batch, ``on_batch`` (may return a different batch,
+    e.g. this rank's shard), meta-gradient, ``on_gradients`` (may reduce the gradients and
+    metrics across ranks, or raise to refuse the step), optional clipping, the optimiser and
+    scheduler step, then ``on_step_end``. Time spent in ``on_step_end`` (validation, checkpoints,
+    logging) is not counted in :attr:`Trainer.train_seconds`. A callback stops training by calling
+    :meth:`Trainer.request_stop`.
+    """
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Before the first step of :meth:`Trainer.fit`."""
+
+    def on_batch(self, trainer: Trainer, batch: Tasks) -> Tasks:
+        """Sees (and may replace) the task batch of the next step."""
+        return batch
+
+    def on_gradients(self, trainer: Trainer, grads: list[Tensor], metrics: dict[str, float]) -> None:
+        """After the meta-gradient, before the optimiser step; ``grads`` follow ``trainer.parameters``.
+
+        May modify ``grads`` in place (an all-reduce) and ``metrics`` (global means). Raising here
+        leaves the meta-parameters and the optimiser state untouched.
+        """
+
+    def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
+        """After the optimiser step (logging, validation, checkpoints, time budget)."""
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        """After the last step (also when a callback requested a stop)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state to checkpoint (e.g. the best validation score so far)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`."""
+
+
+class DivergenceGuard(Callback):
+    """Refuses a step whose loss or meta-gradient is not finite (raises :class:`DivergenceError`).
+
+    It runs in ``on_gradients``, before the optimiser step, so the meta-parameters and the
+    optimiser state are left exactly as before the step. Put it after any callback that reduces
+    gradients across ranks, so every rank sees the same values and stops together.
+    """
+
+    def on_gradients(self, trainer: Trainer, grads: list[Tensor], metrics: dict[str, float]) -> None:
+        step = trainer.step_count + 1
+        if not math.isfinite(metrics.get("loss", 0.0)):
+            raise DivergenceError(step, f"non-finite loss {metrics.get('loss')}")
+        total_sq = torch.stack([g.detach().double().pow(2).sum() for g in grads]).sum() if grads else torch.zeros(())
+        if not bool(torch.isfinite(total_sq)):
+            bad = [n for n, g in zip(trainer.parameter_names, grads) if not bool(torch.isfinite(g).all())]
+            raise DivergenceError(step, f"non-finite meta-gradient in {bad[:5]}")
+
+
 @dataclass
 class Trainer:
-    """Meta-trains an algorithm on a stream of task batches.
+    """Meta-trains an algorithm on a stream of task batches: the one training loop of metafit.
 
     Args:
         algorithm: The learner (e.g. :class:`~metafit.algorithms.MAML`).
@@ -370,9 +439,13 @@ class Trainer:
         optimizer: An outer optimiser over ``parameters_of(meta_params)``, or a factory taking
             that list (default: Adam, lr 1e-3).
         meta_params: Initial meta-parameters (default ``algorithm.init(model)``).
-        path: ``"vmap"``, ``"loop"``, ``"compile"``, ``"vmap_compile"`` or ``"auto"`` (measure vmap and loop on the first batch).
+        path: ``"vmap"``, ``"loop"``, ``"compile"``, ``"vmap_compile"`` or ``"auto"`` (measure vmap
+            and loop on the first batch).
         scheduler: Optional learning-rate scheduler stepped after each optimiser step.
         grad_clip: Clip the global meta-gradient norm to this value (``None``: no clipping).
+        callbacks: Hooks run by every :meth:`step` and :meth:`fit` (default: a
+            :class:`DivergenceGuard`); ``fit`` may add more for one call.
+        buffers: Model buffers (default: copies of the model's).
 
     Example:
         >>> from metafit import MAML, Trainer, SinusoidTasks
@@ -392,9 +465,13 @@ class Trainer:
     path: PathChoice = "auto"
     scheduler: Any = None
     grad_clip: float | None = None
+    callbacks: Sequence[Callback] | None = None
     buffers: Buffers = field(default_factory=dict)
     step_count: int = 0
+    train_seconds: float = 0.0
     path_report: dict[str, Any] = field(default_factory=dict)
+    stop_reason: str | None = field(default=None, init=False)
+    _active: list[Callback] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.path not in (*PATH_NAMES, "auto"):
@@ -408,6 +485,12 @@ class Trainer:
             self.optimizer = torch.optim.Adam(params, lr=1e-3)
         elif not isinstance(self.optimizer, torch.optim.Optimizer):
             self.optimizer = self.optimizer(params)
+        if self.callbacks is None:
+            self.callbacks = [DivergenceGuard()]
+        self.callbacks = list(self.callbacks)
+        self._active = list(self.callbacks)
+        if self.grad_clip is not None and not (self.grad_clip > 0):
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
         if self.path != "auto":
             check_path(self.algorithm, self.model, self.path)
 
@@ -415,6 +498,23 @@ class Trainer:
     def resolved_path(self) -> Path | None:
         """The path in use (``None`` while ``"auto"`` has not measured yet)."""
         return None if self.path == "auto" else self.path
+
+    @property
+    def parameters(self) -> list[Tensor]:
+        """Every meta-parameter tensor in optimiser order."""
+        assert self.meta_params is not None
+        return parameters_of(self.meta_params)
+
+    @property
+    def parameter_names(self) -> list[str]:
+        """``"group/name"`` of each tensor of :attr:`parameters`."""
+        assert self.meta_params is not None
+        return [f"{g}/{k}" for g, d in self.meta_params.items() for k in d]
+
+    def request_stop(self, reason: str) -> None:
+        """Asks :meth:`fit` to stop after the current step (the first reason is kept)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
 
     def _resolve(self, tasks: Tasks) -> Path:
         if self.path == "auto":
@@ -426,46 +526,42 @@ class Trainer:
             self.path = chosen
         return self.path  # type: ignore[return-value]
 
-    def step(self, tasks: Tasks, *, denominator: int | None = None, reduce_grads: Callable[[list[Tensor]], None] | None = None) -> StepResult:
-        """One meta-training step: zero grads, meta-gradient over ``tasks``, optimiser step.
+    def step(self, tasks: Tasks, *, denominator: int | None = None) -> StepResult:
+        """One meta-training step: zero grads, meta-gradient over ``tasks``, hooks, optimiser step.
 
         Args:
             tasks: A task batch (or list of tasks) for this step.
-            denominator: Global number of tasks (distributed training); default ``len(tasks)``.
-            reduce_grads: Called with the gradient tensors before the optimiser step (e.g. an
-                all-reduce across ranks).
+            denominator: Number of tasks the loss is averaged over (default ``len(tasks)``; a
+                distributed rank passes the global meta-batch size).
 
         Raises:
-            DivergenceError: if the loss or a gradient is not finite; the meta-parameters and
-                optimiser state are left exactly as before the call.
+            DivergenceError: from :class:`DivergenceGuard` if the loss or a gradient is not
+                finite; the meta-parameters and optimiser state are left exactly as before.
         """
         assert self.meta_params is not None and isinstance(self.optimizer, torch.optim.Optimizer)
         path = self._resolve(tasks)
         t0 = time.perf_counter()
-        params = parameters_of(self.meta_params)
+        params = self.parameters
         for p in params:
             p.grad = None
-        metrics = meta_backward(
-            self.algorithm, self.model, self.meta_params, self.buffers, tasks, path=path, denominator=denominator
-        )
+        if len(tasks):
+            metrics = meta_backward(
+                self.algorithm, self.model, self.meta_params, self.buffers, tasks, path=path, denominator=denominator
+            )
+        else:  # a rank with no task this step still takes part in the reduction
+            metrics = {"n_tasks": 0.0}
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         for p, g in zip(params, grads):
             p.grad = g
-        if reduce_grads is not None:
-            reduce_grads(grads)
-        next_step = self.step_count + 1
-        if not math.isfinite(metrics.get("loss", 0.0)):
-            raise DivergenceError(next_step, f"non-finite loss {metrics.get('loss')}")
+        for cb in self._active:
+            cb.on_gradients(self, grads, metrics)
         total_sq = torch.stack([g.detach().pow(2).sum() for g in grads]).sum()
-        if not bool(torch.isfinite(total_sq)):
-            bad = [n for (n, t), g in zip(self._named(), grads) if not bool(torch.isfinite(g).all())]
-            raise DivergenceError(next_step, f"non-finite meta-gradient in {bad[:5]}")
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        self.step_count = next_step
+        self.step_count += 1
         metrics["grad_norm"] = float(total_sq.sqrt())
         return StepResult(
             step=self.step_count,
@@ -474,35 +570,51 @@ class Trainer:
             lr=float(self.optimizer.param_groups[0]["lr"]),
         )
 
-    def _named(self) -> Iterator[tuple[str, Tensor]]:
-        assert self.meta_params is not None
-        for g, d in self.meta_params.items():
-            for k, v in d.items():
-                yield f"{g}/{k}", v
-
     def fit(
         self,
         batches: Iterable[Tasks],
         steps: int,
         *,
-        callback: Callable[[StepResult], None] | None = None,
+        callbacks: Sequence[Callback] = (),
     ) -> list[StepResult]:
-        """Runs ``steps`` meta-training steps on successive batches from ``batches``.
+        """Runs meta-training steps on successive batches until ``steps`` or a requested stop.
 
         Args:
             batches: Any iterable of task batches (e.g. an
                 :class:`~metafit.data.sampling.EpisodeSampler`).
-            steps: Steps to run from the current ``step_count``.
-            callback: Called after every step (logging, evaluation, checkpoints).
+            steps: The step count to reach (``trainer.step_count`` counts on from a resumed run).
+            callbacks: Extra hooks for this call, run after the trainer's own.
 
         Returns:
-            The step results.
+            The results of the steps run by this call.
         """
-        results = []
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+        self._active = [*self.callbacks, *callbacks]  # type: ignore[misc]
+        self.stop_reason = None
+        results: list[StepResult] = []
         it = iter(batches)
-        for _ in range(steps):
-            r = self.step(next(it))
-            results.append(r)
-            if callback is not None:
-                callback(r)
+        try:
+            for cb in self._active:
+                cb.on_fit_start(self)
+            while self.step_count < steps and self.stop_reason is None:
+                t0 = time.perf_counter()
+                batch = next(it, None)
+                if batch is None:
+                    self.request_stop("batches exhausted")
+                    break
+                full = len(batch)
+                for cb in self._active:
+                    batch = cb.on_batch(self, batch)
+                r = self.step(batch, denominator=full)
+                self.train_seconds += time.perf_counter() - t0
+                results.append(r)
+                for cb in self._active:
+                    cb.on_step_end(self, r)
+            if self.stop_reason is None:
+                self.stop_reason = "steps"
+            for cb in self._active:
+                cb.on_fit_end(self)
+        finally:
+            self._active = list(self.callbacks)  # type: ignore[arg-type]
         return results
