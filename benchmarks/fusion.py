@@ -78,7 +78,8 @@ from metafit import ProtoNet, Trainer, generator, seeded, summarize  # noqa: E40
 from metafit.data.datasets import LabelledDataset  # noqa: E402
 from metafit.data.omniglot import alphabet_names, load_omniglot, omniglot_alphabets, omniglot_split  # noqa: E402
 from metafit.data.sampling import EpisodeSampler, fixed_episodes  # noqa: E402
-from metafit.fusion import FusionLearner, compare_fusion, embed_task, fusion_markdown, meta_train_fusion  # noqa: E402
+from metafit.app.fuse import fusion_markdown  # noqa: E402
+from metafit.fusion import FusionLearner, compare_fusion, embed_task, meta_train_fusion  # noqa: E402
 from metafit.models import Conv4  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

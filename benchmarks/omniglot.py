@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from _common import data_root, markdown_table, parser, setup_threads, write_out  # noqa: E402
 from metafit import ANIL, MAML, MetaSGD, ProtoNet, Reptile, Trainer, evaluate, generator, seeded  # noqa: E402
-from metafit.config import PATHS  # noqa: E402
+from metafit.app.config import PATHS  # noqa: E402
 from metafit.data.omniglot import load_omniglot, omniglot_split  # noqa: E402
 from metafit.data.sampling import EpisodeSampler, fixed_episodes  # noqa: E402
 from metafit.models import Conv4  # noqa: E402

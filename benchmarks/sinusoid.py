@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
 from metafit import MAML, MetaSGD, SinusoidTasks, Trainer, evaluate, generator, seeded, sinusoid_eval_tasks  # noqa: E402
-from metafit.config import PATHS  # noqa: E402
+from metafit.app.config import PATHS  # noqa: E402
 from metafit.models import MLP  # noqa: E402
 
 PAPER_MAML_TABLE2 = {1: 0.67, 5: 0.38, 10: 0.35}  # MAML App. C Table 2, 5-shot, after 1/5/10 steps

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from _common import data_root, markdown_table, parser, setup_threads, write_out  # noqa: E402
 from metafit import evaluate  # noqa: E402
-from metafit.config import PATHS  # noqa: E402
+from metafit.app.config import PATHS  # noqa: E402
 from metafit.data.omniglot import load_omniglot, omniglot_split  # noqa: E402
 from omniglot import PAPER, eval_tasks, recipe, train  # noqa: E402
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from metafit.checkpoint import latest_checkpoint, load_checkpoint
-from metafit.cli import build_parser, main
+from metafit.app.cli import build_parser, main
 from tests.conftest import one_line_error as _one_line_error
 
 TINY = ["--set", "model.hidden=[8,8]", "--set", "data.eval_tasks=10", "--set", "data.tasks_per_batch=2",

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from metafit.cli import main
-from metafit.fusion import BaseRun, fuse, load_base_run, load_fusion
+from metafit.app.cli import main
+from metafit.app.fuse import BaseRun, load_base_run, load_fusion
+from metafit.fusion import fuse
 from tests.conftest import one_line_error as _one_line_error
 
 TINY_OMNI = ["--set", "model.width=8", "--set", "data.rotations=false", "--set", "data.n_way=5", "--set", "data.k_shot=1",
@@ -88,11 +89,11 @@ def test_cli_fuse_end_to_end(base_runs: list[Path], data_root: Path, tmp_path: P
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        ([], "bases (--base) must name at least one trained Omniglot run folder or checkpoint, got []"),
-        (["--base", "/nonexistent/run"], "--base /nonexistent/run: expected a trained metafit run folder or checkpoint"),
-        (["--base", "RUN", "--n-way", "1"], "n_way (--n-way) must be an int >= 2, got 1"),
-        (["--base", "RUN", "--n-way", "5000"], "n_way (--n-way) must be <= 100 (classes of the Omniglot 'vinyals' val/test splits), got 5000"),
-        (["--base", "RUN", "--k-shot", "10", "--n-query", "15"], "k_shot + n_query (--k-shot + --n-query) must be <= 20"),
+        ([], "bases must name at least one trained Omniglot run folder or checkpoint, got []"),
+        (["--base", "/nonexistent/run"], "base run /nonexistent/run: expected a trained metafit run folder or checkpoint"),
+        (["--base", "RUN", "--n-way", "1"], "n_way must be an int >= 2, got 1"),
+        (["--base", "RUN", "--n-way", "5000"], "n_way must be <= 100 (classes of the Omniglot 'vinyals' val/test splits), got 5000"),
+        (["--base", "RUN", "--k-shot", "10", "--n-query", "15"], "k_shot + n_query must be <= 20"),
         (["--base", "SINE"], "expected a model trained on Omniglot (data.dataset='omniglot'), got data.dataset='sinusoid'"),
         (["--base", "CNP"], "expected an image classifier or embedding network (algo.name one of"),
     ],

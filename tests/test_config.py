@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from metafit.config import RunConfig, apply_overrides, config_diff, load_config, save_config
+from metafit.app.config import RunConfig, apply_overrides, config_diff, load_config, save_config
 
 
 def test_config_defaults_round_trip_through_dict() -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import metafit.runs as runs
+import metafit.app.runs as runs
 from metafit.checkpoint import latest_checkpoint, load_checkpoint
-from metafit.cli import main
-from metafit.config import RunConfig
+from metafit.app.cli import main
+from metafit.app.config import RunConfig
 from metafit.data.task import TaskBatch
 
 TINY = {"data": {"eval_tasks": 4, "tasks_per_batch": 2}, "model": {"hidden": [8]},

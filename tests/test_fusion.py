@@ -160,7 +160,8 @@ def test_load_base_model_from_checkpoint(tmp_path) -> None:  # type: ignore[no-u
 
 def test_meta_train_and_compare_on_embedded_tasks() -> None:
     from metafit import generator
-    from metafit.fusion import FUSION_METHOD, compare_fusion, fusion_markdown, meta_train_fusion
+    from metafit.app.fuse import fusion_markdown
+    from metafit.fusion import FUSION_METHOD, compare_fusion, meta_train_fusion
 
     pool = list(_tasks(24, k=2, seed=11))
     head, mp, losses = meta_train_fusion(pool, 3, steps=15, generator=generator(0), tasks_per_batch=8, lr=5e-2,
@@ -180,7 +181,7 @@ def test_meta_train_and_compare_on_embedded_tasks() -> None:
 
 def test_load_fusion_refuses_other_checkpoints(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from metafit.checkpoint import save_checkpoint
-    from metafit.fusion import load_fusion
+    from metafit.app.fuse import load_fusion
 
     path = save_checkpoint(tmp_path, 1, {"meta/model/w": torch.zeros(2)}, {"config": {}})
     with pytest.raises(ValueError, match="is not a fusion checkpoint: expected kind 'metafit-fusion-1'"):

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from metafit.checkpoint import latest_checkpoint, load_checkpoint
-from metafit.config import RunConfig, save_config
-from metafit.runs import read_metrics, train
+from metafit.app.config import RunConfig, save_config
+from metafit.app.runs import read_metrics, train
 
 TINY = {
     "data": {"dataset": "sinusoid", "k_shot": 5, "n_query": 5, "tasks_per_batch": 2, "eval_tasks": 4, "val_tasks": 4},

@@ -2,7 +2,7 @@
 
 import sys
 
-from metafit.cli import main
+from metafit.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

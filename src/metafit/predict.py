@@ -105,7 +105,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> Predictor:
         """Loads a run folder or checkpoint (verified, never unpickled)."""
-        from metafit.runs import load_trained
+        from metafit.app.runs import load_trained
 
         tr = load_trained(path)
         return cls(tr.algorithm, tr.model, tr.meta_params, tr.buffers, dict(tr.checkpoint.meta.get("preprocessing", {})))

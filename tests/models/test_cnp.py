@@ -198,8 +198,8 @@ def test_recalibrate_bad_inputs() -> None:
 
 
 def test_cnp_runs_through_the_run_driver_and_loads_back(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from metafit.config import RunConfig
-    from metafit.runs import evaluate_checkpoint, load_trained, train
+    from metafit.app.config import RunConfig
+    from metafit.app.runs import evaluate_checkpoint, load_trained, train
 
     cfg = RunConfig.from_dict({
         "data": {"dataset": "sinusoid", "k_shot": 5, "eval_tasks": 8},

@@ -101,7 +101,7 @@ _CACHE_VERSION = 1
 _ENTRY = re.compile(r"^images_(background|evaluation)/([^/]+)/(character\d+)/(\d{4})_(\d{2})\.png$")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
-#: How model inputs are made from raw images (recorded in checkpoints by ``metafit.runs``).
+#: How model inputs are made from raw images (recorded in checkpoints by ``metafit.app.runs``).
 PREPROCESSING: dict[str, Any] = {
     "function": "metafit.data.omniglot.preprocess_image",
     "grayscale": "PIL convert('L')",

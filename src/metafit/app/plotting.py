@@ -124,7 +124,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     Raises:
         FileNotFoundError: ``run_dir`` is not a run folder.
     """
-    from metafit.runs import read_metrics
+    from metafit.app.runs import read_metrics
 
     d = Path(run_dir)
     if not (d / "config.json").exists():

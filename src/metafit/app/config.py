@@ -267,7 +267,7 @@ class TrainConfig:
         _check_int(s, "steps", self.steps, 0)
         if not isinstance(self.optimizer, str) or not self.optimizer:
             _fail(s, "optimizer", "a torch.optim class name such as 'Adam'", self.optimizer)
-        import torch  # local: keep ``import metafit.config`` light
+        import torch  # local: keep ``import metafit.app.config`` light
 
         cls = getattr(torch.optim, self.optimizer, None)
         if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or self.optimizer == "Optimizer":

@@ -47,7 +47,7 @@ from metafit.checkpoint import (
     save_checkpoint,
     unpack_state,
 )
-from metafit.config import RunConfig, config_diff
+from metafit.app.config import RunConfig, config_diff
 from metafit.data.sinusoid import SinusoidTasks, sinusoid_eval_tasks
 from metafit.data.task import Task, TaskBatch
 from metafit.engine import DivergenceError, Trainer, make_optimizer, parameters_of

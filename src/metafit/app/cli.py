@@ -1,8 +1,8 @@
-"""The ``metafit`` command line: argparse -> config dataclasses -> :mod:`metafit.runs`.
+"""The ``metafit`` command line: argparse -> config dataclasses -> :mod:`metafit.app.runs`.
 
 Subcommands: ``train``, ``eval``, ``predict``, ``fuse``, ``plot``, ``report``,
 ``data {list,verify,fetch}``.
-The CLI holds no learning logic: it maps flags onto :class:`~metafit.config.RunConfig` fields and
+The CLI holds no learning logic: it maps flags onto :class:`~metafit.app.config.RunConfig` fields and
 calls the drivers. Bad input exits with status 2 and one line on stderr (``--debug`` re-raises
 for a traceback); a diverged run exits with status 1.
 
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from metafit.config import ALGORITHMS, PATHS
+from metafit.app.config import ALGORITHMS, PATHS
 
 __all__ = ["main", "build_parser"]
 
@@ -48,7 +48,7 @@ def _err(text: str) -> None:
 
 
 def _train_config(args: argparse.Namespace) -> Any:
-    from metafit.config import RunConfig, apply_overrides, load_config
+    from metafit.app.config import RunConfig, apply_overrides, load_config
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     if args.config:
@@ -75,7 +75,7 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from metafit.runs import eval_markdown, train
+    from metafit.app.runs import eval_markdown, train
 
     config = _train_config(args)
     run_dir = Path(args.run_dir or Path("runs") / f"{config.data.dataset}-{config.algo.name}-seed{config.train.seed}")
@@ -98,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from metafit.checkpoint import atomic_write_bytes
-    from metafit.runs import eval_markdown, evaluate_checkpoint
+    from metafit.app.runs import eval_markdown, evaluate_checkpoint
 
     out = evaluate_checkpoint(
         args.target, shots=args.k_shot, n_way=args.n_way, n_query=args.n_query, episodes=args.episodes,
@@ -142,7 +142,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
-    from metafit.fusion import run_fusion
+    from metafit.app.fuse import run_fusion
 
     out_dir = Path(args.out_dir or Path("runs") / f"fuse-{args.n_way}way{args.k_shot}shot-seed{args.seed}")
     run = run_fusion(
@@ -165,7 +165,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from metafit.plotting import plot_run
+    from metafit.app.plotting import plot_run
 
     paths = plot_run(args.run_dir, out_dir=args.out)
     for p in paths:
@@ -174,7 +174,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from metafit.report import write_report
+    from metafit.app.report import write_report
 
     md, html = write_report(args.run_dirs, args.out)
     _out(f"written: {md} and {html}")
@@ -320,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from metafit.runs import RunError
+    from metafit.app.runs import RunError
 
     try:
         return int(args.func(args) or 0)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from metafit.plotting import load_evals, plot_run
+from metafit.app.plotting import load_evals, plot_run
 
 __all__ = ["write_report", "comparison_rows"]
 
