@@ -31,7 +31,7 @@ def test_cli_train_eval_plot_report(tmp_path: Path, capsys: pytest.CaptureFixtur
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["kind"] == "train"]
     assert [r["step"] for r in train_rows] == [2, 4, 6, 8, 10]
-    assert {"loss", "mse", "lr", "wall_time", "path"} <= train_rows[0].keys()
+    assert {"loss", "mse", "lr", "train_seconds", "path"} <= train_rows[0].keys()
     assert load_checkpoint(run).step == 10
 
     assert main(["eval", str(run), "--k-shot", "2", "5", "--episodes", "8", "--inner-steps", "2", "--out", str(tmp_path / "e.json")]) == 0

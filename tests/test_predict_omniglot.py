@@ -15,6 +15,7 @@ from metafit.data import datasets as ds
 from metafit.data.omniglot import write_episode_folders
 from metafit.data.task import Task, stack_tasks
 from metafit.evaluation import evaluate
+from metafit.app.runs import load_predictor
 from metafit.predict import Predictor
 
 
@@ -48,7 +49,7 @@ def test_cli_predict_on_raw_pngs_matches_evaluator(tmp_path: Path, data_root: Pa
     sx, sy, classes = ds.load_support_folder(tmp_path / "episode" / "support", image_size=28)
     qx, files = ds.load_image_folder(tmp_path / "episode" / "query", image_size=28)
     qy = torch.tensor([classes.index(truth[Path(f).name]) for f in files])
-    p = Predictor.from_checkpoint(run)
+    p = load_predictor(run)
     res = evaluate(p.algorithm, p.model, p.meta_params, stack_tasks([Task(sx, sy, qx, qy, n_way=5)]), buffers=p.buffers)
     assert cli_acc == pytest.approx(res.metrics["accuracy"].mean, abs=1e-6)
     assert sx.shape == (5, 1, 28, 28) and float(sx.max()) <= 1.0

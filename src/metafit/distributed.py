@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from metafit.data.task import Task, TaskBatch
-from metafit.engine import Callback, DivergenceGuard, Trainer, parameters_of
+from metafit.engine import Callback, DivergenceGuard, Trainer
 
 __all__ = [
     "DistInfo",

@@ -57,7 +57,6 @@ compare with :func:`compare_fusion`, write results) is application code:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,17 +91,10 @@ __all__ = [
     "N_STATS",
     "FUSION_METHOD",
     "meta_train_fusion",
+    "PoolBatches",
     "FusionComparison",
     "compare_fusion",
     "summarize_comparison",
-    "fusion_markdown",
-    "BASE_ALGORITHMS",
-    "BaseRun",
-    "load_base_run",
-    "FusionRun",
-    "run_fusion",
-    "FusionCheckpoint",
-    "load_fusion",
 ]
 
 BaseModel = Callable[[Tensor], Tensor]

@@ -8,7 +8,7 @@ mapping new inputs to class scores. :func:`adapt_and_predict` does both in one c
 metafit's backbones normalise with the statistics of the batch they are given (transductive,
 like the reference MAML/ProtoNets code), so scores depend on which inputs are scored together;
 scoring a task's whole query set in one call reproduces :func:`metafit.evaluation.evaluate`
-exactly.
+exactly. A trained run becomes a :class:`Predictor` with :func:`metafit.app.runs.load_predictor`.
 
 Example:
     >>> import torch
@@ -25,11 +25,9 @@ Example:
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +43,7 @@ from metafit.algorithms.base import (
 )
 from metafit.functional import Buffers
 
-__all__ = ["Predictor", "AdaptedPredictor", "adapt_and_predict", "predict_folders", "write_predictions_csv"]
+__all__ = ["Predictor", "AdaptedPredictor", "adapt_and_predict"]
 
 
 @dataclass
@@ -101,14 +99,6 @@ class Predictor:
 
     def __post_init__(self) -> None:
         self.meta_params = clone_meta_params(self.meta_params, requires_grad=False)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path) -> Predictor:
-        """Loads a run folder or checkpoint (verified, never unpickled)."""
-        from metafit.app.runs import load_trained
-
-        tr = load_trained(path)
-        return cls(tr.algorithm, tr.model, tr.meta_params, tr.buffers, dict(tr.checkpoint.meta.get("preprocessing", {})))
 
     def adapt(
         self,
@@ -220,62 +210,3 @@ def adapt_and_predict(
         support_x, support_y, n_way=n_way, steps=steps, lr=lr
     )
     return adapted if query_x is None else adapted(query_x)
-
-
-# -- folders of images (the CLI) ------------------------------------------------------------------
-
-
-def predict_folders(
-    checkpoint: str | Path, support_dir: str | Path, query_dir: str | Path, *, data_root: str | None = None
-) -> tuple[list[tuple[str, str, list[float]]], list[str]]:
-    """Adapts a trained image classifier to a folder of labelled images and scores new images.
-
-    Args:
-        checkpoint: Run folder or checkpoint file.
-        support_dir: One sub-folder of images per class (the sub-folder name is the class).
-        query_dir: Images to classify (all scored together, in file-name order).
-
-    Returns:
-        ``([(file, predicted_class, [score per class])], class_names)``.
-
-    Raises:
-        FileNotFoundError, ValueError: missing folders, unreadable images, a class count the
-            model cannot handle, or a checkpoint that is not an image classifier.
-    """
-    from metafit.data import datasets as ds
-
-    predictor = Predictor.from_checkpoint(checkpoint)
-    pre = predictor.preprocessing
-    if pre.get("kind") != "image":
-        raise ValueError(f"checkpoint {checkpoint} is not an image classifier (preprocessing kind {pre.get('kind')!r})")
-    size = int(pre["image_size"])
-    sx, sy, classes = ds.load_support_folder(support_dir, image_size=size)
-    qx, files = ds.load_image_folder(query_dir, image_size=size)
-    adapted = predictor.adapt(sx, sy, n_way=len(classes), classes=classes)
-    scores = adapted(qx)
-    rows = []
-    for f, s in zip(files, scores.tolist()):
-        rows.append((str(f), classes[max(range(len(s)), key=s.__getitem__)], s))
-    return rows, list(classes)
-
-
-def write_predictions_csv(
-    rows: Sequence[tuple[str, str, list[float]]], classes: Sequence[str], out: str | Path | TextIO
-) -> None:
-    """Writes ``file,predicted_class,score_<class>...`` rows to a path or text stream."""
-    handle: TextIO
-    close = False
-    if isinstance(out, (str, Path)):
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        handle, close = open(out, "w", newline="", encoding="utf-8"), True
-    else:
-        handle = out
-    try:
-        w = csv.writer(handle)
-        w.writerow(["file", "predicted_class", *[f"score_{c}" for c in classes]])
-        for f, pred, s in rows:
-            w.writerow([f, pred, *[f"{v:.6g}" for v in s]])
-    finally:
-        if close:
-            handle.close()
-

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from metafit.app.config import ALGORITHMS, PATHS
+from metafit.app.runs import RunError
 
 __all__ = ["main", "build_parser"]
 
@@ -70,20 +71,65 @@ def _train_config(args: argparse.Namespace) -> Any:
         sets.append(f"data.data_root={args.data_root}")
     if args.path:
         sets.append(f"train.path={args.path}")
+    if args.max_minutes is not None:
+        sets.append(f"train.max_minutes={args.max_minutes}")
+    if args.tensorboard:
+        sets.append("train.tensorboard=true")
     sets += args.set or []
     return apply_overrides(config, sets)
 
 
+def _relaunch_with_torchrun(argv: Sequence[str], nproc: int) -> int:
+    """``metafit train ... --nproc N``: the same command under ``torch.distributed.run`` (torchrun)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun_main
+
+    rest, skip = [], False
+    for a in argv:  # drop --nproc N / --nproc=N: each worker is a plain `metafit train`
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        rest.append(a)
+    threads = max(1, (os.cpu_count() or 1) // nproc)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    try:
+        torchrun_main(["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "--monitor-interval=0.1",
+                       "-m", "metafit", *rest])
+    except ChildFailedError as e:
+        failed = "; ".join(f"rank {r}: exit code {f.exitcode}" for r, f in sorted(e.failures.items()))
+        raise RunError(f"the {nproc}-process run failed ({failed}); the last checkpoint is intact, resume with --resume") from None
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from metafit.app.runs import eval_markdown, train
+    from metafit.app.runs import apply_process_settings, eval_markdown, train
 
     config = _train_config(args)
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.nproc > 1 and not under_torchrun:
+        if config.train.path == "auto":
+            raise ValueError("--nproc needs an explicit engine path (--path loop or --path vmap), got train.path='auto'")
+        return _relaunch_with_torchrun(args.argv, args.nproc)
     run_dir = Path(args.run_dir or Path("runs") / f"{config.data.dataset}-{config.algo.name}-seed{config.train.seed}")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and args.nproc == 1:
-        from metafit.distributed import init_from_env
+    apply_process_settings(config)  # the CLI owns its process
+    if under_torchrun:
+        from metafit.distributed import cleanup, init_from_env
 
-        init_from_env()  # launched by torchrun: join its process group
-    result = train(config, run_dir, resume=args.resume, force=args.force, progress=not args.quiet, nproc=args.nproc)
+        init_from_env(timeout=config.train.dist_timeout)  # launched by torchrun: join its process group
+    try:
+        result = train(config, run_dir, resume=args.resume, force=args.force, progress=not args.quiet)
+    finally:
+        if under_torchrun:
+            cleanup()
+    if under_torchrun and int(os.environ.get("RANK", "0")) != 0:
+        return 0
     if not args.quiet:
         _out(f"run folder: {result.run_dir}  (step {result.step}, engine path {result.path})")
         if result.last_checkpoint:
@@ -123,7 +169,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from metafit.predict import predict_folders, write_predictions_csv
+    from metafit.app.predict import predict_folders, write_predictions_csv
 
     rows, classes = predict_folders(args.checkpoint, args.support, args.query, data_root=None)
     if args.out:
@@ -245,9 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest valid checkpoint")
     t.add_argument("--force", action="store_true", help="delete the outputs of a run already in --run-dir and start over")
     t.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    t.add_argument("--max-minutes", type=float, help="stop after this many minutes of training time (train.max_minutes)")
+    t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files (train.tensorboard)")
     t.add_argument("--nproc", type=int, default=1,
-                   help="processes on this machine (torch.distributed; each meta-batch is sharded, gradients all-reduced; "
-                        "needs --path loop or vmap). For several machines use torchrun, see docs/distributed.md")
+                   help="processes on this machine, started by torch.distributed.run (torchrun): each meta-batch is "
+                        "sharded, gradients all-reduced; needs --path loop or vmap. Several machines: torchrun ... "
+                        "-m metafit train, see docs/distributed.md")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a trained run/checkpoint with 95%% confidence intervals",
@@ -318,10 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``metafit`` / ``python -m metafit``; returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from metafit.app.runs import RunError
-
     try:
         return int(args.func(args) or 0)
     except RunError as e:

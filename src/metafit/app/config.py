@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from metafit.algorithms.registry import LEARNERS, learner_options
 from metafit.engine import PATH_NAMES
 
 __all__ = [
@@ -48,9 +49,10 @@ __all__ = [
 
 DATASETS = ("sinusoid", "omniglot")
 ARCHS = ("auto", "mlp", "conv4")
-ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile", "protonet", "cnp")
+ALGORITHMS = tuple(LEARNERS)  # the registry is the one list of learner names
 PATHS = ("auto", *PATH_NAMES)
 SCHEDULERS = ("none", "cosine", "step", "exponential")
+SPLITS = ("train", "trainval")
 
 
 def _fail(section: str, name: str, expected: str, actual: Any) -> None:
@@ -105,7 +107,14 @@ class DataConfig:
         eval_n_way: Ways at evaluation (``None``: ``n_way``).
         eval_n_query: Query examples at evaluation (``None``: ``n_query``; 100 for sinusoid).
         eval_seed: Seed of the fixed evaluation episodes.
-        val_tasks: Held-out tasks scored every ``train.eval_every`` steps (picks the best checkpoint).
+        val_tasks: Held-out tasks of the ``val`` split scored every ``train.eval_every`` steps or
+            ``train.eval_every_seconds`` (picks the best checkpoint).
+        train_split: Classes meta-training draws from: ``"train"`` (the ``val`` classes are held
+            out for validation) or ``"trainval"`` (both, as the papers' final runs; validation is
+            then off).
+        monitor_tasks: Fixed TEST episodes (evaluation settings) scored every
+            ``train.monitor_every_seconds`` of training time, written as ``"monitor"`` rows of
+            ``metrics.jsonl``: a time-to-accuracy curve. They never select a checkpoint.
     """
 
     dataset: str = "sinusoid"
@@ -124,11 +133,14 @@ class DataConfig:
     eval_n_query: int | None = None
     eval_seed: int = 12345
     val_tasks: int = 32
+    train_split: str = "train"
+    monitor_tasks: int = 600
 
     def __post_init__(self) -> None:
         s = "data"
+        _check_choice(s, "train_split", self.train_split, SPLITS)
         _check_choice(s, "dataset", self.dataset, DATASETS)
-        for name in ("n_way", "k_shot", "n_query", "tasks_per_batch", "eval_tasks", "val_tasks"):
+        for name in ("n_way", "k_shot", "n_query", "tasks_per_batch", "eval_tasks", "val_tasks", "monitor_tasks"):
             _check_int(s, name, getattr(self, name), 1)
         _check_int(s, "image_size", self.image_size, 8)
         _check_int(s, "eval_seed", self.eval_seed, 0)
@@ -156,6 +168,8 @@ class ModelConfig:
         min_variance: CNP regression: lower bound of the bounded variance (or sd), in (0, 1).
         variance_bound: CNP regression: ``"variance"`` (the paper code's
             ``0.1 + 0.9 softplus`` on the variance) or ``"scale"`` (the same bound on the sd).
+        channels_last: Store Conv4 weights channels-last (same function; faster ProtoNet steps on
+            the CPU).
     """
 
     arch: str = "auto"
@@ -166,9 +180,11 @@ class ModelConfig:
     r_dim: int = 128
     min_variance: float = 0.1
     variance_bound: str = "variance"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         s = "model"
+        _check_bool(s, "channels_last", self.channels_last)
         _check_choice(s, "arch", self.arch, ARCHS)
         if isinstance(self.hidden, list):
             object.__setattr__(self, "hidden", tuple(self.hidden))
@@ -187,36 +203,63 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AlgoConfig:
-    """The learner and its inner loop.
+    """The learner: a name of the registry and that learner's own options.
+
+    In a config file the options sit beside the name (``[algo] name = "maml"`` plus
+    ``inner_lr = 0.4``); their names and defaults are the learner's builder signature in
+    :mod:`metafit.algorithms.registry` (:func:`~metafit.algorithms.registry.learner_options`), so
+    a misspelt or foreign option is an error naming the valid ones.
 
     Attributes:
-        name: ``maml``, ``fomaml``, ``metasgd``, ``anil``, ``reptile``, ``protonet`` or ``cnp``
-            (Conditional Neural Process; no inner steps, the inner-loop fields are ignored).
-        inner_lr: Inner step size during meta-training.
-        inner_steps: Inner steps during meta-training.
-        eval_inner_lr: Inner step size at evaluation (``None``: ``inner_lr``).
-        eval_inner_steps: Inner steps at evaluation (``None``: ``inner_steps``).
-        init_inner_lr: Meta-SGD's initial learned rates (``None``: ``inner_lr``).
-        distance_scale: ProtoNet logit scale.
+        name: A learner of :data:`metafit.algorithms.registry.LEARNERS`.
+        options: The options given (the others take the builder's defaults).
     """
 
     name: str = "maml"
-    inner_lr: float = 0.01
-    inner_steps: int = 1
-    eval_inner_lr: float | None = None
-    eval_inner_steps: int | None = None
-    init_inner_lr: float | None = None
-    distance_scale: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        s = "algo"
-        _check_choice(s, "name", self.name, ALGORITHMS)
-        _check_pos_float(s, "inner_lr", self.inner_lr)
-        _check_int(s, "inner_steps", self.inner_steps, 0)
-        _check_pos_float(s, "eval_inner_lr", self.eval_inner_lr, allow_none=True)
-        _check_opt_int(s, "eval_inner_steps", self.eval_inner_steps, 0)
-        _check_pos_float(s, "init_inner_lr", self.init_inner_lr, allow_none=True)
-        _check_pos_float(s, "distance_scale", self.distance_scale)
+        _check_choice("algo", "name", self.name, ALGORITHMS)
+        if not isinstance(self.options, dict):
+            _fail("algo", "options", "a table of the learner's options", self.options)
+        valid = learner_options(self.name)
+        object.__setattr__(self, "options", dict(self.options))
+        for key, value in self.options.items():
+            if key not in valid:
+                import difflib
+
+                close = difflib.get_close_matches(str(key), list(valid), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(
+                    f"unknown config key {key!r} in section 'algo' for learner {self.name!r}{hint}; "
+                    f"valid keys are {['name', *sorted(valid)]}"
+                )
+            default = valid[key]
+            if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                self.options[key] = float(value)  # TOML/YAML ``1`` for a float option
+        for key in ("inner_lr", "eval_inner_lr", "init_inner_lr", "distance_scale"):
+            if key in self.options:
+                _check_pos_float("algo", key, self.options[key], allow_none=key != "inner_lr" and key != "distance_scale")
+        for key in ("inner_steps", "eval_inner_steps"):
+            if key in self.options and not (key == "eval_inner_steps" and self.options[key] is None):
+                _check_int("algo", key, self.options[key], 0)
+
+    def get(self, key: str) -> Any:
+        """The option's value: given, else the builder's default."""
+        return self.options.get(key, learner_options(self.name).get(key))
+
+    def __getattr__(self, key: str) -> Any:
+        # ``config.algo.inner_lr``: an option of the learner (given or default)
+        if key.startswith("_") or key in ("name", "options"):
+            raise AttributeError(key)
+        valid = learner_options(self.name)
+        if key not in valid:
+            raise AttributeError(f"learner {self.name!r} has no option {key!r}; its options are {sorted(valid)}")
+        return self.options.get(key, valid[key])
+
+    def to_flat(self) -> dict[str, Any]:
+        """``{"name": ..., **options}`` (the file form)."""
+        return {"name": self.name, **self.options}
 
 
 @dataclass(frozen=True)
@@ -243,6 +286,18 @@ class TrainConfig:
             (:func:`metafit.runtime.keep_freed_memory`): same results, fewer page faults (on the
             CPU here 1.2-1.5x faster Conv-4 steps); no effect outside glibc.
         deterministic: Turn on ``torch.use_deterministic_algorithms``.
+        max_minutes: Stop after this many minutes of TRAINING time (validation, monitoring and
+            checkpoints not counted; ``None``: no limit). A resumed run continues the clock.
+        eval_every_seconds: Also validate every this many seconds of training time (0: off).
+        monitor_every_seconds: Score ``data.monitor_tasks`` test episodes every this many seconds
+            of training time (0: off).
+        tensorboard: Also write TensorBoard event files into ``<run>/tensorboard`` (needs the
+            ``tensorboard`` package).
+        dist_timeout: Seconds before a collective of a multi-process run fails (a hung rank).
+
+    ``num_threads``, ``keep_freed_memory`` and ``deterministic`` are process-wide settings: the
+    program that owns the process applies them (``metafit train`` does, with
+    :func:`metafit.app.runs.apply_process_settings`); :func:`metafit.app.runs.train` never does.
     """
 
     steps: int = 1000
@@ -261,9 +316,21 @@ class TrainConfig:
     num_threads: int = 0
     keep_freed_memory: bool = True
     deterministic: bool = True
+    max_minutes: float | None = None
+    eval_every_seconds: float = 0.0
+    monitor_every_seconds: float = 0.0
+    tensorboard: bool = False
+    dist_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         s = "train"
+        _check_pos_float(s, "max_minutes", self.max_minutes, allow_none=True)
+        for name in ("eval_every_seconds", "monitor_every_seconds"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                _fail(s, name, "a finite number >= 0", v)
+        _check_bool(s, "tensorboard", self.tensorboard)
+        _check_pos_float(s, "dist_timeout", self.dist_timeout)
         _check_int(s, "steps", self.steps, 0)
         if not isinstance(self.optimizer, str) or not self.optimizer:
             _fail(s, "optimizer", "a torch.optim class name such as 'Adam'", self.optimizer)
@@ -314,9 +381,17 @@ class RunConfig:
         for key, cls in _SECTIONS.items():
             if not isinstance(getattr(self, key), cls):
                 _fail("run", key, f"a {cls.__name__}", getattr(self, key))
-        if self.algo.name == "protonet" and self.data.dataset != "omniglot":
+        from metafit.algorithms.registry import build_learner
+
+        regression = self.data.dataset == "sinusoid"
+        try:
+            build_learner(self.algo.name, "mse" if regression else "cross_entropy", **self.algo.options)
+            fits = True
+        except ValueError:
+            fits = False
+        if regression and not fits:
             raise ValueError(
-                f"algo.name='protonet' is a classifier and needs a classification dataset "
+                f"algo.name={self.algo.name!r} is a classifier and needs a classification dataset "
                 f"(data.dataset='omniglot'), got data.dataset={self.data.dataset!r}"
             )
         arch = self.resolved_arch
@@ -358,7 +433,9 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (tuples become lists); ``from_dict(to_dict())`` is the identity."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        d = dataclasses.asdict(self)
+        d["algo"] = self.algo.to_flat()
+        return json.loads(json.dumps(d))
 
     def replace(self, **sections: Mapping[str, Any]) -> RunConfig:
         """A copy with some fields of some sections replaced, e.g. ``replace(train={"steps": 5})``."""
@@ -373,6 +450,9 @@ class RunConfig:
 def _section_from_dict(cls: type, section: str, d: Any) -> Any:
     if not isinstance(d, Mapping):
         raise ValueError(f"config section {section!r} must be a mapping, got {d!r}")
+    if cls is AlgoConfig:
+        rest = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k != "name"}
+        return AlgoConfig(name=d.get("name", "maml"), options=dict(rest))
     names = [f.name for f in fields(cls)]
     for key in d:
         if key not in names:
@@ -515,7 +595,9 @@ def apply_overrides(config: RunConfig, overrides: Sequence[str]) -> RunConfig:
             raise ValueError(
                 f"unknown config section {section!r} in override {item!r}; valid sections are {sorted(_SECTIONS)}"
             )
-        valid = [f.name for f in fields(_SECTIONS[section])]
+        valid = ["name", *learner_options(d["algo"].get("name", "maml"))] if section == "algo" else [
+            f.name for f in fields(_SECTIONS[section])
+        ]
         if key not in valid:
             raise ValueError(f"unknown config key {key!r} in section {section!r}; valid keys are {valid}")
         d[section][key] = _parse_value(raw)
@@ -528,7 +610,8 @@ def config_diff(a: RunConfig, b: RunConfig) -> list[str]:
     out = []
     for key in da:
         if isinstance(da[key], dict):
-            out += [f"{key}.{k}" for k in da[key] if da[key][k] != db[key].get(k)]
+            names = list(da[key]) + [k for k in db[key] if k not in da[key]]
+            out += [f"{key}.{k}" for k in names if da[key].get(k) != db[key].get(k)]
         elif da[key] != db[key]:
             out.append(key)
     return out

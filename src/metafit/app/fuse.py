@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from metafit.algorithms.base import MetaParams
+from metafit.functional import params_of
 from metafit.fusion import (
     FusionHead,
     FusionLearner,

@@ -1,19 +1,27 @@
-"""Run folders and the drivers behind the CLI: config -> data -> algorithm -> Trainer -> checkpoints.
+"""Run folders and the drivers behind the CLI: config -> data -> learner -> ``Trainer.fit`` -> files.
 
 A run folder holds::
 
     config.json              the full resolved RunConfig
-    metrics.jsonl            one JSON row per logged step (kind "train") and validation (kind "val")
+    metrics.jsonl            one JSON row per logged step (kind "train"), validation ("val") and
+                             test-episode monitoring ("monitor")
     checkpoints/step_*.{safetensors,json}
     eval.json                final evaluation (mean ± 95% CI, adaptation curve, per-task values)
+    tensorboard/             event files (``train.tensorboard``)
 
-Training resumes EXACTLY: the meta-parameters, optimiser and scheduler states, the step, the
-engine path and the task sampler's ``torch.Generator`` state are restored from the newest valid
-checkpoint, and task sampling depends only on that generator, so a run killed at any moment and
-resumed ends with the same parameters, bit for bit on CPU, as an uninterrupted one.
+:func:`train` builds the model, the learner (from :mod:`metafit.algorithms.registry`), the
+optimiser and the task sampler from the config and runs the one training loop,
+:meth:`metafit.engine.Trainer.fit`, with callbacks for the log, validation, monitoring,
+checkpoints, the time budget, the progress bar, TensorBoard and, under ``torch.distributed``,
+gradient reduction. Training resumes EXACTLY: the meta-parameters, optimiser and scheduler
+states, the step, the training clock, the engine path, the callbacks' state and the task
+sampler's ``torch.Generator`` state are restored from the newest valid checkpoint, and task
+sampling depends only on that generator, so a run killed at any moment and resumed ends with the
+same parameters, bit for bit on CPU, as an uninterrupted one.
 
-Only :class:`metafit.engine.Trainer` steps the optimiser; this module builds things and writes
-files.
+Process-wide settings (threads, malloc, deterministic algorithms) are applied by the program that
+owns the process (:func:`apply_process_settings`, called by ``metafit train``), never by
+:func:`train`.
 """
 
 from __future__ import annotations
@@ -23,18 +31,19 @@ import logging
 import math
 import os
 import shutil
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from metafit import callbacks as cbk
 from metafit import seeding
-from metafit.algorithms import ANIL, CNP, MAML, MetaSGD, ProtoNet, Reptile
 from metafit.algorithms.base import Algorithm, MetaParams, flat_meta_params
+from metafit.algorithms.registry import build_learner
+from metafit.app.config import RunConfig, config_diff
 from metafit.checkpoint import (
     Checkpoint,
     atomic_write_bytes,
@@ -42,19 +51,15 @@ from metafit.checkpoint import (
     fingerprint,
     latest_checkpoint,
     load_checkpoint,
-    pack_state,
-    prune_checkpoints,
-    save_checkpoint,
-    unpack_state,
+    restore_trainer,
 )
-from metafit.app.config import RunConfig, config_diff
 from metafit.data.sinusoid import SinusoidTasks, sinusoid_eval_tasks
 from metafit.data.task import Task, TaskBatch
-from metafit.engine import DivergenceError, Trainer, make_optimizer, parameters_of
+from metafit.engine import Callback, DivergenceError, DivergenceGuard, Trainer, make_optimizer, parameters_of
 from metafit.evaluation import EvalResult, evaluate
 from metafit.functional import Buffers, buffers_of
 from metafit.models import MLP, CNPClassifier, CNPRegressor, Conv4
-from metafit.runtime import keep_freed_memory
+from metafit.predict import Predictor
 
 __all__ = [
     "RunError",
@@ -67,14 +72,16 @@ __all__ = [
     "eval_tasks",
     "preprocessing_info",
     "train",
+    "apply_process_settings",
     "load_trained",
+    "load_predictor",
     "evaluate_checkpoint",
     "read_metrics",
     "eval_markdown",
     "RESUMABLE_FIELDS",
 ]
 
-log = logging.getLogger(__name__)
+log_module = logging.getLogger(__name__)
 
 #: Fields that may change when a run is resumed (they do not change the maths of a step).
 RESUMABLE_FIELDS = frozenset(
@@ -86,13 +93,19 @@ RESUMABLE_FIELDS = frozenset(
         "train.keep_last",
         "train.num_threads",
         "train.keep_freed_memory",
+        "train.max_minutes",
+        "train.eval_every_seconds",
+        "train.monitor_every_seconds",
+        "train.tensorboard",
+        "train.dist_timeout",
+        "data.monitor_tasks",
         "data.data_root",
         "data.cache_dir",
         "data.eval_tasks",
         "name",
     }
 )
-_OUTPUTS = ("config.json", "metrics.jsonl", "checkpoints", "eval.json", "plots")
+_OUTPUTS = ("config.json", "metrics.jsonl", "checkpoints", "eval.json", "plots", "tensorboard")
 
 
 class RunError(RuntimeError):
@@ -126,20 +139,29 @@ def _max_way(config: RunConfig) -> int:
     return max(20, config.data.n_way, config.data.eval_n_way or 0)
 
 
+def _spec(config: RunConfig) -> Any:
+    return build_algorithm(config).spec
+
+
 def build_model(config: RunConfig) -> nn.Module:
-    """The backbone named by ``config.model``, initialised from ``train.seed`` (no global state)."""
+    """The network of ``config``, initialised from ``train.seed`` (no global state).
+
+    The learner's spec decides the head: a classifier with a fixed head gets ``n_way`` outputs,
+    a learner that takes any number of classes gets the embedding network.
+    """
     m = config.model
     if config.algo.name == "cnp":
         return seeding.seeded(config.train.seed, lambda: _build_cnp(config))
     if config.resolved_arch == "mlp":
         return seeding.seeded(config.train.seed, lambda: MLP(1, m.hidden, 1))
-    out = None if config.algo.name == "protonet" else config.data.n_way
-    return seeding.seeded(
+    out = config.data.n_way if _spec(config).head == "fixed" else None
+    model = seeding.seeded(
         config.train.seed,
         lambda: Conv4(
             1, out, width=m.width, image_size=config.data.image_size, downsample=m.downsample, norm=m.norm  # type: ignore[arg-type]
         ),
     )
+    return model.to(memory_format=torch.channels_last) if m.channels_last else model
 
 
 def _build_cnp(config: RunConfig) -> nn.Module:
@@ -155,30 +177,8 @@ def _build_cnp(config: RunConfig) -> nn.Module:
 
 
 def build_algorithm(config: RunConfig) -> Algorithm:
-    """The learner named by ``config.algo`` with the dataset's criterion."""
-    a = config.algo
-    if a.name == "protonet":
-        return ProtoNet(distance_scale=a.distance_scale)
-    if a.name == "cnp":
-        return CNP(criterion=_criterion(config))
-    common: dict[str, Any] = dict(
-        inner_lr=a.inner_lr,
-        inner_steps=a.inner_steps,
-        criterion=_criterion(config),
-        eval_inner_lr=a.eval_inner_lr,
-        eval_inner_steps=a.eval_inner_steps,
-    )
-    if a.name == "maml":
-        return MAML(**common)
-    if a.name == "fomaml":
-        return MAML(first_order=True, **common)
-    if a.name == "metasgd":
-        return MetaSGD(init_inner_lr=a.init_inner_lr, **common)
-    if a.name == "anil":
-        return ANIL(**common)
-    if a.name == "reptile":
-        return Reptile(**common)
-    raise ValueError(f"algo.name {a.name!r} has no builder")  # pragma: no cover - config validates
+    """The learner named by ``config.algo`` (the registry's builder) with the dataset's criterion."""
+    return build_learner(config.algo.name, _criterion(config), **config.algo.options)
 
 
 def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer) -> Any:
@@ -231,7 +231,7 @@ def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[Tas
     d = config.data
     if d.dataset == "sinusoid":
         return SinusoidTasks(k_shot=d.k_shot, n_query=d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator)
-    dataset = _omniglot(config, "train")
+    dataset = _omniglot(config, d.train_split)
     from metafit.data.sampling import EpisodeSampler
 
     return EpisodeSampler(
@@ -257,12 +257,13 @@ def eval_tasks(
     if d.dataset == "sinusoid":
         return sinusoid_eval_tasks(n_tasks, k_shot, n_query or d.eval_n_query or 100, seed=seed)
     n_way = n_way or d.eval_n_way or d.n_way
-    if config.algo.name not in ("protonet", "cnp") and n_way != d.n_way:
+    spec = _spec(config)
+    if spec.head == "fixed" and n_way != d.n_way:
         raise ValueError(
             f"n_way={n_way} at evaluation, but algo.name={config.algo.name!r} has a {d.n_way}-way head "
-            "(only protonet and cnp can change n_way after training)"
+            "(learners with a fixed head cannot change n_way after training; metric learners such as protonet can)"
         )
-    if config.algo.name == "cnp" and n_way > _max_way(config):
+    if spec.head == "max" and n_way > _max_way(config):
         raise ValueError(
             f"n_way={n_way} at evaluation exceeds the {_max_way(config)} classes this run's CNP was built for "
             "(set data.eval_n_way before training)"
@@ -295,10 +296,6 @@ def _metric(config: RunConfig) -> tuple[str, bool]:
 
 
 # -- loading ---------------------------------------------------------------------------------------
-
-
-def _meta_tensors(meta_params: MetaParams) -> dict[str, Tensor]:
-    return {f"meta/{k}": v for k, v in flat_meta_params(meta_params).items()}
 
 
 def _restore_meta_params(meta_params: MetaParams, ck: Checkpoint) -> None:
@@ -347,39 +344,24 @@ def load_trained(path: str | Path) -> Trained:
     return Trained(config, model, algorithm, meta_params, buffers, ck)
 
 
+def load_predictor(path: str | Path) -> Predictor:
+    """A :class:`metafit.predict.Predictor` of a trained run folder or checkpoint (verified, never unpickled)."""
+    tr = load_trained(path)
+    return Predictor(tr.algorithm, tr.model, tr.meta_params, tr.buffers, dict(tr.checkpoint.meta.get("preprocessing", {})))
+
+
 # -- metrics file -------------------------------------------------------------------------------------
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """Rows of ``metrics.jsonl`` (a torn last line from a crash is skipped)."""
-    p = Path(run_dir) / "metrics.jsonl"
-    if not p.exists():
-        return []
-    rows = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return cbk.read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 def _truncate_metrics(run_dir: Path, step: int) -> None:
     rows = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()
     atomic_write_bytes(run_dir / "metrics.jsonl", data)
-
-
-class _MetricsWriter:
-    def __init__(self, path: Path) -> None:
-        self.f = open(path, "a", encoding="utf-8")
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.f.write(json.dumps(row) + "\n")
-        self.f.flush()
-
-    def close(self) -> None:
-        self.f.close()
 
 
 # -- train ---------------------------------------------------------------------------------------------
@@ -397,6 +379,8 @@ class TrainResult:
     resumed_from: int | None = None
     path: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str | None = None
+    train_seconds: float = 0.0
 
 
 def _prepare_run_dir(config: RunConfig, run_dir: Path, *, resume: bool, force: bool) -> bool:
@@ -448,19 +432,28 @@ def _prepare_run_dir(config: RunConfig, run_dir: Path, *, resume: bool, force: b
     return False
 
 
-def _train_rank(config_dict: dict[str, Any], run_dir: str, resume: bool, force: bool, progress: bool) -> TrainResult:
-    """Entry point of one rank under :func:`metafit.distributed.launch` (module level: picklable)."""
-    return train(RunConfig.from_dict(config_dict), run_dir, resume=resume, force=force, progress=progress)
+def apply_process_settings(config: RunConfig) -> None:
+    """Applies the run's process-wide settings: torch threads, glibc malloc, deterministic algorithms.
+
+    For the program that owns the process (``metafit train``, a benchmark script); a library
+    caller decides for itself.
+    """
+    from metafit.runtime import keep_freed_memory
+
+    t = config.train
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    if t.keep_freed_memory:
+        keep_freed_memory()
+    if t.deterministic:
+        seeding.deterministic(True)
 
 
-class _NullWriter:
-    """Metrics writer of non-zero ranks: rank 0 alone logs."""
-
-    def write(self, row: dict[str, Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+def _world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def train(
@@ -470,10 +463,14 @@ def train(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
-    nproc: int = 1,
-    timeout: float = 7 * 24 * 3600.0,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Meta-trains ``config`` into ``run_dir`` (see the module docstring for the files).
+
+    Under ``torch.distributed`` (started by ``torchrun`` or ``metafit train --nproc N``) every
+    rank calls this with the same config: each meta-batch is sharded across the ranks and the
+    meta-gradients are all-reduced, so the result equals one process with the same seed (up to
+    float round-off); rank 0 alone writes files.
 
     Args:
         config: The run.
@@ -481,44 +478,29 @@ def train(
         resume: Continue the run in ``run_dir`` from its newest valid checkpoint.
         force: Delete the outputs of a run already in ``run_dir`` and start over.
         progress: Show a tqdm progress bar on stderr.
-        nproc: Processes on this machine (``torch.distributed``, gloo on CPU / nccl on GPU).
-            Each meta-batch is sharded across them and the meta-gradients are all-reduced,
-            so the result equals one process with the same seed (up to float round-off). Rank 0
-            alone logs and checkpoints. Under ``torchrun`` (process group already initialised)
-            leave it at 1: the run joins the existing group.
-        timeout: Hard wall-clock limit of a multi-process run (seconds).
+        callbacks: Extra :class:`~metafit.engine.Callback` s (e.g. a benchmark's timer), run
+            after the run's own.
 
     Raises:
         ValueError: the folder holds a different run (without ``resume``/``force``) or bad data.
         TrainingDiverged: non-finite loss/gradient; the last good checkpoint is left intact.
     """
-    from metafit import distributed as mdist
-
-    if nproc > 1:
-        if config.train.path == "auto":
-            raise ValueError("train.path='auto' lets each rank pick its own path; set train.path to 'loop' or 'vmap' with nproc > 1")
-        results = mdist.launch(_train_rank, nproc, config.to_dict(), str(run_dir), resume, force, progress, timeout=timeout)
-        return results[0]
-    if nproc < 1:
-        raise ValueError(f"nproc must be >= 1, got {nproc}")
-    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if torch.distributed.is_initialized() else (0, 1)
+    rank, world = _world()
     main_rank = rank == 0
+    if world > 1 and config.train.path == "auto":
+        raise ValueError(
+            "train.path='auto' lets each rank pick its own engine path; set train.path to 'loop' or 'vmap' "
+            "for a multi-process run"
+        )
     run_dir = Path(run_dir)
     resuming = _prepare_run_dir(config, run_dir, resume=resume, force=force) if main_rank else False
     if world > 1:
         flag = torch.tensor([1 if resuming else 0])
         torch.distributed.broadcast(flag, 0)
         resuming = bool(flag.item())
-        progress = progress and main_rank
     if resuming and main_rank:  # keep resumable changes (e.g. more steps) in config.json
         atomic_write_bytes(run_dir / "config.json", (json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
-    t = config.train
-    if t.num_threads:
-        torch.set_num_threads(t.num_threads)
-    if t.keep_freed_memory:
-        keep_freed_memory()
-    if t.deterministic:
-        seeding.deterministic(True)
+    t, d = config.train, config.data
 
     model = build_model(config)
     algorithm = build_algorithm(config)
@@ -526,117 +508,96 @@ def train(
     optimizer = make_optimizer(t.optimizer, parameters_of(meta_params), t.outer_lr, **t.optimizer_kwargs)
     scheduler = build_scheduler(config, optimizer)
     gen = seeding.generator(t.seed)
-    buffers = buffers_of(model)
     metric, higher = _metric(config)
-    step, best_step, best_value, path = 0, None, None, t.path
-    wall_offset = 0.0
+    if world > 1:
+        from metafit.distributed import distributed_callbacks
+
+        own: list[Callback] = distributed_callbacks()
+    else:
+        own = [DivergenceGuard()]
+    trainer = Trainer(
+        algorithm, model, optimizer=optimizer, meta_params=meta_params, path=t.path,  # type: ignore[arg-type]
+        scheduler=scheduler, grad_clip=t.grad_clip, buffers=buffers_of(model), callbacks=own,
+    )
+
+    log = cbk.JsonlLog(run_dir / "metrics.jsonl", every=t.log_every, total_steps=t.steps)
+    sinks: list[Any] = [log.write]
+    run_cbs: list[Callback] = [log]
+    if t.tensorboard:
+        tb = cbk.TensorBoard(run_dir / "tensorboard", every=t.log_every)
+        sinks.append(tb.write)
+        run_cbs.append(tb)
+
+    def sink(row: dict[str, Any]) -> None:
+        for fn in sinks:
+            fn(row)
+
+    val = None
+    if (t.eval_every or t.eval_every_seconds) and d.train_split == "train":
+        val_tasks = eval_tasks(config, n_tasks=d.val_tasks, seed=d.eval_seed + 7919, split="val") if main_rank else []
+        val = cbk.Validation(val_tasks, metric=metric, higher_is_better=higher, every_steps=t.eval_every,
+                             every_seconds=t.eval_every_seconds, sink=sink)
+        run_cbs.append(val)
+    if t.monitor_every_seconds:
+        mon_tasks = eval_tasks(config, n_tasks=d.monitor_tasks) if main_rank else []
+        run_cbs.append(cbk.Validation(mon_tasks, metric=metric, higher_is_better=higher,
+                                      every_seconds=t.monitor_every_seconds, kind="monitor", select=False, sink=sink))
+    ckpt = cbk.Checkpointing(
+        run_dir / "checkpoints", every=t.checkpoint_every, keep_last=t.keep_last, generator=gen, best=val,
+        meta=lambda: {"config": config.to_dict(), "metric": metric, "preprocessing": preprocessing_info(config)},
+    )
+    run_cbs.append(ckpt)
+    if t.max_minutes is not None:
+        run_cbs.append(cbk.TimeBudget(60.0 * t.max_minutes))
+    if progress and main_rank:
+        run_cbs.append(cbk.ProgressBar(t.steps, desc=f"{config.algo.name} {d.dataset}"))
+    run_cbs.extend(callbacks)
+
     resumed_from = None
-    ckpt_dir = run_dir / "checkpoints"
-    last_ckpt = latest_checkpoint(ckpt_dir) if resuming else None
+    last_ckpt = latest_checkpoint(run_dir / "checkpoints") if resuming else None
     if last_ckpt is not None:
         ck = load_checkpoint(last_ckpt)
-        _restore_meta_params(meta_params, ck)
-        optimizer.load_state_dict(unpack_state(ck.meta["optimizer"], ck.tensors))
-        if scheduler is not None and ck.meta.get("scheduler") is not None:
-            scheduler.load_state_dict(unpack_state(ck.meta["scheduler"], ck.tensors))
-        gen.set_state(ck.tensors["rng/tasks"])
-        step = ck.step
-        best_step, best_value = ck.meta.get("best_step"), ck.meta.get("best_value")
-        path = ck.meta.get("path", path)
-        wall_offset = float(ck.meta.get("wall_time", 0.0))
-        resumed_from = step
-        _truncate_metrics(run_dir, step)
-        log.info("resuming %s from %s (step %d)", run_dir, last_ckpt, step)
-    elif resuming:
+        restore_trainer(ck, trainer, generator=gen, callbacks=run_cbs)
+        resumed_from = trainer.step_count
+        if main_rank:
+            _truncate_metrics(run_dir, trainer.step_count)
+        log_module.info("resuming %s from %s (step %d)", run_dir, last_ckpt, trainer.step_count)
+    elif resuming and main_rank:
         _truncate_metrics(run_dir, 0)
 
-    trainer = Trainer(
-        algorithm, model, optimizer=optimizer, meta_params=meta_params, path=path,  # type: ignore[arg-type]
-        scheduler=scheduler, grad_clip=t.grad_clip, buffers=buffers, step_count=step,
-    )
-    if world > 1:
-        mdist.broadcast_(parameters_of(meta_params))
-    val = eval_tasks(config, n_tasks=config.data.val_tasks, seed=config.data.eval_seed + 7919, split="val") if (t.eval_every and main_rank) else None
-    writer = _MetricsWriter(run_dir / "metrics.jsonl") if main_rank else _NullWriter()
-    t_start = time.perf_counter()
-    history: list[dict[str, Any]] = []
-
-    def save(s: int, last_metrics: dict[str, Any]) -> Path | None:
-        if not main_rank:
-            return None
-        tensors = _meta_tensors(meta_params)
-        tensors.update({f"buffers/{k}": v for k, v in buffers.items()})
-        tensors["rng/tasks"] = gen.get_state()
-        meta = {
-            "config": config.to_dict(),
-            "path": trainer.resolved_path,
-            "path_report": {k: v for k, v in trainer.path_report.items() if isinstance(v, (str, int, float, bool))},
-            "optimizer": pack_state(optimizer.state_dict(), "optim", tensors),
-            "scheduler": pack_state(scheduler.state_dict(), "sched", tensors) if scheduler is not None else None,
-            "best_step": best_step,
-            "best_value": best_value,
-            "metric": metric,
-            "metrics": last_metrics,
-            "fingerprint": fingerprint(flat_meta_params(meta_params)),
-            "preprocessing": preprocessing_info(config),
-            "wall_time": wall_offset + time.perf_counter() - t_start,
-            "torch": torch.__version__,
-        }
-        p = save_checkpoint(ckpt_dir, s, tensors, meta)
-        prune_checkpoints(ckpt_dir, t.keep_last, {best_step} if best_step is not None else set())
-        return p
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=t.steps, initial=step, desc=f"{config.algo.name} {config.data.dataset}", unit="step", dynamic_ncols=True)
-    batches: Iterator[TaskBatch] = iter(train_batches(config, gen))
-    last: dict[str, Any] = {}
     try:
-        while trainer.step_count < t.steps:
-            batch = next(batches)
-            try:
-                batch.check_finite()
-            except ValueError as e:
-                raise ValueError(f"task batch for step {trainer.step_count + 1}: {e}") from None
-            try:
-                r = mdist.distributed_step(trainer, batch) if world > 1 else trainer.step(batch)
-            except DivergenceError as e:
-                writer.write({"step": e.step, "kind": "diverged", "what": e.what})
-                raise TrainingDiverged(e.step, e.what, latest_checkpoint(ckpt_dir)) from None
-            s = r.step
-            last = {k: v for k, v in r.metrics.items() if k != "n_tasks"}
-            if s % t.log_every == 0 or s == t.steps:
-                row = {"kind": "train", "step": s, **last, "lr": r.lr, "seconds": r.seconds,
-                       "wall_time": wall_offset + time.perf_counter() - t_start, "path": trainer.resolved_path}
-                writer.write(row)
-                history.append(row)
-                if bar is not None:
-                    bar.set_postfix({k: f"{last[k]:.4g}" for k in ("loss", "accuracy", "mse") if k in last})
-            if val is not None and (s % t.eval_every == 0 or s == t.steps):
-                res = evaluate(algorithm, model, meta_params, val, buffers=buffers)
-                v = res.metrics[metric].mean
-                writer.write({"kind": "val", "step": s, metric: v, f"{metric}_ci95": res.metrics[metric].ci95})
-                if best_value is None or (v > best_value if higher else v < best_value):
-                    best_step, best_value = s, v
-            if s % t.checkpoint_every == 0 or s == t.steps:
-                last_ckpt = save(s, last)
-            if bar is not None:
-                bar.update(1)
+        trainer.fit(_checked(train_batches(config, gen), trainer), t.steps, callbacks=run_cbs)
+    except DivergenceError as e:
+        log.write({"step": e.step, "kind": "diverged", "what": e.what})
+        log.close()
+        raise TrainingDiverged(e.step, e.what, latest_checkpoint(run_dir / "checkpoints")) from None
     finally:
-        if bar is not None:
-            bar.close()
-        writer.close()
-    if last_ckpt is None and trainer.step_count == t.steps:  # steps == 0 or nothing to do
-        last_ckpt = save(trainer.step_count, last)
-    result = TrainResult(run_dir, trainer.step_count, last_ckpt, best_step, resumed_from=resumed_from,
-                         path=trainer.resolved_path, history=history)
-    if config.data.eval_tasks and main_rank:
-        out = _evaluate_trained(config, algorithm, model, meta_params, buffers, checkpoint=last_ckpt, step=trainer.step_count)
+        log.close()
+    result = TrainResult(run_dir, trainer.step_count, ckpt.last, val.best_step if val else None,
+                         resumed_from=resumed_from, path=trainer.resolved_path,
+                         history=[r for r in log.rows if r.get("kind") == "train"],
+                         stop_reason=trainer.stop_reason, train_seconds=trainer.train_seconds)
+    if d.eval_tasks and main_rank:
+        out = _evaluate_trained(config, algorithm, model, trainer.meta_params, trainer.buffers,  # type: ignore[arg-type]
+                                checkpoint=ckpt.last, step=trainer.step_count)
         atomic_write_bytes(run_dir / "eval.json", (json.dumps(out, indent=1) + "\n").encode())
         result.eval = out
     return result
+
+
+def _checked(batches: Iterable[TaskBatch], trainer: Trainer) -> Iterator[TaskBatch]:
+    """The training batches; a bad batch's error names the step it was drawn for."""
+    it = iter(batches)
+    while True:
+        step = trainer.step_count + 1
+        try:
+            batch = next(it)
+            batch.check_finite()
+        except StopIteration:
+            return
+        except ValueError as e:
+            raise ValueError(f"task batch for step {step}: {e}") from None
+        yield batch
 
 
 def _evaluate_trained(
