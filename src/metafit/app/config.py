@@ -51,7 +51,7 @@ DATASETS = ("sinusoid", "omniglot")
 ARCHS = ("auto", "mlp", "conv4")
 ALGORITHMS = tuple(LEARNERS)  # the registry is the one list of learner names
 PATHS = ("auto", *PATH_NAMES)
-SCHEDULERS = ("none", "cosine", "step", "exponential")
+SCHEDULERS = ("none", "cosine", "step", "exponential", "linear")
 SPLITS = ("train", "trainval")
 
 
@@ -112,6 +112,9 @@ class DataConfig:
         train_split: Classes meta-training draws from: ``"train"`` (the ``val`` classes are held
             out for validation) or ``"trainval"`` (both, as the papers' final runs; validation is
             then off).
+        k_shot_max: Regression: draw each meta-batch's support size uniformly from
+            ``k_shot..k_shot_max`` (``None``: always ``k_shot``), e.g. a CNP trained for variable
+            context sizes.
         monitor_tasks: Fixed TEST episodes (evaluation settings) scored every
             ``train.monitor_every_seconds`` of training time, written as ``"monitor"`` rows of
             ``metrics.jsonl``: a time-to-accuracy curve. They never select a checkpoint.
@@ -135,10 +138,14 @@ class DataConfig:
     val_tasks: int = 32
     train_split: str = "train"
     monitor_tasks: int = 600
+    k_shot_max: int | None = None
 
     def __post_init__(self) -> None:
         s = "data"
         _check_choice(s, "train_split", self.train_split, SPLITS)
+        _check_opt_int(s, "k_shot_max", self.k_shot_max, 1)
+        if self.k_shot_max is not None and self.k_shot_max < self.k_shot:
+            _fail(s, "k_shot_max", f"an int >= data.k_shot={self.k_shot}", self.k_shot_max)
         _check_choice(s, "dataset", self.dataset, DATASETS)
         for name in ("n_way", "k_shot", "n_query", "tasks_per_batch", "eval_tasks", "val_tasks", "monitor_tasks"):
             _check_int(s, name, getattr(self, name), 1)
@@ -271,8 +278,10 @@ class TrainConfig:
         optimizer: Any ``torch.optim`` optimiser class name (``"Adam"``, ``"SGD"``, ...).
         outer_lr: Outer learning rate.
         optimizer_kwargs: Extra keyword arguments of the optimiser (e.g. ``{"momentum": 0.9}``).
-        scheduler: ``"none"``, ``"cosine"`` (to 0 over ``steps``), ``"step"`` or ``"exponential"``.
-        scheduler_kwargs: Extra arguments (``step``: ``step_size``, ``gamma``; ``exponential``: ``gamma``).
+        scheduler: ``"none"``, ``"cosine"`` (to 0 over ``steps``), ``"linear"`` (to 0 over
+            ``steps``), ``"step"`` or ``"exponential"``.
+        scheduler_kwargs: Extra arguments (``cosine``: ``T_max``; ``linear``: ``total_iters``;
+            ``step``: ``step_size``, ``gamma``; ``exponential``: ``gamma``).
         grad_clip: Clip the global meta-gradient norm (``None``: off).
         path: Engine path ``"auto"``, ``"vmap"``, ``"loop"``, ``"compile"`` or ``"vmap_compile"`` (``auto`` is recorded in the
             checkpoint so a resumed run keeps the same path).

@@ -194,6 +194,9 @@ def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer) -> Any:
             return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, kw.pop("T_max", t.steps)), **kw)
         if t.scheduler == "step":
             return torch.optim.lr_scheduler.StepLR(optimizer, step_size=kw.pop("step_size", max(1, t.steps // 3)), **kw)
+        if t.scheduler == "linear":  # to zero over total_iters (default train.steps), as Reptile's outer step
+            total = max(1, kw.pop("total_iters", t.steps))
+            return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=total, **kw)
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=kw.pop("gamma", 0.999), **kw)
     except TypeError as e:
         raise ValueError(f"train.scheduler_kwargs {t.scheduler_kwargs} do not fit train.scheduler={t.scheduler!r}: {e}") from None
@@ -230,6 +233,9 @@ def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[Tas
     """Endless meta-training batches drawn from ``generator`` only (lazily, one per step)."""
     d = config.data
     if d.dataset == "sinusoid":
+        if d.k_shot_max is not None:
+            return VariableShotSinusoid(d.k_shot, d.k_shot_max, n_query=d.n_query, tasks_per_batch=d.tasks_per_batch,
+                                        generator=generator)
         return SinusoidTasks(k_shot=d.k_shot, n_query=d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator)
     dataset = _omniglot(config, d.train_split)
     from metafit.data.sampling import EpisodeSampler
@@ -237,6 +243,25 @@ def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[Tas
     return EpisodeSampler(
         dataset, d.n_way, d.k_shot, d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator
     )
+
+
+class VariableShotSinusoid:
+    """Sinusoid meta-batches whose support size is drawn per batch from ``k_min..k_max`` (one generator).
+
+    A CNP is trained this way for variable context sizes (Garnelo et al. 2018).
+    """
+
+    def __init__(self, k_min: int, k_max: int, *, n_query: int, tasks_per_batch: int, generator: torch.Generator) -> None:
+        if not 1 <= k_min <= k_max:
+            raise ValueError(f"need 1 <= data.k_shot <= data.k_shot_max, got {k_min} and {k_max}")
+        self.k_min, self.k_max, self.generator = k_min, k_max, generator
+        self.samplers = {k: SinusoidTasks(k_shot=k, n_query=n_query, tasks_per_batch=tasks_per_batch, generator=generator)
+                         for k in range(k_min, k_max + 1)}
+
+    def __iter__(self) -> Iterator[TaskBatch]:
+        while True:
+            k = int(torch.randint(self.k_min, self.k_max + 1, (1,), generator=self.generator))
+            yield self.samplers[k].sample_batch()
 
 
 def eval_tasks(
@@ -621,7 +646,9 @@ def _evaluate_trained(
     results = []
     for k in shots:
         tasks = eval_tasks(config, n_tasks=episodes, n_way=n_way, k_shot=k, n_query=n_query, seed=seed)
-        res: EvalResult = evaluate(algorithm, model, meta_params, tasks, buffers=buffers, steps=inner_steps, lr=inner_lr)
+        chunk = 250 if d.dataset == "sinusoid" and algorithm.spec.inner_loop else 0  # vmap over tasks: same numbers
+        res: EvalResult = evaluate(algorithm, model, meta_params, tasks, buffers=buffers, steps=inner_steps, lr=inner_lr,
+                                   chunk=chunk)
         first = tasks[0]
         results.append({
             "dataset": d.dataset,
@@ -672,15 +699,21 @@ def evaluate_checkpoint(
 
 
 def eval_markdown(out: dict[str, Any]) -> str:
-    """A Markdown table of an evaluation (one row per setting, mean ± 95% CI)."""
-    lines = ["| algo | n_way | k_shot | episodes | inner steps | metric | mean | ± 95% CI |", "|---|---|---|---|---|---|---|---|"]
+    """A Markdown table of an evaluation (one row per setting, mean ± 95% CI, the paper's figure)."""
+    from metafit.app.papers import paper_reference
+
+    lines = ["| algo | n_way | k_shot | episodes | inner steps | metric | mean | ± 95% CI | paper |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in out["results"]:
         for m, s in r["metrics"].items():
             if m == "loss" and len(r["metrics"]) > 1:
                 continue
+            scale = 100.0 if m == "accuracy" else 1.0
+            paper = paper_reference(r.get("dataset", ""), r["algo"], r["n_way"], r["k_shot"], m) or "-"
             lines.append(
                 f"| {r['algo']} | {r['n_way'] or '-'} | {r['k_shot']} | {r['episodes']} | "
-                f"{r['steps'] if r['steps'] is not None else '-'} | {m} | {_fmt(s['mean'])} | {_fmt(s['ci95'])} |"
+                f"{r['steps'] if r['steps'] is not None else '-'} | {m}{' (%)' if scale != 1 else ''} | "
+                f"{_fmt(scale * s['mean'])} | {_fmt(scale * s['ci95'])} | {paper} |"
             )
     return "\n".join(lines) + "\n"
 
