@@ -30,8 +30,10 @@ INDEX = "results/INDEX.md"
 # files that are not JSON and name no plot field: the JSON of the same run
 COMPANIONS = {
     "results/gpu/gpu.txt": ("results/gpu/speed_cuda.json", "nvidia-smi and torch version of the device run"),
-    "results/gpu/gpu2.txt": ("results/gpu/omniglot_maml_paper_5w1s.json",
-                             "nvidia-smi and torch version of the device run (`scripts/gpu_maml.sh`)"),
+    "results/gpu/gpu2.txt": (
+        "results/gpu/omniglot_maml_paper_5w1s.json",
+        "nvidia-smi and torch version of the device run (`scripts/gpu_maml.sh`)",
+    ),
 }
 
 Json = dict[str, Any]
@@ -47,12 +49,16 @@ def holds(d: Json) -> str:
     if kind == "sinusoid":
         algos = sorted({r["algo"] for r in d["runs"]})
         ks = sorted({r["k_train"] for r in d["runs"]})
-        return (f"sinusoid regression: {', '.join(algos)} trained with K = {', '.join(map(str, ks))}, "
-                f"{d['iterations']:,} iterations, MSE on {d['eval_tasks']:,} held-out tasks")
+        return (
+            f"sinusoid regression: {', '.join(algos)} trained with K = {', '.join(map(str, ks))}, "
+            f"{d['iterations']:,} iterations, MSE on {d['eval_tasks']:,} held-out tasks"
+        )
     if kind == "omniglot":
-        parts = [f"{r['learner']} {r['n_way']}-way {r['k_shot']}-shot, {r['protocol']} protocol, "
-                 f"{r['train_minutes']:.1f} training min on {r['device']}: {pm(r['accuracy'], r['ci95'])}%"
-                 for r in d["rows"]]
+        parts = [
+            f"{r['learner']} {r['n_way']}-way {r['k_shot']}-shot, {r['protocol']} protocol, "
+            f"{r['train_minutes']:.1f} training min on {r['device']}: {pm(r['accuracy'], r['ci95'])}%"
+            for r in d["rows"]
+        ]
         return "Omniglot " + "; ".join(parts)
     if kind == "time_to_accuracy":
         parts = []
@@ -60,8 +66,7 @@ def holds(d: Json) -> str:
             ep = f", {r['train_way']}-way {r['train_query']}-query episodes" if "train_query" in r else ""
             fin = next((f for f in r.get("final", []) if f["n_way"] == 5 and f["k_shot"] == 1), None)
             tail = f", final 5w1s {pm(fin['accuracy'], fin['ci95'])}%" if fin else ""
-            parts.append(f"{r['learner']}{ep}, {r['budget_minutes']:g}-min budget, {r['iterations']:,} "
-                         f"episodes{tail}")
+            parts.append(f"{r['learner']}{ep}, {r['budget_minutes']:g}-min budget, {r['iterations']:,} episodes{tail}")
         return "Omniglot time to accuracy: " + "; ".join(parts)
     if kind in ("speed", "compile_modes"):
         setups = ", ".join(f"{s['setup']} ({len(s['variants'])} variants)" for s in d["setups"])
@@ -69,11 +74,15 @@ def holds(d: Json) -> str:
         return f"{what}: {setups}"
     if kind == "cnp_sinusoid":
         extra = "; CNP on Omniglot" if "omniglot" in d else ""
-        return (f"CNP sinusoid: {d.get('bound', 'variance')} bound, floor {d.get('min_variance', 0.1)}, "
-                f"{d['train']['iterations']:,} iterations, MSE/NLL/coverage at K = {', '.join(d['eval'])}{extra}")
+        return (
+            f"CNP sinusoid: {d.get('bound', 'variance')} bound, floor {d.get('min_variance', 0.1)}, "
+            f"{d['train']['iterations']:,} iterations, MSE/NLL/coverage at K = {', '.join(d['eval'])}{extra}"
+        )
     if kind == "fusion_omniglot":
-        return (f"model fusion on Omniglot, {d.get('scenario', 'homogeneous')} base models, "
-                f"{len(d['base_models'])} base models, K = {', '.join(d['eval'])}")
+        return (
+            f"model fusion on Omniglot, {d.get('scenario', 'homogeneous')} base models, "
+            f"{len(d['base_models'])} base models, K = {', '.join(d['eval'])}"
+        )
     if kind == "distributed":
         works = sorted({r["workload"] for r in d["results"]})
         return f"multi-process scaling: {', '.join(works)}"
@@ -93,8 +102,7 @@ def cited_in(root: Path, rel: str) -> list[str]:
     for path in results_tables.doc_files(root):
         text = path.read_text()
         tables = {m.group("name") for m in results_tables.MARKER.finditer(text)}
-        if rel in text or any(rel in results_tables.TABLES[t].files for t in tables
-                                               if t in results_tables.TABLES):
+        if rel in text or any(rel in results_tables.TABLES[t].files for t in tables if t in results_tables.TABLES):
             out.append(str(path.relative_to(root)))
     return out
 
@@ -121,19 +129,30 @@ def rows(root: Path = ROOT) -> list[list[str]]:
             raise SystemExit(f"{rel}: no provenance (not JSON, no JSON names it as its plot, not in COMPANIONS)")
         prov = json.loads((root / source).read_text())["provenance"]
         date = prov["date"] if "started" not in prov else f"{prov['started']} to {prov['date']}"
-        out.append([f"`{rel}`", what, f"`{prov['command']}`", f"`{prov['commit']}`", machine(prov), date,
-                    ", ".join(cited_in(root, rel)) or "none"])
+        out.append(
+            [
+                f"`{rel}`",
+                what,
+                f"`{prov['command']}`",
+                f"`{prov['commit']}`",
+                machine(prov),
+                date,
+                ", ".join(cited_in(root, rel)) or "none",
+            ]
+        )
     return out
 
 
 def render(root: Path = ROOT) -> str:
     header = ["file", "holds", "command (as recorded)", "commit", "machine", "date (UTC)", "cited in"]
     body = results_tables.markdown(header, rows(root))
-    return ("# Results index\n\n"
-            "Generated by `python scripts/results_index.py` from each file's JSON provenance; do not edit by hand\n"
-            "(`--check` fails when it is stale). The command is the one the JSON recorded: `--out` paths of runs\n"
-            "written elsewhere and then copied here differ, and environment variables are not recorded (the docs\n"
-            "give the full commands). Commits: see \"Commits\" in `docs/results.md`.\n\n" + body)
+    return (
+        "# Results index\n\n"
+        "Generated by `python scripts/results_index.py` from each file's JSON provenance; do not edit by hand\n"
+        "(`--check` fails when it is stale). The command is the one the JSON recorded: `--out` paths of runs\n"
+        "written elsewhere and then copied here differ, and environment variables are not recorded (the docs\n"
+        'give the full commands). Commits: see "Commits" in `docs/results.md`.\n\n' + body
+    )
 
 
 def check(root: Path = ROOT) -> list[str]:

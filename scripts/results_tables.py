@@ -33,7 +33,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_GLOBS = ("README.md", "docs/*.md")
-MARKER = re.compile(r"^<!-- table: (?P<name>[A-Za-z0-9_.-]+) -->\n(?P<body>.*?)<!-- /table -->", re.DOTALL | re.MULTILINE)
+MARKER = re.compile(
+    r"^<!-- table: (?P<name>[A-Za-z0-9_.-]+) -->\n(?P<body>.*?)<!-- /table -->", re.DOTALL | re.MULTILINE
+)
 OPEN = re.compile(r"^<!-- table: ", re.MULTILINE)
 
 Rows = list[list[str]]
@@ -161,8 +163,16 @@ def r_sinusoid(ds: list[Json]) -> tuple[list[str], Rows]:
     rows = []
     for run in d["runs"]:
         for k, ev in sorted(run["eval"].items(), key=lambda kv: int(kv[0])):
-            rows.append([run["algo"], str(run["k_train"]), k, str(ev["steps"]), pm(ev["mse"], ev["ci95"], 3),
-                         f"{run['train_seconds'] / 60:.1f}"])
+            rows.append(
+                [
+                    run["algo"],
+                    str(run["k_train"]),
+                    k,
+                    str(ev["steps"]),
+                    pm(ev["mse"], ev["ci95"], 3),
+                    f"{run['train_seconds'] / 60:.1f}",
+                ]
+            )
     return ["learner", "train K", "test K", "inner steps", "MSE ± 95% CI", "train min"], rows
 
 
@@ -183,11 +193,30 @@ def r_omniglot(ds: list[Json]) -> tuple[list[str], Rows]:
     for d in ds:
         for r in d["rows"]:
             paper = PAPER_OMNIGLOT.get((r["learner"], r["n_way"], r["k_shot"]), "–")
-            rows.append([LEARNER_NAMES.get(r["learner"], r["learner"]), r["protocol"], r["path"],
-                         setting(r["n_way"], r["k_shot"]), pm(r["accuracy"], r["ci95"]), paper,
-                         count(r["iterations"]), f"{r['train_minutes']:.1f}", str(r["episodes"])])
-    header = ["learner", "protocol", "engine path", "setting", "metafit (%)", "paper (%)", "iterations",
-              "train min", "test episodes"]
+            rows.append(
+                [
+                    LEARNER_NAMES.get(r["learner"], r["learner"]),
+                    r["protocol"],
+                    r["path"],
+                    setting(r["n_way"], r["k_shot"]),
+                    pm(r["accuracy"], r["ci95"]),
+                    paper,
+                    count(r["iterations"]),
+                    f"{r['train_minutes']:.1f}",
+                    str(r["episodes"]),
+                ]
+            )
+    header = [
+        "learner",
+        "protocol",
+        "engine path",
+        "setting",
+        "metafit (%)",
+        "paper (%)",
+        "iterations",
+        "train min",
+        "test episodes",
+    ]
     return header, rows
 
 
@@ -200,14 +229,34 @@ def r_tta_protonet(ds: list[Json], labels: Sequence[str], paper: bool = False) -
         for n, k in SETTINGS:
             f = final_of(r, n, k)
             finals.append("–" if f is None else pm(f["accuracy"], f["ci95"]))
-        rows.append([label, f"{r['train_way']}-way {r['train_query']}-query", count(r["iterations"]),
-                     f"{r['train_minutes']:.2f}", first(r, "96.0"), first(r, "97.0"), first(r, "98.0"), end]
-                    + finals)
+        rows.append(
+            [
+                label,
+                f"{r['train_way']}-way {r['train_query']}-query",
+                count(r["iterations"]),
+                f"{r['train_minutes']:.2f}",
+                first(r, "96.0"),
+                first(r, "97.0"),
+                first(r, "98.0"),
+                end,
+            ]
+            + finals
+        )
     if paper:
-        rows.append(["ProtoNets paper", "60-way 5-query", "–", "–", "–", "–", "–", "–"]
-                    + [PAPER_OMNIGLOT[("protonet", n, k)] for n, k in SETTINGS])
-    header = ["run", "training episodes", "episodes", "train min", "96% at", "97% at", "98% at",
-              "monitor at end (600 ep.)"] + [f"final {n}w{k}s (1,000 ep.)" for n, k in SETTINGS]
+        rows.append(
+            ["ProtoNets paper", "60-way 5-query", "–", "–", "–", "–", "–", "–"]
+            + [PAPER_OMNIGLOT[("protonet", n, k)] for n, k in SETTINGS]
+        )
+    header = [
+        "run",
+        "training episodes",
+        "episodes",
+        "train min",
+        "96% at",
+        "97% at",
+        "98% at",
+        "monitor at end (600 ep.)",
+    ] + [f"final {n}w{k}s (1,000 ep.)" for n, k in SETTINGS]
     return header, rows
 
 
@@ -216,11 +265,30 @@ def r_tta_gradient(ds: list[Json]) -> tuple[list[str], Rows]:
     for d in ds:
         r = tta_row(d)
         f = final_of(r, 5, 1)
-        rows.append([LEARNER_NAMES[r["learner"]], f"{r['budget_minutes']:.0f}", str(d["provenance"]["threads"]),
-                     first(r, "96.0"), first(r, "97.0"), first(r, "98.0"), pm(f["accuracy"], f["ci95"]),
-                     PAPER_OMNIGLOT[(r["learner"], 5, 1)], count(r["iterations"])])
-    header = ["learner", "budget min", "threads", "96% at", "97% at", "98% at", "final 5-way 1-shot (600 ep.)",
-              "paper", "iterations"]
+        rows.append(
+            [
+                LEARNER_NAMES[r["learner"]],
+                f"{r['budget_minutes']:.0f}",
+                str(d["provenance"]["threads"]),
+                first(r, "96.0"),
+                first(r, "97.0"),
+                first(r, "98.0"),
+                pm(f["accuracy"], f["ci95"]),
+                PAPER_OMNIGLOT[(r["learner"], 5, 1)],
+                count(r["iterations"]),
+            ]
+        )
+    header = [
+        "learner",
+        "budget min",
+        "threads",
+        "96% at",
+        "97% at",
+        "98% at",
+        "final 5-way 1-shot (600 ep.)",
+        "paper",
+        "iterations",
+    ]
     return header, rows
 
 
@@ -229,8 +297,16 @@ def r_calibration(ds: list[Json], labels: Sequence[str]) -> tuple[list[str], Row
     for label, d in zip(labels, ds, strict=True):
         r = tta_row(d)
         ms = r["train_minutes"] * 60e3 / r["iterations"]
-        rows.append([label, d["provenance"].get("malloc", "default"), d["provenance"]["commit"],
-                     count(r["iterations"]), f"{r['train_minutes'] * 60:.1f}", f"{ms:.1f}"])
+        rows.append(
+            [
+                label,
+                d["provenance"].get("malloc", "default"),
+                d["provenance"]["commit"],
+                count(r["iterations"]),
+                f"{r['train_minutes'] * 60:.1f}",
+                f"{ms:.1f}",
+            ]
+        )
     return ["network", "malloc", "commit", "episodes", "training s", "ms per episode"], rows
 
 
@@ -271,10 +347,24 @@ def r_compile_modes(ds: list[Json]) -> tuple[list[str], Rows]:
     rows = []
     for s in d["setups"]:
         for name, v in s["variants"].items():
-            rows.append([f"{s['setup']} ({s['tasks']} tasks)", name, sig(v["median_s"], 2),
-                         ratio(v), f"{v['first_call_s']:.1f}", sci(v["grad_max_abs_diff_vs_vmap"])])
-    header = ["setup", "variant", "median s", "ratio vs eager vmap [min, max]", "first call s (compile)",
-              "grad diff f32 vs vmap"]
+            rows.append(
+                [
+                    f"{s['setup']} ({s['tasks']} tasks)",
+                    name,
+                    sig(v["median_s"], 2),
+                    ratio(v),
+                    f"{v['first_call_s']:.1f}",
+                    sci(v["grad_max_abs_diff_vs_vmap"]),
+                ]
+            )
+    header = [
+        "setup",
+        "variant",
+        "median s",
+        "ratio vs eager vmap [min, max]",
+        "first call s (compile)",
+        "grad diff f32 vs vmap",
+    ]
     return header, rows
 
 
@@ -283,10 +373,18 @@ def r_cnp(ds: list[Json]) -> tuple[list[str], Rows]:
     rows = []
     for k, ev in sorted(d["eval"].items(), key=lambda kv: int(kv[0])):
         cal = d["calibration"][k]
-        rows.append([k, pm(ev["mse"]["mean"], ev["mse"]["ci95"], 3), pm(ev["nll"]["mean"], ev["nll"]["ci95"], 3)]
-                    + [pm(100 * cal[q]["mean"], 100 * cal[q]["ci95"], 1) for q in ("0.5", "0.9", "0.95")])
-    header = ["K (context)", "MSE ± 95% CI", "NLL (nats/point)", "coverage 50% (%)", "coverage 90% (%)",
-              "coverage 95% (%)"]
+        rows.append(
+            [k, pm(ev["mse"]["mean"], ev["mse"]["ci95"], 3), pm(ev["nll"]["mean"], ev["nll"]["ci95"], 3)]
+            + [pm(100 * cal[q]["mean"], 100 * cal[q]["ci95"], 1) for q in ("0.5", "0.9", "0.95")]
+        )
+    header = [
+        "K (context)",
+        "MSE ± 95% CI",
+        "NLL (nats/point)",
+        "coverage 50% (%)",
+        "coverage 90% (%)",
+        "coverage 95% (%)",
+    ]
     return header, rows
 
 
@@ -295,13 +393,20 @@ def r_cnp_recal(ds: list[Json]) -> tuple[list[str], Rows]:
     rows = []
     for k, ev in sorted(d["eval"].items(), key=lambda kv: int(kv[0])):
         cal = d["calibration"][k]
-        rows.append([k, "raw", pm(ev["nll"]["mean"], ev["nll"]["ci95"], 3)]
-                    + [pm(100 * cal[q]["mean"], 100 * cal[q]["ci95"], 1) for q in ("0.5", "0.9", "0.95")])
+        rows.append(
+            [k, "raw", pm(ev["nll"]["mean"], ev["nll"]["ci95"], 3)]
+            + [pm(100 * cal[q]["mean"], 100 * cal[q]["ci95"], 1) for q in ("0.5", "0.9", "0.95")]
+        )
         for how in ("nll", "quantile"):
             rc = d["recalibrated"][how][k]
-            rows.append([k, f"recalibrated ({how}, s = {d['variance_scale'][how]:.4f})",
-                         pm(rc["nll"]["mean"], rc["nll"]["ci95"], 3)]
-                        + [pm(100 * rc[q]["mean"], 100 * rc[q]["ci95"], 1) for q in ("0.5", "0.9", "0.95")])
+            rows.append(
+                [
+                    k,
+                    f"recalibrated ({how}, s = {d['variance_scale'][how]:.4f})",
+                    pm(rc["nll"]["mean"], rc["nll"]["ci95"], 3),
+                ]
+                + [pm(100 * rc[q]["mean"], 100 * rc[q]["ci95"], 1) for q in ("0.5", "0.9", "0.95")]
+            )
     header = ["K", "variance", "NLL (nats/point)", "coverage 50% (%)", "coverage 90% (%)", "coverage 95% (%)"]
     return header, rows
 
@@ -309,8 +414,17 @@ def r_cnp_recal(ds: list[Json]) -> tuple[list[str], Rows]:
 def r_cnp_omniglot(ds: list[Json]) -> tuple[list[str], Rows]:
     (d,) = ds
     paper = {1: "95.3", 5: "98.5"}
-    rows = [[setting(r["n_way"], r["k_shot"]), pm(r["accuracy"], r["ci95"]), str(r["episodes"]),
-             count(r["iterations"]), f"{r['train_minutes']:.1f}", paper.get(r["k_shot"], "–")] for r in d["omniglot"]]
+    rows = [
+        [
+            setting(r["n_way"], r["k_shot"]),
+            pm(r["accuracy"], r["ci95"]),
+            str(r["episodes"]),
+            count(r["iterations"]),
+            f"{r['train_minutes']:.1f}",
+            paper.get(r["k_shot"], "–"),
+        ]
+        for r in d["omniglot"]
+    ]
     return ["setting", "CNP (%)", "test episodes", "iterations", "train min", "CNP paper (%)"], rows
 
 
@@ -325,8 +439,13 @@ def r_fusion(ds: list[Json], k_shot: int) -> tuple[list[str], Rows]:
             b = bases[int(method.rsplit(" ", 1)[1])]
             label += " (untrained)" if b["untrained"] else f" ({b['budget_minutes']:g} min, {b['steps']} steps)"
         diff = s["diff_vs_fusion"]
-        rows.append([label, pm(100 * s["mean"], 100 * s["ci95"]),
-                     "—" if diff is None else f"{100 * diff['mean']:+.2f} ± {100 * diff['ci95']:.2f}"])
+        rows.append(
+            [
+                label,
+                pm(100 * s["mean"], 100 * s["ci95"]),
+                "—" if diff is None else f"{100 * diff['mean']:+.2f} ± {100 * diff['ci95']:.2f}",
+            ]
+        )
     return ["method", "accuracy (%) ± 95% CI", "fusion − method (paired) ± 95% CI"], rows
 
 
@@ -335,11 +454,28 @@ def r_distributed(ds: list[Json]) -> tuple[list[str], Rows]:
     rows = []
     for r in d["results"]:
         e1 = r["efficiency_vs_1proc_1thread"]
-        rows.append([r["workload"], str(r["nproc"]), str(r["threads_per_proc"]), str(r["steps"]),
-                     f"{r['it_per_s']:.3g}", f"{r['efficiency']:.2f}", "-" if e1 is None else f"{e1:.2f}",
-                     f"{r['sample_ms']:.2f}"])
-    header = ["workload", "nproc", "threads/proc", "timed steps", "it/s", "efficiency",
-              "eff. vs 1 proc x 1 thread", "sample ms/batch"]
+        rows.append(
+            [
+                r["workload"],
+                str(r["nproc"]),
+                str(r["threads_per_proc"]),
+                str(r["steps"]),
+                f"{r['it_per_s']:.3g}",
+                f"{r['efficiency']:.2f}",
+                "-" if e1 is None else f"{e1:.2f}",
+                f"{r['sample_ms']:.2f}",
+            ]
+        )
+    header = [
+        "workload",
+        "nproc",
+        "threads/proc",
+        "timed steps",
+        "it/s",
+        "efficiency",
+        "eff. vs 1 proc x 1 thread",
+        "sample ms/batch",
+    ]
     return header, rows
 
 
@@ -359,46 +495,80 @@ def r_targets(ds: list[Json]) -> tuple[list[str], Rows]:
         return ("met" if ok else "NOT met") + (f" ({note})" if note else "")
 
     f = [final_of(tta_row(x), 5, 1) for x in (p30s0, p30s1)]
-    rows.append(["ProtoNets 5w1s >= 98.8% within 30 min (CPU)",
-                 status(all(x["accuracy"] >= 98.8 for x in f), "both seeds"),
-                 " and ".join(pm(x["accuracy"], x["ci95"]) for x in f) + " (final model, 1,000 episodes, two seeds)"])
+    rows.append(
+        [
+            "ProtoNets 5w1s >= 98.8% within 30 min (CPU)",
+            status(all(x["accuracy"] >= 98.8 for x in f), "both seeds"),
+            " and ".join(pm(x["accuracy"], x["ci95"]) for x in f) + " (final model, 1,000 episodes, two seeds)",
+        ]
+    )
     f = [final_of(tta_row(x), 20, 1) for x in (p30s0, p30s1)]
-    rows.append(["ProtoNets 20w1s >= 96.0% within 30 min (CPU)",
-                 status(all(x["accuracy"] >= 96.0 for x in f), "both seeds"),
-                 " and ".join(pm(x["accuracy"], x["ci95"]) for x in f)])
+    rows.append(
+        [
+            "ProtoNets 20w1s >= 96.0% within 30 min (CPU)",
+            status(all(x["accuracy"] >= 96.0 for x in f), "both seeds"),
+            " and ".join(pm(x["accuracy"], x["ci95"]) for x in f),
+        ]
+    )
     for d in (maml60, msgd60):
         r = tta_row(d)
         t = r["first_minutes"].get("96.0")
         fin = final_of(r, 5, 1)
-        rows.append([f"{LEARNER_NAMES[r['learner']]} 5w1s >= 96% within 60 min (CPU)",
-                     status(t is not None and t <= 60, "one core"),
-                     f"96% at {t:.0f} min; final {pm(fin['accuracy'], fin['ci95'])} after {r['budget_minutes']:.0f} min"])
+        rows.append(
+            [
+                f"{LEARNER_NAMES[r['learner']]} 5w1s >= 96% within 60 min (CPU)",
+                status(t is not None and t <= 60, "one core"),
+                f"96% at {t:.0f} min; final {pm(fin['accuracy'], fin['ci95'])} after {r['budget_minutes']:.0f} min",
+            ]
+        )
     (r,) = gpu5["rows"]
-    rows.append(["MAML paper protocol on a GPU (5w1s)",
-                 f"truncated ({100 * r['iterations'] / 60000:.0f}% of the paper's 60,000 iterations)",
-                 f"{pm(r['accuracy'], r['ci95'])} after {r['train_minutes']:.0f} min ({gpu5['provenance']['cuda']})"])
+    rows.append(
+        [
+            "MAML paper protocol on a GPU (5w1s)",
+            f"truncated ({100 * r['iterations'] / 60000:.0f}% of the paper's 60,000 iterations)",
+            f"{pm(r['accuracy'], r['ci95'])} after {r['train_minutes']:.0f} min ({gpu5['provenance']['cuda']})",
+        ]
+    )
     pr, ps, peer = speedup(fused5, "omniglot5", "metafit_fused_compile")
     v = setup_of(fused5, "omniglot5")["variants"]
     mem = v["metafit_fused_compile"]["peak_tensor_mib"]
     peer_mem = [v[p]["peak_tensor_mib"] for p in PEERS if p in v]
     early = [speedup(x, "omniglot5", "metafit_compile")[0] for x in (rerun5, nocache5)]
-    rows.append(["conv-4 2nd-order MAML >= 1.5x faster than the fastest peer, memory no higher",
-                 status(pr >= 1.5 and mem <= min(peer_mem)),
-                 f"{pr:.2f}x (paired) / {ps:.2f}x (median s) over {peer}, fused blocks on the compile path; "
-                 f"tensor peak {mem:.1f} vs {min(peer_mem):.1f}-{max(peer_mem):.1f} MiB "
-                 f"(compile path alone, two earlier runs: {early[0]:.2f}x, {early[1]:.2f}x)"])
+    rows.append(
+        [
+            "conv-4 2nd-order MAML >= 1.5x faster than the fastest peer, memory no higher",
+            status(pr >= 1.5 and mem <= min(peer_mem)),
+            f"{pr:.2f}x (paired) / {ps:.2f}x (median s) over {peer}, fused blocks on the compile path; "
+            f"tensor peak {mem:.1f} vs {min(peer_mem):.1f}-{max(peer_mem):.1f} MiB "
+            f"(compile path alone, two earlier runs: {early[0]:.2f}x, {early[1]:.2f}x)",
+        ]
+    )
     v = setup_of(vmapc, "sinusoid")["variants"]
     x = v["learn2learn"]["ratio_median"] / v["metafit_vmap_compile"]["ratio_median"]
-    rows.append(["sinusoid 2nd-order MAML >= 10x faster than learn2learn", status(x >= 10),
-                 f"{x:.1f}x (vmap_compile path, paired)"])
+    rows.append(
+        [
+            "sinusoid 2nd-order MAML >= 10x faster than learn2learn",
+            status(x >= 10),
+            f"{x:.1f}x (vmap_compile path, paired)",
+        ]
+    )
     a = [speedup(d, "protonet", "metafit_protonet_fused_channels_last") for d in (thin100, thin300)]
-    rows.append(["ProtoNet episode >= 1.5x faster than easyfsl", status(min(y[1] for y in a) >= 1.5),
-                 f"{a[0][1]:.2f}x (100 paired rounds) and {a[1][1]:.2f}x (300 rounds) by median s, "
-                 "fused Conv-4 blocks, channels-last"])
+    rows.append(
+        [
+            "ProtoNet episode >= 1.5x faster than easyfsl",
+            status(min(y[1] for y in a) >= 1.5),
+            f"{a[0][1]:.2f}x (100 paired rounds) and {a[1][1]:.2f}x (300 rounds) by median s, "
+            "fused Conv-4 blocks, channels-last",
+        ]
+    )
     ends = [tta_row(d)["curve"][-1] for d in (t0, t1, t2)]
-    rows.append(["98% 5w1s within 3 min (CPU)", status(all(e[0] <= 3.0 + 1e-3 and e[1] >= 98.0 for e in ends),
-                                                      "three seeds"),
-                 ", ".join(f"{e[1]:.2f} ({e[0]:.2f} min)" for e in ends) + " on the 600 monitor episodes"])
+    rows.append(
+        [
+            "98% 5w1s within 3 min (CPU)",
+            status(all(e[0] <= 3.0 + 1e-3 and e[1] >= 98.0 for e in ends), "three seeds"),
+            ", ".join(f"{e[1]:.2f} ({e[0]:.2f} min)" for e in ends) + " on the 600 monitor episodes",
+        ]
+    )
     return ["target", "status", "measured"], rows
 
 
@@ -419,51 +589,99 @@ TTA_3MIN = tuple(f"results/tta_protonet_3min_thin_seed{s}.json" for s in (0, 1, 
 TTA_30MIN = ("results/tta_protonet_30min_60w2q.json", "results/tta_protonet_30min_60w2q_seed1.json")
 
 TABLES: dict[str, Table] = {
-    "targets": Table(r_targets, TTA_30MIN + (
-        "results/tta_maml_60min.json", "results/tta_metasgd_60min.json",
-        "results/gpu/omniglot_maml_paper_5w1s.json", "results/speed_cpu_omniglot5_fused.json",
-        "results/speed_cpu_compile_maxpool_rerun.json", "results/speed_cpu_compile_maxpool_nocache.json",
-        "results/speed_cpu_vmap_compile.json", "results/speed_cpu_protonet_thin_conv.json",
-        "results/speed_cpu_protonet_thin_conv_300.json") + TTA_3MIN),
+    "targets": Table(
+        r_targets,
+        TTA_30MIN
+        + (
+            "results/tta_maml_60min.json",
+            "results/tta_metasgd_60min.json",
+            "results/gpu/omniglot_maml_paper_5w1s.json",
+            "results/speed_cpu_omniglot5_fused.json",
+            "results/speed_cpu_compile_maxpool_rerun.json",
+            "results/speed_cpu_compile_maxpool_nocache.json",
+            "results/speed_cpu_vmap_compile.json",
+            "results/speed_cpu_protonet_thin_conv.json",
+            "results/speed_cpu_protonet_thin_conv_300.json",
+        )
+        + TTA_3MIN,
+    ),
     "sinusoid": Table(r_sinusoid, ("results/sinusoid.json",)),
     "sinusoid_curve": Table(r_sinusoid_curve, ("results/sinusoid.json",)),
-    "omniglot_gpu": Table(r_omniglot, ("results/gpu/omniglot_maml_paper_5w1s.json",
-                                       "results/gpu/omniglot_maml_paper_20w1s.json")),
-    "omniglot_cpu": Table(r_omniglot, ("results/omniglot_maml20_cpu_compile.json",
-                                       "results/omniglot_anil_cpu15.json", "results/omniglot_reptile_cpu15.json")),
+    "omniglot_gpu": Table(
+        r_omniglot, ("results/gpu/omniglot_maml_paper_5w1s.json", "results/gpu/omniglot_maml_paper_20w1s.json")
+    ),
+    "omniglot_cpu": Table(
+        r_omniglot,
+        (
+            "results/omniglot_maml20_cpu_compile.json",
+            "results/omniglot_anil_cpu15.json",
+            "results/omniglot_reptile_cpu15.json",
+        ),
+    ),
     "protonet_30min": Table(r_tta_protonet, TTA_30MIN, {"labels": ("seed 0", "seed 1"), "paper": True}),
-    "protonet_screen": Table(r_tta_protonet, ("results/screen_protonet_20w5q_11min_1thread.json",
-                                              "results/screen_protonet_60w2q_11min_1thread.json"),
-                             {"labels": ("screen, 1 thread", "screen, 1 thread")}),
+    "protonet_screen": Table(
+        r_tta_protonet,
+        ("results/screen_protonet_20w5q_11min_1thread.json", "results/screen_protonet_60w2q_11min_1thread.json"),
+        {"labels": ("screen, 1 thread", "screen, 1 thread")},
+    ),
     "protonet_3min": Table(r_tta_protonet, TTA_3MIN, {"labels": ("seed 0", "seed 1", "seed 2")}),
-    "gradient_tta": Table(r_tta_gradient, ("results/tta_maml_60min.json", "results/tta_metasgd_60min.json",
-                                           "results/tta_fomaml.json")),
-    "protonet_calibration": Table(r_calibration, ("results/tta_protonet_calibration_default.json",
-                                                  "results/tta_protonet_calibration_keep.json",
-                                                  "results/tta_protonet_calibration_thin.json"),
-                                  {"labels": ("Conv4, ReLU after the pool", "Conv4, ReLU after the pool",
-                                              "Conv4 (fused blocks, thin first convolution)")}),
-    "speed_omniglot5": Table(r_speed, ("results/speed_cpu_omniglot5_fused.json",),
-                             {"setup": "omniglot5", "columns": ("median", "ratio", "tensor_peak", "grad64")}),
-    "speed_omniglot20": Table(r_speed, ("results/speed_cpu_omniglot20_fused.json",),
-                              {"setup": "omniglot20", "columns": ("median", "ratio", "tensor_peak", "grad64")}),
-    "speed_compile_maxpool": Table(r_speed_runs, ("results/speed_cpu_compile_maxpool_rerun.json",
-                                                  "results/speed_cpu_compile_maxpool_nocache.json"),
-                                   {"setup": "omniglot5", "labels": ("run b626d8b, 7 rounds",
-                                                                     "run 253969d, caches off, 5 rounds")}),
-    "speed_protonet": Table(r_speed_runs, ("results/speed_cpu_protonet_thin_conv.json",
-                                           "results/speed_cpu_protonet_thin_conv_300.json"),
-                            {"setup": "protonet", "labels": ("100 rounds", "300 rounds")}),
-    "speed_sinusoid": Table(r_speed, ("results/speed_cpu_vmap_compile.json",),
-                            {"setup": "sinusoid", "columns": ("median", "ratio", "peak_mib", "grad64")}),
-    "speed_gpu_omniglot5": Table(r_speed, ("results/gpu/speed_cuda.json",),
-                                 {"setup": "omniglot5", "columns": ("median", "ratio", "gpu_peak", "grad64", "grad32")}),
-    "speed_gpu_omniglot20": Table(r_speed, ("results/gpu/speed_cuda.json",),
-                                  {"setup": "omniglot20", "columns": ("median", "ratio", "gpu_peak")}),
-    "speed_gpu_sinusoid": Table(r_speed, ("results/gpu/speed_cuda.json",),
-                                {"setup": "sinusoid", "columns": ("median", "ratio", "gpu_peak")}),
-    "speed_gpu_protonet": Table(r_speed, ("results/gpu/speed_cuda.json",),
-                                {"setup": "protonet", "columns": ("median", "ratio", "gpu_peak")}),
+    "gradient_tta": Table(
+        r_tta_gradient, ("results/tta_maml_60min.json", "results/tta_metasgd_60min.json", "results/tta_fomaml.json")
+    ),
+    "protonet_calibration": Table(
+        r_calibration,
+        (
+            "results/tta_protonet_calibration_default.json",
+            "results/tta_protonet_calibration_keep.json",
+            "results/tta_protonet_calibration_thin.json",
+        ),
+        {
+            "labels": (
+                "Conv4, ReLU after the pool",
+                "Conv4, ReLU after the pool",
+                "Conv4 (fused blocks, thin first convolution)",
+            )
+        },
+    ),
+    "speed_omniglot5": Table(
+        r_speed,
+        ("results/speed_cpu_omniglot5_fused.json",),
+        {"setup": "omniglot5", "columns": ("median", "ratio", "tensor_peak", "grad64")},
+    ),
+    "speed_omniglot20": Table(
+        r_speed,
+        ("results/speed_cpu_omniglot20_fused.json",),
+        {"setup": "omniglot20", "columns": ("median", "ratio", "tensor_peak", "grad64")},
+    ),
+    "speed_compile_maxpool": Table(
+        r_speed_runs,
+        ("results/speed_cpu_compile_maxpool_rerun.json", "results/speed_cpu_compile_maxpool_nocache.json"),
+        {"setup": "omniglot5", "labels": ("run b626d8b, 7 rounds", "run 253969d, caches off, 5 rounds")},
+    ),
+    "speed_protonet": Table(
+        r_speed_runs,
+        ("results/speed_cpu_protonet_thin_conv.json", "results/speed_cpu_protonet_thin_conv_300.json"),
+        {"setup": "protonet", "labels": ("100 rounds", "300 rounds")},
+    ),
+    "speed_sinusoid": Table(
+        r_speed,
+        ("results/speed_cpu_vmap_compile.json",),
+        {"setup": "sinusoid", "columns": ("median", "ratio", "peak_mib", "grad64")},
+    ),
+    "speed_gpu_omniglot5": Table(
+        r_speed,
+        ("results/gpu/speed_cuda.json",),
+        {"setup": "omniglot5", "columns": ("median", "ratio", "gpu_peak", "grad64", "grad32")},
+    ),
+    "speed_gpu_omniglot20": Table(
+        r_speed, ("results/gpu/speed_cuda.json",), {"setup": "omniglot20", "columns": ("median", "ratio", "gpu_peak")}
+    ),
+    "speed_gpu_sinusoid": Table(
+        r_speed, ("results/gpu/speed_cuda.json",), {"setup": "sinusoid", "columns": ("median", "ratio", "gpu_peak")}
+    ),
+    "speed_gpu_protonet": Table(
+        r_speed, ("results/gpu/speed_cuda.json",), {"setup": "protonet", "columns": ("median", "ratio", "gpu_peak")}
+    ),
     "compile_modes_gpu": Table(r_compile_modes, ("results/gpu/compile_modes_cuda.json",)),
     "cnp_default": Table(r_cnp, ("results/cnp.json",)),
     "cnp_recal": Table(r_cnp_recal, ("results/cnp_recal.json",)),
