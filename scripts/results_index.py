@@ -3,7 +3,8 @@
 Each row gives the file, what it holds, the command that produced it, the commit, the machine,
 the date and the docs that cite it. A PNG takes its provenance from the JSON whose ``plot`` field
 names it; a GPU description (``results/gpu/*.txt``) from the JSON of the same device run
-(:data:`COMPANIONS`).
+(:data:`COMPANIONS`). Files git ignores (logs, ``results/main_sinusoid.json`` of
+``scripts/main.sh``) are left out.
 
 Usage (from the repository root)::
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,8 +109,30 @@ def cited_in(root: Path, rel: str) -> list[str]:
     return out
 
 
-def rows(root: Path = ROOT) -> list[list[str]]:
+def git_ignored(root: Path, rels: Sequence[str]) -> set[str]:
+    """The paths among ``rels`` that git ignores in ``root`` (none when ``root`` is not a git checkout)."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(root), "check-ignore", "--stdin"],
+            input="\n".join(rels),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError:
+        return set()
+    return set(done.stdout.splitlines()) if done.returncode in (0, 1) else set()
+
+
+def result_files(root: Path = ROOT) -> list[Path]:
+    """Every file under ``results/`` except INDEX.md and what git ignores (logs, local outputs)."""
     files = sorted(p for p in (root / "results").rglob("*") if p.is_file() and p.name != "INDEX.md")
+    skip = git_ignored(root, [str(p.relative_to(root)) for p in files])
+    return [p for p in files if str(p.relative_to(root)) not in skip]
+
+
+def rows(root: Path = ROOT) -> list[list[str]]:
+    files = result_files(root)
     plots: dict[str, str] = {}
     for p in files:
         if p.suffix == ".json":
