@@ -1,0 +1,785 @@
+"""Render the documentation's result tables from the JSON files under ``results/``.
+
+A table in a Markdown file is delimited by marker comments::
+
+    <!-- table: NAME -->
+    | ... generated ... |
+    <!-- /table -->
+
+``NAME`` is a key of :data:`TABLES`, which names the JSON files the table is read from and the
+function that renders it. Nothing between the markers is written by hand.
+
+Usage (from the repository root)::
+
+    python scripts/results_tables.py            # rewrite every table in README.md and docs/*.md
+    python scripts/results_tables.py --check    # exit 1 if any table differs from what the JSON gives
+    python scripts/results_tables.py --list     # the table names and their JSON files
+
+``tests/test_docs_tables.py`` runs :func:`check` so that a table that drifts from its JSON fails CI.
+Only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC_GLOBS = ("README.md", "docs/*.md")
+MARKER = re.compile(
+    r"^<!-- table: (?P<name>[A-Za-z0-9_.-]+) -->\n(?P<body>.*?)<!-- /table -->", re.DOTALL | re.MULTILINE
+)
+OPEN = re.compile(r"^<!-- table: ", re.MULTILINE)
+
+Rows = list[list[str]]
+Json = dict[str, Any]
+
+# Published numbers the tables compare with (paper, venue, year in docs/results.md).
+PAPER_OMNIGLOT = {
+    ("maml", 5, 1): "98.7 ± 0.4",
+    ("maml", 20, 1): "95.8 ± 0.3",
+    ("fomaml", 5, 1): "98.3 ± 0.5",
+    ("metasgd", 5, 1): "99.53 ± 0.26",
+    ("anil", 20, 1): "96.2 ± 0.5",
+    ("reptile", 5, 1): "97.68 ± 0.04",
+    ("protonet", 5, 1): "98.8",
+    ("protonet", 5, 5): "99.7",
+    ("protonet", 20, 1): "96.0",
+    ("protonet", 20, 5): "98.9",
+}
+LEARNER_NAMES = {
+    "maml": "MAML (2nd order)",
+    "fomaml": "FOMAML",
+    "metasgd": "Meta-SGD",
+    "anil": "ANIL",
+    "reptile": "Reptile",
+    "protonet": "ProtoNets",
+}
+PEERS = ("learn2learn", "higher", "torchopt", "easyfsl")
+SETTINGS = ((5, 1), (5, 5), (20, 1), (20, 5))
+
+
+# --------------------------------------------------------------------------------------------
+# formatting helpers
+
+
+def pm(mean: float, ci: float, digits: int = 2) -> str:
+    """``mean ± ci`` with ``digits`` decimals, ``nan`` as ``diverged (nan)``."""
+    if math.isnan(mean):
+        return "diverged (nan)"
+    return f"{mean:.{digits}f} ± {ci:.{digits}f}"
+
+
+def num(x: float | None, digits: int) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "not measured"
+    return f"{x:.{digits}f}"
+
+
+def sig(x: float, digits: int = 4) -> str:
+    """Seconds with ``digits`` significant figures (3.586, 0.0474)."""
+    if x == 0:
+        return "0"
+    return f"{x:.{max(0, digits - 1 - math.floor(math.log10(abs(x))))}f}"
+
+
+def sci(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "not measured"
+    return "0" if x == 0 else f"{x:.1e}"
+
+
+def count(n: int) -> str:
+    return f"{n:,}"
+
+
+def ratio(v: Json) -> str:
+    if v["ratio_median"] == 1.0 and v["ratio_min"] == 1.0 and v["ratio_max"] == 1.0:
+        return "1.00"
+    return f"{v['ratio_median']:.2f} [{v['ratio_min']:.2f}, {v['ratio_max']:.2f}]"
+
+
+def setting(n_way: int, k_shot: int) -> str:
+    return f"{n_way}-way {k_shot}-shot"
+
+
+def markdown(header: Sequence[str], rows: Rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# readers
+
+
+def load(root: Path, name: str) -> Json:
+    return json.loads((root / name).read_text())
+
+
+def tta_row(d: Json) -> Json:
+    (row,) = d["rows"]
+    return row
+
+
+def final_of(row: Json, n_way: int, k_shot: int) -> Json | None:
+    for f in row.get("final", []):
+        if f["n_way"] == n_way and f["k_shot"] == k_shot:
+            return f
+    return None
+
+
+def first(row: Json, threshold: str) -> str:
+    t = row["first_minutes"].get(threshold)
+    return "not reached" if t is None else f"{t:.1f} min"
+
+
+def setup_of(d: Json, name: str) -> Json:
+    for s in d["setups"]:
+        if s["setup"] == name:
+            return s
+    raise KeyError(f"setup {name!r} not in the JSON (has {[s['setup'] for s in d['setups']]})")
+
+
+def fastest_peer(variants: Json, key: str = "ratio_median") -> tuple[str, float]:
+    peers = {k: v[key] for k, v in variants.items() if k in PEERS}
+    name = min(peers, key=peers.__getitem__)
+    return name, peers[name]
+
+
+# --------------------------------------------------------------------------------------------
+# renderers: each takes the loaded JSON files (in the order of Table.files) and the options
+
+
+def r_sinusoid(ds: list[Json]) -> tuple[list[str], Rows]:
+    (d,) = ds
+    rows = []
+    for run in d["runs"]:
+        for k, ev in sorted(run["eval"].items(), key=lambda kv: int(kv[0])):
+            rows.append(
+                [
+                    run["algo"],
+                    str(run["k_train"]),
+                    k,
+                    str(ev["steps"]),
+                    pm(ev["mse"], ev["ci95"], 3),
+                    f"{run['train_seconds'] / 60:.1f}",
+                ]
+            )
+    return ["learner", "train K", "test K", "inner steps", "MSE ± 95% CI", "train min"], rows
+
+
+def r_sinusoid_curve(ds: list[Json]) -> tuple[list[str], Rows]:
+    (d,) = ds
+    rows = []
+    for run in d["runs"]:
+        if run["algo"] != "MAML" or run["k_train"] not in (5, 10):
+            continue
+        curve = run["eval"]["5"]["curve"]
+        rows.append([f"metafit MAML (train K={run['k_train']})"] + [pm(*curve[s], 3) for s in (1, 5, 10)])
+    rows.append(["MAML paper (App. C, Table 2)", "0.67", "0.38", "0.35"])
+    return ["5-shot test tasks", "1 step", "5 steps", "10 steps"], rows
+
+
+def r_omniglot(ds: list[Json]) -> tuple[list[str], Rows]:
+    rows = []
+    for d in ds:
+        for r in d["rows"]:
+            paper = PAPER_OMNIGLOT.get((r["learner"], r["n_way"], r["k_shot"]), "–")
+            rows.append(
+                [
+                    LEARNER_NAMES.get(r["learner"], r["learner"]),
+                    r["protocol"],
+                    r["path"],
+                    setting(r["n_way"], r["k_shot"]),
+                    pm(r["accuracy"], r["ci95"]),
+                    paper,
+                    count(r["iterations"]),
+                    f"{r['train_minutes']:.1f}",
+                    str(r["episodes"]),
+                ]
+            )
+    header = [
+        "learner",
+        "protocol",
+        "engine path",
+        "setting",
+        "metafit (%)",
+        "paper (%)",
+        "iterations",
+        "train min",
+        "test episodes",
+    ]
+    return header, rows
+
+
+def r_tta_protonet(ds: list[Json], labels: Sequence[str], paper: bool = False) -> tuple[list[str], Rows]:
+    rows = []
+    for label, d in zip(labels, ds, strict=True):
+        r = tta_row(d)
+        end = f"{r['curve'][-1][1]:.2f}" if r["curve"] else "–"
+        finals = []
+        for n, k in SETTINGS:
+            f = final_of(r, n, k)
+            finals.append("–" if f is None else pm(f["accuracy"], f["ci95"]))
+        rows.append(
+            [
+                label,
+                f"{r['train_way']}-way {r['train_query']}-query",
+                count(r["iterations"]),
+                f"{r['train_minutes']:.2f}",
+                first(r, "96.0"),
+                first(r, "97.0"),
+                first(r, "98.0"),
+                end,
+            ]
+            + finals
+        )
+    if paper:
+        rows.append(
+            ["ProtoNets paper", "60-way 5-query", "–", "–", "–", "–", "–", "–"]
+            + [PAPER_OMNIGLOT[("protonet", n, k)] for n, k in SETTINGS]
+        )
+    header = [
+        "run",
+        "training episodes",
+        "episodes",
+        "train min",
+        "96% at",
+        "97% at",
+        "98% at",
+        "monitor at end (600 ep.)",
+    ] + [f"final {n}w{k}s (1,000 ep.)" for n, k in SETTINGS]
+    return header, rows
+
+
+def r_tta_gradient(ds: list[Json]) -> tuple[list[str], Rows]:
+    rows = []
+    for d in ds:
+        r = tta_row(d)
+        f = final_of(r, 5, 1)
+        rows.append(
+            [
+                LEARNER_NAMES[r["learner"]],
+                f"{r['budget_minutes']:.0f}",
+                str(d["provenance"]["threads"]),
+                first(r, "96.0"),
+                first(r, "97.0"),
+                first(r, "98.0"),
+                pm(f["accuracy"], f["ci95"]),
+                PAPER_OMNIGLOT[(r["learner"], 5, 1)],
+                count(r["iterations"]),
+            ]
+        )
+    header = [
+        "learner",
+        "budget min",
+        "threads",
+        "96% at",
+        "97% at",
+        "98% at",
+        "final 5-way 1-shot (600 ep.)",
+        "paper",
+        "iterations",
+    ]
+    return header, rows
+
+
+def r_calibration(ds: list[Json], labels: Sequence[str]) -> tuple[list[str], Rows]:
+    rows = []
+    for label, d in zip(labels, ds, strict=True):
+        r = tta_row(d)
+        ms = r["train_minutes"] * 60e3 / r["iterations"]
+        rows.append(
+            [
+                label,
+                d["provenance"].get("malloc", "default"),
+                d["provenance"]["commit"],
+                count(r["iterations"]),
+                f"{r['train_minutes'] * 60:.1f}",
+                f"{ms:.1f}",
+            ]
+        )
+    return ["network", "malloc", "commit", "episodes", "training s", "ms per episode"], rows
+
+
+SPEED_COLUMNS: dict[str, tuple[str, Callable[[Json], str]]] = {
+    "median": ("median s", lambda v: sig(v["median_s"])),
+    "ratio": ("ratio vs plain (median) [min, max]", ratio),
+    "tensor_peak": ("tensor peak MiB", lambda v: num(v.get("peak_tensor_mib"), 1)),
+    "peak_mib": ("peak MiB", lambda v: num(v.get("peak_mib"), 0)),
+    "gpu_peak": ("peak GPU MiB", lambda v: num(v.get("peak_rss_mib"), 0)),
+    "grad64": ("grad diff f64 (max abs)", lambda v: sci(v.get("grad_max_abs_diff_float64"))),
+    "grad32": ("grad diff f32 (max abs)", lambda v: sci(v.get("grad_max_abs_diff_float32"))),
+}
+
+
+def r_speed(ds: list[Json], setup: str, columns: Sequence[str]) -> tuple[list[str], Rows]:
+    (d,) = ds
+    variants = setup_of(d, setup)["variants"]
+    rows = [[name] + [SPEED_COLUMNS[c][1](v) for c in columns] for name, v in variants.items()]
+    return ["variant"] + [SPEED_COLUMNS[c][0] for c in columns], rows
+
+
+def r_speed_runs(ds: list[Json], setup: str, labels: Sequence[str]) -> tuple[list[str], Rows]:
+    runs = [setup_of(d, setup)["variants"] for d in ds]
+    names = list(runs[0])
+    for v in runs[1:]:
+        names += [n for n in v if n not in names]
+    rows = []
+    for name in names:
+        cells = []
+        for v in runs:
+            cells.append(f"{ratio(v[name])} ({sig(v[name]['median_s'], 3)} s)" if name in v else "–")
+        rows.append([name] + cells + [num(runs[-1].get(name, {}).get("peak_tensor_mib"), 1)])
+    return ["variant"] + list(labels) + ["tensor peak MiB (last run)"], rows
+
+
+def r_compile_modes(ds: list[Json]) -> tuple[list[str], Rows]:
+    (d,) = ds
+    rows = []
+    for s in d["setups"]:
+        for name, v in s["variants"].items():
+            rows.append(
+                [
+                    f"{s['setup']} ({s['tasks']} tasks)",
+                    name,
+                    sig(v["median_s"], 2),
+                    ratio(v),
+                    f"{v['first_call_s']:.1f}",
+                    sci(v["grad_max_abs_diff_vs_vmap"]),
+                ]
+            )
+    header = [
+        "setup",
+        "variant",
+        "median s",
+        "ratio vs eager vmap [min, max]",
+        "first call s (compile)",
+        "grad diff f32 vs vmap",
+    ]
+    return header, rows
+
+
+def r_cnp(ds: list[Json]) -> tuple[list[str], Rows]:
+    (d,) = ds
+    rows = []
+    for k, ev in sorted(d["eval"].items(), key=lambda kv: int(kv[0])):
+        cal = d["calibration"][k]
+        rows.append(
+            [k, pm(ev["mse"]["mean"], ev["mse"]["ci95"], 3), pm(ev["nll"]["mean"], ev["nll"]["ci95"], 3)]
+            + [pm(100 * cal[q]["mean"], 100 * cal[q]["ci95"], 1) for q in ("0.5", "0.9", "0.95")]
+        )
+    header = [
+        "K (context)",
+        "MSE ± 95% CI",
+        "NLL (nats/point)",
+        "coverage 50% (%)",
+        "coverage 90% (%)",
+        "coverage 95% (%)",
+    ]
+    return header, rows
+
+
+def r_cnp_recal(ds: list[Json]) -> tuple[list[str], Rows]:
+    (d,) = ds
+    rows = []
+    for k, ev in sorted(d["eval"].items(), key=lambda kv: int(kv[0])):
+        cal = d["calibration"][k]
+        rows.append(
+            [k, "raw", pm(ev["nll"]["mean"], ev["nll"]["ci95"], 3)]
+            + [pm(100 * cal[q]["mean"], 100 * cal[q]["ci95"], 1) for q in ("0.5", "0.9", "0.95")]
+        )
+        for how in ("nll", "quantile"):
+            rc = d["recalibrated"][how][k]
+            rows.append(
+                [
+                    k,
+                    f"recalibrated ({how}, s = {d['variance_scale'][how]:.4f})",
+                    pm(rc["nll"]["mean"], rc["nll"]["ci95"], 3),
+                ]
+                + [pm(100 * rc[q]["mean"], 100 * rc[q]["ci95"], 1) for q in ("0.5", "0.9", "0.95")]
+            )
+    header = ["K", "variance", "NLL (nats/point)", "coverage 50% (%)", "coverage 90% (%)", "coverage 95% (%)"]
+    return header, rows
+
+
+def r_cnp_omniglot(ds: list[Json]) -> tuple[list[str], Rows]:
+    (d,) = ds
+    paper = {1: "95.3", 5: "98.5"}
+    rows = [
+        [
+            setting(r["n_way"], r["k_shot"]),
+            pm(r["accuracy"], r["ci95"]),
+            str(r["episodes"]),
+            count(r["iterations"]),
+            f"{r['train_minutes']:.1f}",
+            paper.get(r["k_shot"], "–"),
+        ]
+        for r in d["omniglot"]
+    ]
+    return ["setting", "CNP (%)", "test episodes", "iterations", "train min", "CNP paper (%)"], rows
+
+
+def r_fusion(ds: list[Json], k_shot: int) -> tuple[list[str], Rows]:
+    (d,) = ds
+    acc = d["eval"][str(k_shot)]["accuracy"]
+    bases = d["base_models"]
+    rows = []
+    for method, s in acc.items():
+        label = method
+        if method.startswith("base model ") and d.get("scenario") == "heterogeneous":
+            b = bases[int(method.rsplit(" ", 1)[1])]
+            label += " (untrained)" if b["untrained"] else f" ({b['budget_minutes']:g} min, {b['steps']} steps)"
+        diff = s["diff_vs_fusion"]
+        rows.append(
+            [
+                label,
+                pm(100 * s["mean"], 100 * s["ci95"]),
+                "—" if diff is None else f"{100 * diff['mean']:+.2f} ± {100 * diff['ci95']:.2f}",
+            ]
+        )
+    return ["method", "accuracy (%) ± 95% CI", "fusion − method (paired) ± 95% CI"], rows
+
+
+def r_distributed(ds: list[Json]) -> tuple[list[str], Rows]:
+    (d,) = ds
+    rows = []
+    for r in d["results"]:
+        e1 = r["efficiency_vs_1proc_1thread"]
+        rows.append(
+            [
+                r["workload"],
+                str(r["nproc"]),
+                str(r["threads_per_proc"]),
+                str(r["steps"]),
+                f"{r['it_per_s']:.3g}",
+                f"{r['efficiency']:.2f}",
+                "-" if e1 is None else f"{e1:.2f}",
+                f"{r['sample_ms']:.2f}",
+            ]
+        )
+    header = [
+        "workload",
+        "nproc",
+        "threads/proc",
+        "timed steps",
+        "it/s",
+        "efficiency",
+        "eff. vs 1 proc x 1 thread",
+        "sample ms/batch",
+    ]
+    return header, rows
+
+
+def speedup(d: Json, setup: str, variant: str) -> tuple[float, float, str]:
+    """(paired-ratio speed-up, median-seconds speed-up, fastest peer) of ``variant`` over the peers."""
+    v = setup_of(d, setup)["variants"]
+    peer, peer_ratio = fastest_peer(v)
+    _, peer_s = fastest_peer(v, "median_s")
+    return peer_ratio / v[variant]["ratio_median"], peer_s / v[variant]["median_s"], peer
+
+
+def r_targets(ds: list[Json]) -> tuple[list[str], Rows]:
+    (p30s0, p30s1, maml60, msgd60, gpu5, fused5, rerun5, nocache5, vmapc, thin100, thin300, t0, t1, t2) = ds
+    rows = []
+
+    def status(ok: bool, note: str = "") -> str:
+        return ("met" if ok else "NOT met") + (f" ({note})" if note else "")
+
+    f = [final_of(tta_row(x), 5, 1) for x in (p30s0, p30s1)]
+    rows.append(
+        [
+            "ProtoNets 5w1s >= 98.8% within 30 min (CPU)",
+            status(all(x["accuracy"] >= 98.8 for x in f), "both seeds"),
+            " and ".join(pm(x["accuracy"], x["ci95"]) for x in f) + " (final model, 1,000 episodes, two seeds)",
+        ]
+    )
+    f = [final_of(tta_row(x), 20, 1) for x in (p30s0, p30s1)]
+    rows.append(
+        [
+            "ProtoNets 20w1s >= 96.0% within 30 min (CPU)",
+            status(all(x["accuracy"] >= 96.0 for x in f), "both seeds"),
+            " and ".join(pm(x["accuracy"], x["ci95"]) for x in f),
+        ]
+    )
+    for d in (maml60, msgd60):
+        r = tta_row(d)
+        t = r["first_minutes"].get("96.0")
+        fin = final_of(r, 5, 1)
+        rows.append(
+            [
+                f"{LEARNER_NAMES[r['learner']]} 5w1s >= 96% within 60 min (CPU)",
+                status(t is not None and t <= 60, "one core"),
+                f"96% at {t:.0f} min; final {pm(fin['accuracy'], fin['ci95'])} after {r['budget_minutes']:.0f} min",
+            ]
+        )
+    (r,) = gpu5["rows"]
+    rows.append(
+        [
+            "MAML paper protocol on a GPU (5w1s)",
+            f"truncated ({100 * r['iterations'] / 60000:.0f}% of the paper's 60,000 iterations)",
+            f"{pm(r['accuracy'], r['ci95'])} after {r['train_minutes']:.0f} min ({gpu5['provenance']['cuda']})",
+        ]
+    )
+    pr, ps, peer = speedup(fused5, "omniglot5", "metafit_fused_compile")
+    v = setup_of(fused5, "omniglot5")["variants"]
+    mem = v["metafit_fused_compile"]["peak_tensor_mib"]
+    peer_mem = [v[p]["peak_tensor_mib"] for p in PEERS if p in v]
+    early = [speedup(x, "omniglot5", "metafit_compile")[0] for x in (rerun5, nocache5)]
+    rows.append(
+        [
+            "conv-4 2nd-order MAML >= 1.5x faster than the fastest peer, memory no higher",
+            status(pr >= 1.5 and mem <= min(peer_mem)),
+            f"{pr:.2f}x (paired) / {ps:.2f}x (median s) over {peer}, fused blocks on the compile path; "
+            f"tensor peak {mem:.1f} vs {min(peer_mem):.1f}-{max(peer_mem):.1f} MiB "
+            f"(compile path alone, two earlier runs: {early[0]:.2f}x, {early[1]:.2f}x)",
+        ]
+    )
+    v = setup_of(vmapc, "sinusoid")["variants"]
+    x = v["learn2learn"]["ratio_median"] / v["metafit_vmap_compile"]["ratio_median"]
+    rows.append(
+        [
+            "sinusoid 2nd-order MAML >= 10x faster than learn2learn",
+            status(x >= 10),
+            f"{x:.1f}x (vmap_compile path, paired)",
+        ]
+    )
+    a = [speedup(d, "protonet", "metafit_protonet_fused_channels_last") for d in (thin100, thin300)]
+    rows.append(
+        [
+            "ProtoNet episode >= 1.5x faster than easyfsl",
+            status(min(y[1] for y in a) >= 1.5),
+            f"{a[0][1]:.2f}x (100 paired rounds) and {a[1][1]:.2f}x (300 rounds) by median s, "
+            "fused Conv-4 blocks, channels-last",
+        ]
+    )
+    ends = [tta_row(d)["curve"][-1] for d in (t0, t1, t2)]
+    rows.append(
+        [
+            "98% 5w1s within 3 min (CPU)",
+            status(all(e[0] <= 3.0 + 1e-3 and e[1] >= 98.0 for e in ends), "three seeds"),
+            ", ".join(f"{e[1]:.2f} ({e[0]:.2f} min)" for e in ends) + " on the 600 monitor episodes",
+        ]
+    )
+    return ["target", "status", "measured"], rows
+
+
+# --------------------------------------------------------------------------------------------
+# the registry
+
+
+@dataclass(frozen=True)
+class Table:
+    """One named table: the JSON files it reads and the function that renders them."""
+
+    render: Callable[..., tuple[list[str], Rows]]
+    files: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+TTA_3MIN = tuple(f"results/tta_protonet_3min_thin_seed{s}.json" for s in (0, 1, 2))
+TTA_30MIN = ("results/tta_protonet_30min_60w2q.json", "results/tta_protonet_30min_60w2q_seed1.json")
+
+TABLES: dict[str, Table] = {
+    "targets": Table(
+        r_targets,
+        TTA_30MIN
+        + (
+            "results/tta_maml_60min.json",
+            "results/tta_metasgd_60min.json",
+            "results/gpu/omniglot_maml_paper_5w1s.json",
+            "results/speed_cpu_omniglot5_fused.json",
+            "results/speed_cpu_compile_maxpool_rerun.json",
+            "results/speed_cpu_compile_maxpool_nocache.json",
+            "results/speed_cpu_vmap_compile.json",
+            "results/speed_cpu_protonet_thin_conv.json",
+            "results/speed_cpu_protonet_thin_conv_300.json",
+        )
+        + TTA_3MIN,
+    ),
+    "sinusoid": Table(r_sinusoid, ("results/sinusoid.json",)),
+    "sinusoid_curve": Table(r_sinusoid_curve, ("results/sinusoid.json",)),
+    "omniglot_gpu": Table(
+        r_omniglot, ("results/gpu/omniglot_maml_paper_5w1s.json", "results/gpu/omniglot_maml_paper_20w1s.json")
+    ),
+    "omniglot_cpu": Table(
+        r_omniglot,
+        (
+            "results/omniglot_maml20_cpu_compile.json",
+            "results/omniglot_anil_cpu15.json",
+            "results/omniglot_reptile_cpu15.json",
+        ),
+    ),
+    "protonet_30min": Table(r_tta_protonet, TTA_30MIN, {"labels": ("seed 0", "seed 1"), "paper": True}),
+    "protonet_screen": Table(
+        r_tta_protonet,
+        ("results/screen_protonet_20w5q_11min_1thread.json", "results/screen_protonet_60w2q_11min_1thread.json"),
+        {"labels": ("screen, 1 thread", "screen, 1 thread")},
+    ),
+    "protonet_3min": Table(r_tta_protonet, TTA_3MIN, {"labels": ("seed 0", "seed 1", "seed 2")}),
+    "gradient_tta": Table(
+        r_tta_gradient, ("results/tta_maml_60min.json", "results/tta_metasgd_60min.json", "results/tta_fomaml.json")
+    ),
+    "protonet_calibration": Table(
+        r_calibration,
+        (
+            "results/tta_protonet_calibration_default.json",
+            "results/tta_protonet_calibration_keep.json",
+            "results/tta_protonet_calibration_thin.json",
+        ),
+        {
+            "labels": (
+                "Conv4, ReLU after the pool",
+                "Conv4, ReLU after the pool",
+                "Conv4 (fused blocks, thin first convolution)",
+            )
+        },
+    ),
+    "speed_omniglot5": Table(
+        r_speed,
+        ("results/speed_cpu_omniglot5_fused.json",),
+        {"setup": "omniglot5", "columns": ("median", "ratio", "tensor_peak", "grad64")},
+    ),
+    "speed_omniglot20": Table(
+        r_speed,
+        ("results/speed_cpu_omniglot20_fused.json",),
+        {"setup": "omniglot20", "columns": ("median", "ratio", "tensor_peak", "grad64")},
+    ),
+    "speed_compile_maxpool": Table(
+        r_speed_runs,
+        ("results/speed_cpu_compile_maxpool_rerun.json", "results/speed_cpu_compile_maxpool_nocache.json"),
+        {"setup": "omniglot5", "labels": ("run b626d8b, 7 rounds", "run 253969d, caches off, 5 rounds")},
+    ),
+    "speed_protonet": Table(
+        r_speed_runs,
+        ("results/speed_cpu_protonet_thin_conv.json", "results/speed_cpu_protonet_thin_conv_300.json"),
+        {"setup": "protonet", "labels": ("100 rounds", "300 rounds")},
+    ),
+    "speed_sinusoid": Table(
+        r_speed,
+        ("results/speed_cpu_vmap_compile.json",),
+        {"setup": "sinusoid", "columns": ("median", "ratio", "peak_mib", "grad64")},
+    ),
+    "speed_gpu_omniglot5": Table(
+        r_speed,
+        ("results/gpu/speed_cuda.json",),
+        {"setup": "omniglot5", "columns": ("median", "ratio", "gpu_peak", "grad64", "grad32")},
+    ),
+    "speed_gpu_omniglot20": Table(
+        r_speed, ("results/gpu/speed_cuda.json",), {"setup": "omniglot20", "columns": ("median", "ratio", "gpu_peak")}
+    ),
+    "speed_gpu_sinusoid": Table(
+        r_speed, ("results/gpu/speed_cuda.json",), {"setup": "sinusoid", "columns": ("median", "ratio", "gpu_peak")}
+    ),
+    "speed_gpu_protonet": Table(
+        r_speed, ("results/gpu/speed_cuda.json",), {"setup": "protonet", "columns": ("median", "ratio", "gpu_peak")}
+    ),
+    "compile_modes_gpu": Table(r_compile_modes, ("results/gpu/compile_modes_cuda.json",)),
+    "cnp_default": Table(r_cnp, ("results/cnp.json",)),
+    "cnp_recal": Table(r_cnp_recal, ("results/cnp_recal.json",)),
+    "cnp_floor": Table(r_cnp, ("results/cnp_floor1e-4.json",)),
+    "cnp_scale": Table(r_cnp, ("results/cnp_scale.json",)),
+    "cnp_omniglot": Table(r_cnp_omniglot, ("results/cnp_recal.json",)),
+    "fusion_homogeneous_1": Table(r_fusion, ("results/fusion_homogeneous.json",), {"k_shot": 1}),
+    "fusion_homogeneous_5": Table(r_fusion, ("results/fusion_homogeneous.json",), {"k_shot": 5}),
+    "fusion_heterogeneous_1": Table(r_fusion, ("results/fusion_heterogeneous.json",), {"k_shot": 1}),
+    "fusion_heterogeneous_5": Table(r_fusion, ("results/fusion_heterogeneous.json",), {"k_shot": 5}),
+    "distributed": Table(r_distributed, ("results/distributed.json",)),
+}
+
+
+def render(name: str, root: Path = ROOT) -> str:
+    """The Markdown of table ``name`` (header, separator, rows; trailing newline)."""
+    if name not in TABLES:
+        raise KeyError(f"unknown table {name!r}; known: {sorted(TABLES)}")
+    t = TABLES[name]
+    header, rows = t.render([load(root, f) for f in t.files], **t.options)
+    return markdown(header, rows)
+
+
+def doc_files(root: Path = ROOT) -> list[Path]:
+    out: list[Path] = []
+    for pattern in DOC_GLOBS:
+        out += sorted(root.glob(pattern))
+    return out
+
+
+def update_text(text: str, root: Path = ROOT, *, where: str = "<text>") -> tuple[str, list[str]]:
+    """``text`` with every marked table re-rendered, and the problems found (unknown names, open markers)."""
+    problems: list[str] = []
+    if len(OPEN.findall(text)) != len(MARKER.findall(text)):
+        problems.append(f"{where}: a '<!-- table: NAME -->' marker has no matching '<!-- /table -->'")
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group("name")
+        try:
+            body = render(name, root)
+        except KeyError as e:
+            problems.append(f"{where}: {e.args[0]}")
+            return m.group(0)
+        return f"<!-- table: {name} -->\n{body}<!-- /table -->"
+
+    return MARKER.sub(sub, text), problems
+
+
+def check(root: Path = ROOT) -> list[str]:
+    """Problems with the docs' tables: one line per drifted table, unknown name or open marker."""
+    problems: list[str] = []
+    for path in doc_files(root):
+        text = path.read_text()
+        where = str(path.relative_to(root))
+        new, found = update_text(text, root, where=where)
+        problems += found
+        if new != text:
+            old_tables = {m.group("name"): m.group("body") for m in MARKER.finditer(text)}
+            new_tables = {m.group("name"): m.group("body") for m in MARKER.finditer(new)}
+            for name, body in new_tables.items():
+                if old_tables.get(name) != body:
+                    problems.append(f"{where}: table {name!r} differs from what {TABLES[name].files} give")
+    return problems
+
+
+def write(root: Path = ROOT) -> list[str]:
+    """Re-render every marked table in place; returns the files that changed."""
+    changed = []
+    for path in doc_files(root):
+        text = path.read_text()
+        new, problems = update_text(text, root, where=str(path.relative_to(root)))
+        if problems:
+            raise SystemExit("\n".join(problems))
+        if new != text:
+            path.write_text(new)
+            changed.append(str(path.relative_to(root)))
+    return changed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a table differs from its JSON")
+    parser.add_argument("--list", action="store_true", help="print the table names and their JSON files")
+    parser.add_argument("--root", type=Path, default=ROOT, help="repository root (default: this checkout)")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, t in TABLES.items():
+            print(f"{name}: {', '.join(t.files)}")
+        return 0
+    if args.check:
+        problems = check(args.root)
+        for p in problems:
+            print(p, file=sys.stderr)
+        return 1 if problems else 0
+    for f in write(args.root):
+        print(f"updated {f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
