@@ -377,12 +377,17 @@ def count_flops(model: nn.Module, fn: Callable[[TaskBatch], None], batch: TaskBa
     return float(fc.get_total_flops())
 
 
+SKIP_COMPILE = False
+
+
 def bench_setup(setup: str, rounds: int, dtype_check: torch.dtype = torch.float64) -> dict[str, Any]:
     # 1) gradient agreement in float64 (float32 too)
     results: dict[str, Any] = {"setup": setup, **SETUPS[setup], "variants": {}}
     for dtype in (dtype_check, torch.float32):
         model, batch, loss_fn = build(setup, dtype)
         variants = proto_variants(model) if SETUPS[setup]["kind"] == "proto" else maml_variants(setup, model, loss_fn)
+        if SKIP_COMPILE:  # --quick: a smoke test, no compile variants (each compiles for a minute or more)
+            variants = {k: v for k, v in variants.items() if "compile" not in k}
         ref_name = "plain_proto" if "plain_proto" in variants else "plain_loop"
         ref = grads_of(model, variants[ref_name], batch)
         scale = max(float(g.abs().max()) for g in ref)
@@ -450,6 +455,8 @@ def main() -> None:
     DEVICE, TASKNORM = torch.device(args.device), args.tasknorm
     setup_threads(args.threads, args.keep_freed_memory)
     if args.quick:
+        global SKIP_COMPILE
+        SKIP_COMPILE = True
         SETUPS["omniglot5"]["tasks"] = 4
         SETUPS["omniglot20"]["tasks"] = 2
         args.rounds = 2

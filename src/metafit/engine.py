@@ -117,7 +117,7 @@ def _inductor_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -
     whose backward is a scatter; without those decompositions it lowers max-pool and its backward
     directly (the backward as a gather over each input position's windows), which on this
     project's 2-core CPU made a compiled conv-4 second-order MAML task ~10-15% faster: 0.60
-    instead of 0.67 of the eager loop's time (benchmarks/prototypes/compile_decompositions.py;
+    instead of 0.67 of the eager loop's time (measured with a prototype script, removed, at commit 6cb68de;
     docs/results.md, "compile path without inductor's max-pool decompositions"). Same function
     (the tests compare float64 meta-gradients with the eager loop). Off the CPU the default
     backend is used unchanged.

@@ -198,7 +198,7 @@ def conv_batch_norm(
     normalisation and gets its exact gradient, zero. The same code runs under ``torch.func``
     transforms (per-task statistics under vmap) and while ``torch.compile`` traces (conv-4 MAML's
     compile path: 0.57 of the eager loop's time with it, 0.74 without, in one paired run of
-    ``benchmarks/prototypes/fused_maml.py 8 4``). A wider convolution is ``F.conv2d`` followed by
+    measured with a prototype script, removed, at commit 8ee4bfb). A wider convolution is ``F.conv2d`` followed by
     :func:`task_batch_norm`.
 
     The one-matmul output is channels-last (its memory layout, not its values).
