@@ -356,7 +356,10 @@ class InContextClassifier(nn.Module):
     vectors and ``u`` a learned "unknown label" vector. A transformer encoder (post-norm, no
     positional encodings) runs over ``[support; queries]`` under :func:`icl_mask`; the logit of
     class ``c`` for a query is ``<W h_q, E[c]>`` for ``c < n_way`` (the label table doubles as the
-    readout, so any ``n_way <= max_way`` works and relabelling the classes permutes the logits).
+    readout, so any ``n_way <= max_way`` works; the logits of an ``n_way``-way task are the first
+    ``n_way`` columns of those computed with a larger ``n_way``). The function is NOT invariant to
+    relabelling the classes (the label vectors differ); training on tasks with random label
+    assignments makes it so on average, as in CAML.
 
     Differences from CAML: CAML fixes the label vectors to an ELMES code and freezes a
     pre-trained CLIP/ViT backbone; here the table is learned and the backbone is any module,
