@@ -9,12 +9,22 @@ import torch
 
 from metafit import Trainer, meta_gradients, seeded
 from metafit.algorithms import CNP, recalibrate
-from metafit.algorithms.neural_process import InContextLearner, NeuralProcess, Padded, masked_gaussian_nll
 from metafit.algorithms.cnp import gaussian_nll
+from metafit.algorithms.neural_process import (
+    InContextLearner,
+    NeuralProcess,
+    Padded,
+    masked_gaussian_nll,
+)
 from metafit.data.gp import GPTasks, TabularPriorTasks, pad_tasks, split_mask
 from metafit.data.task import Task, TaskBatch
 from metafit.models import MLP, CNPRegressor
-from metafit.models.attentive import AttentiveNP, CNPAdapter, InContextClassifier, TransformerNP
+from metafit.models.attentive import (
+    AttentiveNP,
+    CNPAdapter,
+    InContextClassifier,
+    TransformerNP,
+)
 
 G = torch.Generator
 
@@ -54,9 +64,9 @@ def _gp_batch(n: int = 5, seed: int = 0) -> TaskBatch:
 
 
 def _assert_grads_close(a: dict, b: dict, atol: float = 1e-12) -> None:
-    for g in a:
-        for k in a[g]:
-            torch.testing.assert_close(a[g][k], b[g][k], rtol=1e-9, atol=atol)
+    for g, group in a.items():
+        for k, v in group.items():
+            torch.testing.assert_close(v, b[g][k], rtol=1e-9, atol=atol)
 
 
 @pytest.mark.parametrize("name", sorted(NETS))

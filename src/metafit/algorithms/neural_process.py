@@ -34,11 +34,11 @@ from metafit.data.task import Task
 from metafit.functional import Buffers, params_of
 
 __all__ = [
+    "ICLContext",
+    "InContextLearner",
     "NPContext",
     "NeuralProcess",
     "Padded",
-    "ICLContext",
-    "InContextLearner",
     "masked_gaussian_nll",
 ]
 

@@ -42,19 +42,20 @@ from metafit.data.datasets import LabelledDataset
 from metafit.data.task import Task, TaskBatch
 
 __all__ = [
+    "BASELINES",
     "KERNELS",
     "TABLES",
-    "split_mask",
-    "pad_tasks",
-    "kernel_matrix",
-    "sample_hyperparameters",
-    "sample_gp",
     "GPTasks",
-    "gp_eval_tasks",
     "ImageCompletionTasks",
-    "pixel_coordinates",
     "TabularPriorTasks",
+    "gp_eval_tasks",
+    "kernel_matrix",
+    "pad_tasks",
+    "pixel_coordinates",
+    "sample_gp",
+    "sample_hyperparameters",
     "sklearn_table_tasks",
+    "split_mask",
     "support_baselines",
 ]
 
@@ -68,7 +69,11 @@ X_RANGE = (-2.0, 2.0)
 
 def _check_generator(generator: object, who: str) -> torch.Generator:
     if not isinstance(generator, torch.Generator):
-        raise ValueError(f"{who} needs an explicit generator=torch.Generator().manual_seed(seed), got {generator!r}")
+        raise TypeError(
+            f"{who} needs an explicit generator=torch.Generator().manual_seed(seed), got {type(generator).__name__}"
+        )
+    if generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
     return generator
 
 
@@ -628,7 +633,10 @@ def sklearn_table_tasks(
     return TaskBatch(*(torch.stack([t[i] for t in tasks]) for i in range(4)), n_way=way)
 
 
-def support_baselines(task: Task, *, seed: int = 0) -> dict[str, float]:
+BASELINES = ("logistic_regression", "gradient_boosting")
+
+
+def support_baselines(task: Task, *, methods: Sequence[str] = BASELINES, seed: int = 0) -> dict[str, float]:
     """Query accuracy of classical classifiers fitted on the task's support rows only.
 
     ``"logistic_regression"``: ``sklearn.linear_model.LogisticRegression(max_iter=1000)``;
@@ -638,6 +646,7 @@ def support_baselines(task: Task, *, seed: int = 0) -> dict[str, float]:
 
     Args:
         task: A classification task with 2-D features.
+        methods: Which of :data:`BASELINES` to fit.
         seed: Seed of the boosting model.
 
     Returns:
@@ -646,6 +655,9 @@ def support_baselines(task: Task, *, seed: int = 0) -> dict[str, float]:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
 
+    unknown = [m for m in methods if m not in BASELINES]
+    if unknown:
+        raise ValueError(f"methods must be among {BASELINES}, got {unknown}")
     if task.support_x.dim() != 2 or task.support_y.is_floating_point():
         raise ValueError(
             f"support_baselines needs a classification task with (N, features) inputs, got support_x "
@@ -653,8 +665,8 @@ def support_baselines(task: Task, *, seed: int = 0) -> dict[str, float]:
         )
     sx, sy = task.support_x.double().numpy(), task.support_y.numpy()
     qx, qy = task.query_x.double().numpy(), task.query_y.numpy()
-    models = {
-        "logistic_regression": LogisticRegression(max_iter=1000),
-        "gradient_boosting": HistGradientBoostingClassifier(min_samples_leaf=2, random_state=seed),
+    makers = {
+        "logistic_regression": lambda: LogisticRegression(max_iter=1000),
+        "gradient_boosting": lambda: HistGradientBoostingClassifier(min_samples_leaf=2, random_state=seed),
     }
-    return {k: float((m.fit(sx, sy).predict(qx) == qy).mean()) for k, m in models.items()}
+    return {k: float((makers[k]().fit(sx, sy).predict(qx) == qy).mean()) for k in methods}

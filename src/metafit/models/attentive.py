@@ -38,15 +38,15 @@ from torch import Tensor, nn
 from metafit.models.cnp import MIN_VARIANCE, CNPRegressor, bounded_variance, masked_mean
 
 __all__ = [
-    "MultiheadAttention",
-    "TransformerLayer",
     "AttentiveNP",
-    "TransformerNP",
-    "InContextClassifier",
     "CNPAdapter",
     "Detached",
-    "tnp_mask",
+    "InContextClassifier",
+    "MultiheadAttention",
+    "TransformerLayer",
+    "TransformerNP",
     "icl_mask",
+    "tnp_mask",
 ]
 
 
