@@ -224,3 +224,24 @@ def test_pad_tasks_roundtrip_through_padded_learner() -> None:
     mp = algo.init(net)
     for t, p in zip(tasks, batch):
         torch.testing.assert_close(algo.loss(net, mp, {}, p)[0], NeuralProcess().loss(net, mp, {}, t)[0])
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_in_context_learner_with_conv4_backbone_vmap_equals_loop(frozen: bool) -> None:
+    from metafit.models import Conv4
+    from metafit.models.attentive import Detached
+    from tests.conftest import image_tasks
+
+    def build() -> InContextClassifier:
+        conv = Conv4(1, None, width=4, image_size=16)
+        return InContextClassifier(Detached(conv) if frozen else conv, conv.feature_dim, max_way=5, d_model=8,
+                                   n_heads=2, n_layers=1, d_ff=16)
+
+    net, algo = seeded(0, build).double(), InContextLearner()
+    mp = algo.init(net)
+    batch = image_tasks(n_tasks=2, side=16)
+    gv, _ = meta_gradients(algo, net, mp, {}, batch, path="vmap")
+    gl, _ = meta_gradients(algo, net, mp, {}, batch, path="loop")
+    _assert_grads_close(gv, gl)
+    backbone_grad = max(float(v.abs().max()) for k, v in gl["model"].items() if k.startswith("backbone."))
+    assert (backbone_grad == 0.0) == frozen
