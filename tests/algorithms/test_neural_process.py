@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -168,6 +169,15 @@ def _blobs(g: torch.Generator, t: int = 16, n_way: int = 3, k: int = 5, q: int =
     return TaskBatch(sx, sy, qx, qy, n_way=n_way)
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """The toy trainings run on one intra-op thread (tiny ops: 2 threads only add sync, badly so on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 TOY_NETS = {
     "tnp": lambda: TransformerNP(d_model=32, n_heads=4, n_layers=2, d_ff=32, embed_depth=2, decoder_hidden=(32,)),
     "anp": lambda: AttentiveNP(d_model=32, n_heads=4, d_ff=32, decoder_hidden=(32,)),
@@ -176,6 +186,7 @@ TOY_NETS = {
 
 
 @pytest.mark.parametrize("name", sorted(TOY_NETS))
+@pytest.mark.usefixtures("one_thread")
 def test_neural_process_beats_context_mean_on_lines(name: str) -> None:
     g = G().manual_seed(0)
     net, algo = seeded(0, TOY_NETS[name]), NeuralProcess()
@@ -189,6 +200,7 @@ def test_neural_process_beats_context_mean_on_lines(name: str) -> None:
     assert float(mse) < 0.25 * float(baseline)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_in_context_learner_beats_chance_on_blobs() -> None:
     g = G().manual_seed(0)
     net = seeded(0, lambda: InContextClassifier(MLP(4, (32,), 32), 32, max_way=5, d_model=32, n_heads=4,
@@ -245,3 +257,13 @@ def test_in_context_learner_with_conv4_backbone_vmap_equals_loop(frozen: bool) -
     _assert_grads_close(gv, gl)
     backbone_grad = max(float(v.abs().max()) for k, v in gl["model"].items() if k.startswith("backbone."))
     assert (backbone_grad == 0.0) == frozen
+
+
+def test_registry_builders_check_the_criterion() -> None:
+    from metafit.algorithms.neural_process import build_in_context, build_neural_process
+
+    assert build_neural_process("mse", variance_scale=2.0).variance_scale == 2.0
+    with pytest.raises(ValueError, match="regression learner"):
+        build_neural_process("cross_entropy")
+    with pytest.raises(ValueError, match="cross_entropy"):
+        build_in_context("mse")

@@ -212,3 +212,19 @@ def test_detached_backbone_gets_no_gradient() -> None:
     frozen.backbone.module.load_state_dict(joint.backbone.state_dict())
     frozen.load_state_dict({k: v for k, v in joint.state_dict().items() if not k.startswith("backbone.")}, strict=False)
     torch.testing.assert_close(frozen(sx, sy, qx, 3), joint(sx, sy, qx, 3))
+
+
+@pytest.mark.parametrize("kind", ["cnp", "anp", "tnp"])
+def test_build_np_network_any_dims_and_padding(kind: str) -> None:
+    from metafit.models.attentive import build_np_network
+
+    net = seeded(0, lambda: build_np_network(kind, x_dim=2, y_dim=2, d_model=8, n_heads=2, n_layers=1, d_ff=8)).double()
+    cx, cy, tx = _data(4, 3, 2, 2)
+    mean, var = net(cx, cy, tx)
+    pm, pv = net(torch.cat([cx, torch.ones(2, 2, dtype=torch.float64)]), torch.cat([cy, torch.ones(2, 2,
+                 dtype=torch.float64)]), tx, torch.tensor([True] * 4 + [False] * 2))
+    torch.testing.assert_close(pm, mean)
+    torch.testing.assert_close(pv, var)
+    assert mean.shape == (3, 2)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        build_np_network("gp")

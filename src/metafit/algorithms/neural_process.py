@@ -39,6 +39,8 @@ __all__ = [
     "NPContext",
     "NeuralProcess",
     "Padded",
+    "build_in_context",
+    "build_neural_process",
     "masked_gaussian_nll",
 ]
 
@@ -317,3 +319,27 @@ class InContextLearner:
         loss = F.cross_entropy(logits, task.query_y)
         acc = (logits.detach().argmax(-1) == task.query_y).to(loss.dtype).mean()
         return loss, {"loss": loss.detach(), "nll": loss.detach(), "accuracy": acc}
+
+
+# -- registry builders (``build(criterion, **options) -> learner``) ---------------------------------
+
+
+def build_neural_process(criterion: str, *, variance_scale: float = 1.0) -> NeuralProcess:
+    """Registry builder of :class:`NeuralProcess` (entries ``"anp"``/``"tnp"``; the network picks the model).
+
+    Args:
+        criterion: ``"gaussian_nll"`` or ``"mse"`` (a regression run; the loss is the Gaussian NLL
+            either way, as for the CNP entry).
+        variance_scale: See :class:`NeuralProcess`.
+    """
+    if criterion not in ("gaussian_nll", "mse"):
+        raise ValueError(f"a neural process is a regression learner: criterion must be 'gaussian_nll' or 'mse', "
+                         f"got {criterion!r}")
+    return NeuralProcess(variance_scale=variance_scale)
+
+
+def build_in_context(criterion: str) -> InContextLearner:
+    """Registry builder of :class:`InContextLearner` (entry ``"caml"``); ``criterion`` must be ``"cross_entropy"``."""
+    if criterion != "cross_entropy":
+        raise ValueError(f"the in-context classifier needs criterion='cross_entropy', got {criterion!r}")
+    return InContextLearner()

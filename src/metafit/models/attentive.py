@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from metafit.models.cnp import MIN_VARIANCE, CNPRegressor, bounded_variance, masked_mean
 
 __all__ = [
+    "NP_NETWORKS",
     "AttentiveNP",
     "CNPAdapter",
     "Detached",
@@ -45,6 +46,7 @@ __all__ = [
     "MultiheadAttention",
     "TransformerLayer",
     "TransformerNP",
+    "build_np_network",
     "icl_mask",
     "tnp_mask",
 ]
@@ -165,9 +167,10 @@ class AttentiveNP(nn.Module):
     Args:
         x_dim: Input size.
         y_dim: Target size.
-        d_model: Width of the representations (128 in the paper).
-        n_heads: Attention heads (8 in the paper's 1-D GP runs; 4 by default here).
-        n_self_layers: Self-attention layers over the context (2 in the paper).
+        d_model: Width of the representations.
+        n_heads: Attention heads.
+        n_self_layers: Self-attention layers over the context (0 = the paper's cross-attention-only
+            deterministic path; with self-attention layers, its "self-attention" encoder).
         d_ff: Hidden width of each self-attention layer's feed-forward block.
         decoder_hidden: Hidden sizes of the decoder MLP.
         min_variance: Floor of the predictive variance (``bounded_variance``).
@@ -245,12 +248,12 @@ class TransformerNP(nn.Module):
     Args:
         x_dim: Input size.
         y_dim: Target size.
-        d_model: Token width (128 in the paper).
-        n_heads: Attention heads (4 in the paper).
-        n_layers: Transformer layers (6 in the paper).
-        d_ff: Feed-forward width of each layer (128 in the paper).
-        embed_depth: Layers of the token-embedding MLP (4 in the paper).
-        decoder_hidden: Hidden sizes of the output MLP (the paper: one layer of ``d_ff``).
+        d_model: Token width (64 in the reference GP config, ``regression/configs/gp/tnpd.yaml``).
+        n_heads: Attention heads (4 there).
+        n_layers: Transformer layers (6 there).
+        d_ff: Feed-forward width of each layer (128 there).
+        embed_depth: Layers of the token-embedding MLP (4 there).
+        decoder_hidden: Hidden sizes of the output MLP (there: one layer of ``d_ff``).
         min_variance: Floor of the predictive variance (``bounded_variance``).
 
     Shapes:
@@ -262,7 +265,7 @@ class TransformerNP(nn.Module):
         x_dim: int = 1,
         y_dim: int = 1,
         *,
-        d_model: int = 128,
+        d_model: int = 64,
         n_heads: int = 4,
         n_layers: int = 6,
         d_ff: int = 128,
@@ -423,3 +426,48 @@ class InContextClassifier(nn.Module):
         for layer in self.layers:
             h = layer(h, mask)
         return self.readout(h[s:]) @ self.label_table[:n_way].transpose(0, 1)
+
+
+NP_NETWORKS = ("cnp", "anp", "tnp")
+
+
+def build_np_network(
+    kind: str,
+    *,
+    x_dim: int = 1,
+    y_dim: int = 1,
+    d_model: int = 64,
+    n_heads: int = 4,
+    n_layers: int | None = None,
+    d_ff: int = 128,
+    min_variance: float = MIN_VARIANCE,
+) -> nn.Module:
+    """A regression network with ``forward(cx, cy, tx, context_mask=None) -> (mean, var)``, by name.
+
+    For an application config (``model.kind`` + these options); every network is usable by
+    :class:`metafit.algorithms.neural_process.NeuralProcess` and ``Padded``.
+
+    Args:
+        kind: ``"cnp"`` (:class:`CNPAdapter` of a :class:`CNPRegressor` with ``r_dim = d_model``,
+            ``n_layers`` hidden encoder layers of width ``d_model`` (default 3) and two decoder
+            layers), ``"anp"`` (:class:`AttentiveNP`, ``n_layers`` self-attention layers, default
+            2) or ``"tnp"`` (:class:`TransformerNP`, ``n_layers`` transformer layers, default 6).
+        x_dim: Input size.
+        y_dim: Target size.
+        d_model: Representation / token width.
+        n_heads: Attention heads (ignored by ``"cnp"``).
+        n_layers: See ``kind``.
+        d_ff: Feed-forward width of the attention layers and of the TNP's output MLP.
+        min_variance: Floor of the predictive variance.
+    """
+    if kind == "cnp":
+        depth = 3 if n_layers is None else n_layers
+        return CNPAdapter(CNPRegressor(x_dim, y_dim, r_dim=d_model, encoder_hidden=(d_model,) * depth,
+                                       decoder_hidden=(d_model, d_model), min_variance=min_variance))
+    if kind == "anp":
+        return AttentiveNP(x_dim, y_dim, d_model=d_model, n_heads=n_heads, n_self_layers=2 if n_layers is None else n_layers,
+                           d_ff=d_ff, decoder_hidden=(d_model, d_model), min_variance=min_variance)
+    if kind == "tnp":
+        return TransformerNP(x_dim, y_dim, d_model=d_model, n_heads=n_heads, n_layers=6 if n_layers is None else n_layers,
+                             d_ff=d_ff, decoder_hidden=(d_ff,), min_variance=min_variance)
+    raise ValueError(f"kind must be one of {NP_NETWORKS}, got {kind!r}")
