@@ -10,13 +10,16 @@ fixed held-out padded tasks per kernel (:func:`metafit.data.gp.gp_eval_tasks`, s
 drawn per task), identical for every model, scored by :class:`metafit.algorithms.neural_process.Padded`:
 mean per-target log-likelihood (nats, higher is better) with a 95% CI over tasks, and the MSE of
 the predictive mean. RBF is in-distribution; Matérn-5/2 and periodic are out-of-distribution
-transfer rows (the paper trains one model per kernel).
+transfer rows (the paper trains one model per kernel). ``--models gp`` scores the exact GP
+predictive with each task's true kernel and hyperparameters on the same tasks (no training): the
+oracle the neural processes approximate.
 
 The paper trains 100k steps on a GPU (TNP-D RBF target ll ~ 1.18, CNP ~ 0.26): this is a few
 minutes of one CPU thread, so the numbers show the ordering early in training, not the papers'.
 
 Usage:
-    OMP_NUM_THREADS=1 python benchmarks/np_gp.py --threads 1 --out results/np_gp.json
+    OMP_NUM_THREADS=1 python benchmarks/np_gp.py --threads 1 --minutes 1.0 --models cnp,anp,tnp --out results/np_gp.json
+    OMP_NUM_THREADS=1 python benchmarks/np_gp.py --threads 1 --models gp --out results/np_gp_oracle.json
     python benchmarks/np_gp.py --quick
 """
 
@@ -31,13 +34,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
-from metafit import Trainer, evaluate, generator, seeded  # noqa: E402
-from metafit.algorithms.neural_process import NeuralProcess, Padded  # noqa: E402
-from metafit.data.gp import GPTasks, gp_eval_tasks  # noqa: E402
+from metafit import Trainer, evaluate, generator, seeded, summarize  # noqa: E402
+from metafit.algorithms.neural_process import NeuralProcess, Padded, masked_gaussian_nll  # noqa: E402
+from metafit.data.gp import GPTasks, gp_eval_tasks, gp_eval_truth, gp_predictive, split_mask  # noqa: E402
 from metafit.models import CNPRegressor  # noqa: E402
 from metafit.models.attentive import AttentiveNP, CNPAdapter, TransformerNP  # noqa: E402
 
 KERNELS = ("rbf", "matern52", "periodic")
+EVAL_SEED = 777
+
+
+def oracle(kernel: str, tasks) -> tuple:  # noqa: ANN001
+    """Per-task target NLL and MSE of the exact GP predictive with each task's TRUE hyperparameters."""
+    truth = gp_eval_truth(kernel, len(tasks), seed=EVAL_SEED)
+    nlls, mses = [], []
+    for i, t in enumerate(tasks):
+        (cx, cm), (tx, tm) = split_mask(t.support_x), split_mask(t.query_x)
+        hyp = {k: v[i] for k, v in truth.items()}
+        mean, var = gp_predictive(kernel, cx[cm].double(), t.support_y[cm].double(), tx[tm].double(), **hyp)
+        y = t.query_y[tm].double()
+        nlls.append(float(masked_gaussian_nll(mean, var, y, None)))
+        mses.append(float((mean - y).pow(2).mean()))
+    return summarize(nlls), summarize(mses)
 
 
 def build(name: str, min_variance: float) -> torch.nn.Module:
@@ -65,9 +83,18 @@ def main() -> None:
         args.steps, args.minutes, args.eval_tasks = 30, 0.2, 50
     setup_threads(args.threads if args.threads is not None else 1, args.keep_freed_memory)
     models = args.models.split(",")
-    evals = {k: gp_eval_tasks(k, args.eval_tasks, seed=777) for k in KERNELS}
+    evals = {k: gp_eval_tasks(k, args.eval_tasks, seed=EVAL_SEED) for k in KERNELS}
     rows, results = [], {}
     for name in models:
+        if name == "gp":  # the oracle: no training, the true kernel and hyperparameters of every task
+            results[name] = {"eval": {}}
+            for kernel, tasks in evals.items():
+                nll, mse = oracle(kernel, tasks)
+                results[name]["eval"][kernel] = {"target_ll": -nll.mean, "ci95": nll.ci95, "mse": mse.mean,
+                                                 "mse_ci95": mse.ci95}
+                rows.append([name, kernel, 0, "0", f"{-nll.mean:.3f} ± {nll.ci95:.3f}",
+                             f"{mse.mean:.4f} ± {mse.ci95:.4f}"])
+            continue
         model = seeded(args.seed, lambda n=name: build(n, args.min_variance))
         algo = NeuralProcess()
         trainer = Trainer(algo, model, optimizer=lambda ps: torch.optim.Adam(ps, lr=5e-4), path="vmap")

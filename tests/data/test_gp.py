@@ -164,3 +164,38 @@ def test_sklearn_table_tasks_refuse_impossible_requests() -> None:
 def test_gp_tasks_need_a_generator() -> None:
     with pytest.raises(TypeError, match="explicit generator"):
         GPTasks()
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "matern52", "periodic"])
+def test_gp_predictive_matches_sklearn(kernel: str) -> None:
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, ExpSineSquared, Matern, WhiteKernel
+
+    from metafit.data.gp import gp_predictive
+
+    g = G().manual_seed(0)
+    cx, tx = torch.rand(12, 1, generator=g, dtype=torch.float64) * 4 - 2, torch.linspace(-2, 2, 9).double()[:, None]
+    cy = torch.randn(12, 1, generator=g, dtype=torch.float64)
+    ls, s, p, noise = 0.4, 0.7, 0.5, 0.05
+    base = {"rbf": RBF(ls, "fixed"), "matern52": Matern(ls, "fixed", nu=2.5),
+            "periodic": ExpSineSquared(ls, p, "fixed", "fixed")}[kernel]
+    sk = GaussianProcessRegressor(ConstantKernel(s**2, "fixed") * base + WhiteKernel(noise**2, "fixed"),
+                                  optimizer=None, alpha=1e-9).fit(cx.numpy(), cy.numpy().ravel())
+    mu, sd = sk.predict(tx.numpy(), return_std=True)
+    mean, var = gp_predictive(kernel, cx, cy, tx, lengthscale=ls, scale=s, period=p if kernel == "periodic" else None,
+                              noise_std=noise)
+    torch.testing.assert_close(mean[:, 0], torch.as_tensor(mu), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(var[:, 0].sqrt(), torch.as_tensor(sd), rtol=1e-6, atol=1e-7)
+
+
+def test_gp_eval_truth_replays_the_eval_tasks() -> None:
+    from metafit.data.gp import gp_eval_truth
+
+    tasks = gp_eval_tasks("periodic", 6, seed=5)
+    batch, hyp = GPTasks("periodic", generator=G().manual_seed(5)).sample_padded(6)
+    assert torch.equal(tasks.query_y, batch.query_y)
+    truth = gp_eval_truth("periodic", 6, seed=5)
+    assert sorted(truth) == ["lengthscale", "period", "scale"]
+    for k in truth:
+        assert torch.equal(truth[k], hyp[k])
+    assert bool(((truth["period"] >= 0.1) & (truth["period"] <= 0.5)).all())

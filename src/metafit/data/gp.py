@@ -49,6 +49,8 @@ __all__ = [
     "ImageCompletionTasks",
     "TabularPriorTasks",
     "gp_eval_tasks",
+    "gp_eval_truth",
+    "gp_predictive",
     "kernel_matrix",
     "pad_tasks",
     "pixel_coordinates",
@@ -284,14 +286,14 @@ class GPTasks:
         """Largest target set, ``max_points - min_context - 1``."""
         return self.max_points - self.min_context - 1
 
-    def _draw(self, t: int, n: int) -> tuple[Tensor, Tensor]:
+    def _draw(self, t: int, n: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         g = self.generator
         assert g is not None
         lo, hi = self.x_range
         x = lo + (hi - lo) * torch.rand(t, n, 1, generator=g, dtype=torch.float64)
         hyp = sample_hyperparameters(self.kernel, t, generator=g)
         y = sample_gp(x, self.kernel, generator=g, noise_std=self.noise_std, **hyp)
-        return x.to(self.dtype), y.to(self.dtype)
+        return x.to(self.dtype), y.to(self.dtype), hyp
 
     def _sizes(self, t: int) -> tuple[Tensor, Tensor]:
         g = self.generator
@@ -309,7 +311,7 @@ class GPTasks:
         """
         t = self.tasks_per_batch if n_tasks is None else _check_int("n_tasks", n_tasks, 1)
         ctx, tar = (int(v[0]) for v in self._sizes(1))
-        x, y = self._draw(t, ctx + tar)
+        x, y, _ = self._draw(t, ctx + tar)
         return TaskBatch(x[:, :ctx], y[:, :ctx], x[:, ctx:], y[:, ctx:])
 
     def sample_padded_batch(self, n_tasks: int | None = None) -> TaskBatch:
@@ -320,9 +322,18 @@ class GPTasks:
             ``support_y (T, max_context, 1)``, ``query_x (T, max_target, 2)``, ``query_y (T,
             max_target, 1)``, always the same shapes.
         """
+        return self.sample_padded(n_tasks)[0]
+
+    def sample_padded(self, n_tasks: int | None = None) -> tuple[TaskBatch, dict[str, Tensor]]:
+        """As :meth:`sample_padded_batch` (same draws), plus each task's true kernel hyperparameters.
+
+        Returns:
+            ``(batch, {"lengthscale": (T,), "scale": (T,)[, "period": (T,)]})`` (float64), e.g. for
+            the exact GP predictive (:func:`gp_predictive`), the oracle a neural process approximates.
+        """
         t = self.tasks_per_batch if n_tasks is None else _check_int("n_tasks", n_tasks, 1)
         ctx, tar = self._sizes(t)
-        x, y = self._draw(t, self.max_points - 1)
+        x, y, hyp = self._draw(t, self.max_points - 1)
         cw, tw = self.max_context, self.max_target
         cmask = torch.arange(cw).unsqueeze(0) < ctx.unsqueeze(1)  # (T, cw)
         tidx = (ctx.unsqueeze(1) + torch.arange(tw).unsqueeze(0)).clamp_max(x.shape[1] - 1)
@@ -330,9 +341,8 @@ class GPTasks:
         cm, tm = cmask.to(self.dtype).unsqueeze(-1), tmask.to(self.dtype).unsqueeze(-1)
         qx = torch.gather(x, 1, tidx.unsqueeze(-1)) * tm
         qy = torch.gather(y, 1, tidx.unsqueeze(-1)) * tm
-        return TaskBatch(
-            torch.cat([x[:, :cw] * cm, cm], -1), y[:, :cw] * cm, torch.cat([qx, tm], -1), qy
-        )
+        batch = TaskBatch(torch.cat([x[:, :cw] * cm, cm], -1), y[:, :cw] * cm, torch.cat([qx, tm], -1), qy)
+        return batch, hyp
 
     def __iter__(self) -> Iterator[TaskBatch]:
         while True:
@@ -362,6 +372,53 @@ def gp_eval_tasks(
     """
     gen = torch.Generator().manual_seed(seed)
     return GPTasks(kernel, generator=gen, dtype=dtype, **options).sample_padded_batch(n_tasks)
+
+
+def gp_eval_truth(
+    kernel: str = "rbf", n_tasks: int = 1000, *, seed: int = 12345, **options: Any
+) -> dict[str, Tensor]:
+    """The true hyperparameters of the tasks of :func:`gp_eval_tasks` with the same arguments (a replay)."""
+    gen = torch.Generator().manual_seed(seed)
+    return GPTasks(kernel, generator=gen, **options).sample_padded(n_tasks)[1]
+
+
+def gp_predictive(
+    kernel: str,
+    context_x: Tensor,
+    context_y: Tensor,
+    target_x: Tensor,
+    *,
+    lengthscale: Tensor | float,
+    scale: Tensor | float,
+    period: Tensor | float | None = None,
+    noise_std: float = 0.02,
+) -> tuple[Tensor, Tensor]:
+    """Exact GP predictive marginals of NOISY targets (zero prior mean), computed in float64.
+
+    ``mean = K_tc (K_cc + s_n^2 I)^-1 y_c``, ``var = diag(K_tt) + s_n^2 - diag(K_tc (K_cc + s_n^2 I)^-1 K_ct)``.
+
+    Args:
+        kernel: One of :data:`KERNELS`.
+        context_x: ``(C, d)``.
+        context_y: ``(C, 1)`` or ``(C,)``.
+        target_x: ``(T, d)``.
+        lengthscale, scale, period: The kernel's hyperparameters (floats or 0-d tensors).
+        noise_std: Observation noise sd.
+
+    Returns:
+        ``(mean (T, 1), var (T, 1))`` in ``context_x``'s dtype.
+    """
+    cx, tx = context_x.to(torch.float64), target_x.to(torch.float64)
+    cy = context_y.to(torch.float64).reshape(-1, 1)
+    hyp = {"lengthscale": lengthscale, "scale": scale, "period": period}
+    kcc = kernel_matrix(kernel, cx, cx, **hyp) + (noise_std**2 + 1e-9) * torch.eye(cx.shape[0], dtype=torch.float64)
+    ktc = kernel_matrix(kernel, tx, cx, **hyp)
+    chol = torch.linalg.cholesky(kcc)
+    alpha = torch.cholesky_solve(cy, chol)
+    v = torch.linalg.solve_triangular(chol, ktc.T, upper=False)  # (C, T)
+    prior = torch.as_tensor(scale, dtype=torch.float64).pow(2)  # k(x, x) = s^2 for every kernel here
+    var = prior + noise_std**2 - v.pow(2).sum(0)
+    return (ktc @ alpha).to(context_x.dtype), var.clamp_min(1e-12).unsqueeze(-1).to(context_x.dtype)
 
 
 # -- image completion -------------------------------------------------------------------------------
