@@ -169,7 +169,13 @@ def test_gp_tasks_need_a_generator() -> None:
 @pytest.mark.parametrize("kernel", ["rbf", "matern52", "periodic"])
 def test_gp_predictive_matches_sklearn(kernel: str) -> None:
     from sklearn.gaussian_process import GaussianProcessRegressor
-    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, ExpSineSquared, Matern, WhiteKernel
+    from sklearn.gaussian_process.kernels import (
+        RBF,
+        ConstantKernel,
+        ExpSineSquared,
+        Matern,
+        WhiteKernel,
+    )
 
     from metafit.data.gp import gp_predictive
 
