@@ -267,3 +267,19 @@ def test_registry_builders_check_the_criterion() -> None:
         build_neural_process("cross_entropy")
     with pytest.raises(ValueError, match="cross_entropy"):
         build_in_context("mse")
+
+
+def test_evaluate_scores_in_context_learner_and_padded_np_task_by_task() -> None:
+    from metafit import evaluate
+
+    net, algo = _icl(), InContextLearner()
+    mp = algo.init(net)
+    batch = TabularPriorTasks(generator=G().manual_seed(2), dtype=torch.float64).sample_batch(4)
+    ev = evaluate(algo, net, mp, batch)
+    per = [float(algo.loss(net, mp, {}, t)[1]["accuracy"]) for t in batch]
+    assert ev.per_task["accuracy"] == pytest.approx(per)
+    tnp, padded = _tnp(), Padded()
+    tasks = _gp_batch(4, seed=11)
+    ev = evaluate(padded, tnp, padded.init(tnp), tasks)
+    plain = [float(NeuralProcess().loss(tnp, padded.init(tnp), {}, t)[0].detach()) for t in _unpadded(tasks)]
+    assert ev.per_task["nll"] == pytest.approx(plain)
