@@ -118,7 +118,7 @@ def _env_int(environ: Mapping[str, str], name: str) -> int:
     try:
         return int(environ[name])
     except KeyError:
-        raise RuntimeError(f"environment variable {name} is not set (start the job with torchrun, metafit train --nproc, or metafit.distributed.launch)") from None
+        raise RuntimeError(f"environment variable {name} is not set (start the job with torchrun or metafit.distributed.launch)") from None
     except ValueError:
         raise RuntimeError(f"environment variable {name} must be an integer, got {environ[name]!r}") from None
 

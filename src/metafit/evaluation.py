@@ -130,17 +130,16 @@ def evaluate(
             "(leave them unset)"
         )
     mp = clone_meta_params(meta_params, requires_grad=False)
-    task_list = _task_list(tasks)
-    if not task_list:
-        raise ValueError("evaluate needs at least one task")
     try:  # tasks are checked when built; this catches tensors changed in place since
         if isinstance(tasks, TaskBatch):
             tasks.check_finite()
-        else:
-            for task in task_list:
-                task.check_finite()
+        task_list = _task_list(tasks)
+        for task in task_list if not isinstance(tasks, TaskBatch) else ():
+            task.check_finite()
     except ValueError as e:
         raise ValueError(f"evaluate: tasks: {e}") from None
+    if not task_list:
+        raise ValueError("evaluate needs at least one task")
     per_task: dict[str, list[float]] = {}
     curve_vals: dict[str, list[list[float]]] = {}
     eval_steps: int | None = None

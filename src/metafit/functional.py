@@ -90,12 +90,38 @@ def apply(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, 
 
     Raises:
         RuntimeError: from ``functional_call`` if a name is missing or unexpected.
+        ValueError: if the input's per-example shape does not fit the model: checked against the
+            model's ``input_shape`` attribute where it has one (metafit's backbones), else
+            recognised from torch's shape errors; the message names the actual shape.
     """
+    expected = getattr(model, "input_shape", None)
+    if expected is not None and args and isinstance(args[0], Tensor) and not _fits(tuple(args[0].shape[1:]), expected):
+        raise ValueError(
+            f"input of per-example shape {tuple(args[0].shape[1:])} does not fit {type(model).__name__}, which "
+            f"expects per-example shape {tuple(expected)} (full input shape {tuple(args[0].shape)})"
+        )
     if buffers and writes_buffers(model):
         # Running-stat updates happen in place: hand the module private copies so that
         # the caller's buffers are never mutated.
         buffers = {k: v.clone() for k, v in buffers.items()}
-    return functional_call(model, (dict(params), dict(buffers)), args, strict=True)
+    try:
+        return functional_call(model, (dict(params), dict(buffers)), args, strict=True)
+    except RuntimeError as e:
+        msg = str(e)
+        if args and isinstance(args[0], Tensor) and any(p in msg for p in _SHAPE_ERRORS):
+            raise ValueError(
+                f"input of per-example shape {tuple(args[0].shape[1:])} does not fit {type(model).__name__} "
+                f"(full input shape {tuple(args[0].shape)}): {msg.splitlines()[0]}"
+            ) from e
+        raise
+
+
+def _fits(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
+    return len(shape) == len(expected) and all(e is None or e == d for d, e in zip(shape, expected))
+
+
+# Fragments of torch's messages for inputs whose shape does not fit a layer.
+_SHAPE_ERRORS = ("shapes cannot be multiplied", "to have", "size mismatch", "Given groups", "Expected size", "must match the size")
 
 
 def under_transform(*tensors: Tensor | None) -> bool:

@@ -142,9 +142,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 # -- eval ------------------------------------------------------------------------------------------
 
 
+def _check_flags(args: argparse.Namespace, ints: dict[str, int], floats: Sequence[str]) -> None:
+    """Flags given as ints with a minimum, or floats that must be finite and > 0 (one-line errors)."""
+    import math
+
+    for flag, minimum in ints.items():
+        values = getattr(args, flag.lstrip("-").replace("-", "_"))
+        for v in values if isinstance(values, list) else [values]:
+            if v is not None and v < minimum:
+                raise ValueError(f"{flag} must be an int >= {minimum}, got {v}")
+    for flag in floats:
+        v = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{flag} must be a finite number > 0, got {v}")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    from metafit.checkpoint import atomic_write_bytes
     from metafit.app.runs import eval_markdown, evaluate_checkpoint
+    from metafit.checkpoint import atomic_write_bytes
+
+    _check_flags(args, {"--inner-steps": 0, "--episodes": 1, "--n-way": 2, "--k-shot": 1, "--n-query": 1, "--seed": 0},
+                 ["--inner-lr"])
 
     out = evaluate_checkpoint(
         args.target, shots=args.k_shot, n_way=args.n_way, n_query=args.n_query, episodes=args.episodes,

@@ -393,16 +393,15 @@ class RunConfig:
         from metafit.algorithms.registry import build_learner
 
         regression = self.data.dataset == "sinusoid"
-        try:
+        try:  # the learner's own checks (e.g. Reptile refuses inner_steps=0) before anything is written
             build_learner(self.algo.name, "mse" if regression else "cross_entropy", **self.algo.options)
-            fits = True
-        except ValueError:
-            fits = False
-        if regression and not fits:
-            raise ValueError(
-                f"algo.name={self.algo.name!r} is a classifier and needs a classification dataset "
-                f"(data.dataset='omniglot'), got data.dataset={self.data.dataset!r}"
-            )
+        except ValueError as e:
+            if regression and "classifier" in str(e):
+                raise ValueError(
+                    f"algo.name={self.algo.name!r} is a classifier and needs a classification dataset "
+                    f"(data.dataset='omniglot'), got data.dataset={self.data.dataset!r}"
+                ) from None
+            raise ValueError(f"algo ({self.algo.name}): {e}") from None
         arch = self.resolved_arch
         if self.data.dataset == "sinusoid" and arch != "mlp":
             _fail("model", "arch", "'mlp' or 'auto' for data.dataset='sinusoid'", self.model.arch)

@@ -89,6 +89,7 @@ class MLP(nn.Module):
             prev = h
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(prev, out_features)
+        self.input_shape = (in_features,)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
@@ -165,6 +166,8 @@ class Conv4(nn.Module):
         self.fuse = bool(fuse) and norm != "none"
         self.feature_dim = width * side * side if downsample == "pool" else width
         self.head = nn.Linear(self.feature_dim, out_features) if out_features else None
+        # per-example input shape (``None``: any size; the strided net averages its last feature map)
+        self.input_shape = (in_channels, image_size, image_size) if downsample == "pool" else (in_channels, None, None)
 
     def embed(self, x: Tensor) -> Tensor:
         """Features before the head, ``(B, feature_dim)``."""
