@@ -14,7 +14,9 @@ from metafit.data.metadataset import (
     EpisodeConfig,
     MultiSourceEpisodes,
     episodes_for_split,
+    fixed_multisource_episodes,
 )
+from metafit.data.sampling import VariableEpisodeSampler
 from metafit.data.sources import SplitDataset
 from metafit.data.task import Task
 
@@ -207,3 +209,27 @@ def test_episodes_for_split_skips_sources_without_the_split_and_uses_groups() ->
         assert len({c // 6 for c in classes}) == 1  # one alphabet per episode
     with pytest.raises(ValueError, match=r"no dataset has a 'val' split"):
         episodes_for_split({"omni": omni, "fm": fm}, "val", generator=torch.Generator())
+
+
+def test_variable_sampler_sample_task_is_sample_classes_then_task_for_classes() -> None:
+    ds = _ds([9, 4, 17, 6, 12, 8, 5, 30])
+    a = VariableEpisodeSampler(ds, generator=torch.Generator().manual_seed(5))
+    b = VariableEpisodeSampler(ds, generator=torch.Generator().manual_seed(5))
+    for _ in range(5):
+        t1 = a.sample_task()
+        t2 = b.task_for_classes(b.sample_classes())
+        assert torch.equal(t1.support_x, t2.support_x) and torch.equal(t1.query_x, t2.query_x)
+        assert torch.equal(t1.support_y, t2.support_y) and t1.n_way == t2.n_way
+    with pytest.raises(ValueError, match=r"classes must be distinct class ids, got \[1, 1\]"):
+        a.task_for_classes(torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match=r"class 'c1' \(class 1\) has 4 examples; this episode needs at least 5"):
+        a.task_for_classes(torch.tensor([0, 1]), k_shot=4)
+
+
+def test_fixed_multisource_episodes_are_reproducible() -> None:
+    srcs = {"a": _ds([10] * 8), "b": _ds([12] * 9, offset=100)}
+    one = fixed_multisource_episodes(srcs, 4, seed=3, config=EpisodeConfig.fixed(5, 2, 3))
+    two = fixed_multisource_episodes(srcs, 4, seed=3, config=EpisodeConfig.fixed(5, 2, 3))
+    assert [e.source for e in one] == [e.source for e in two]
+    assert all(torch.equal(x.task.support_x, y.task.support_x) for x, y in zip(one, two))
+    assert all(e.task.n_support == 10 and e.task.n_query == 15 for e in one)

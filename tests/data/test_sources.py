@@ -175,9 +175,10 @@ def test_load_image_folder_dataset_cache_hit_does_not_decode_and_is_memory_mappe
     _class_folder(root, n_classes=5)
     calls = _count_opens(monkeypatch)
     first = load_image_folder_dataset(root, image_size=4, cache_dir=cache)
-    assert calls[0] == 15 and first.preprocessing["cache_hit"] is False
+    assert calls[0] == 15 and first.load_info["cache_hit"] is False
     second = load_image_folder_dataset(root, image_size=4, cache_dir=cache)
-    assert calls[0] == 15 and second.preprocessing["cache_hit"] is True
+    assert calls[0] == 15 and second.load_info["cache_hit"] is True
+    assert second.preprocessing == first.preprocessing  # the transform record does not depend on the cache
     for k in first.splits:
         assert torch.equal(first.splits[k].x, second.splits[k].x)
     npy = next(cache.rglob("images.npy"))
@@ -198,7 +199,7 @@ def test_load_image_folder_dataset_cache_invalidated_by_changed_file_or_size(
     st = target.stat()
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     ds = load_image_folder_dataset(root, image_size=4, cache_dir=cache)
-    assert calls[0] == 15 and ds.preprocessing["cache_hit"] is False
+    assert calls[0] == 15 and ds.load_info["cache_hit"] is False
     part = next(p for p in ds.splits.values() if "cls0" in p.class_names)
     assert float(part.x[part.y == part.class_names.index("cls0")][0].max()) == pytest.approx(250 / 255)
     ds = load_image_folder_dataset(root, image_size=5, cache_dir=cache)
@@ -424,7 +425,7 @@ def test_load_kuzushiji_kanji_split_and_polarity(tmp_path: Path) -> None:
     assert torch.equal(train.x[0, 0], torch.from_numpy(np.asarray(im, dtype=np.float32) / 255))
     assert float(train.x.mean()) < 0.4 and float(train.x[:, 0, 0, 0].mean()) < 0.05  # ink bright on black
     again = load_kuzushiji_kanji(SHARED, cache_dir=tmp_path)
-    assert again.preprocessing["cache_hit"] is True and torch.equal(again.splits["test"].x, ds.splits["test"].x)
+    assert again.load_info["cache_hit"] is True and torch.equal(again.splits["test"].x, ds.splits["test"].x)
 
 
 def test_class_split_is_a_seeded_partition() -> None:

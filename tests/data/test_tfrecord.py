@@ -122,7 +122,7 @@ def test_metadataset_source_round_trip(tmp_path: Path, channels: int) -> None:
         assert torch.equal(ds.splits[k].y, part.y)
         assert torch.equal(ds.splits[k].x, part.x)
     again = load_metadataset_source(folder, image_size=9, channels=channels, cache_dir=tmp_path / "cache")
-    assert again.preprocessing["cache_hit"] is True and torch.equal(again.splits["test"].x, splits["test"].x)
+    assert again.load_info["cache_hit"] is True and torch.equal(again.splits["test"].x, splits["test"].x)
     assert resolve_dataset(folder, image_size=9).preprocessing["format"] == "meta-dataset tfrecords"
 
 

@@ -96,6 +96,7 @@ __all__ = [
     "EpisodeConfig",
     "MultiSourceEpisodes",
     "episodes_for_split",
+    "fixed_multisource_episodes",
     "load_metadataset_source",
     "write_metadataset_source",
 ]
@@ -306,6 +307,37 @@ class MultiSourceEpisodes:
             yield self.sample().task
 
 
+def fixed_multisource_episodes(
+    sources: Mapping[str, LabelledDataset],
+    n_episodes: int,
+    *,
+    seed: int,
+    config: EpisodeConfig | None = None,
+    weights: Mapping[str, float] | None = None,
+    hierarchies: Mapping[str, Hierarchy] | None = None,
+) -> list[Episode]:
+    """A fixed, seeded list of held-out episodes (same arguments and seed: identical episodes).
+
+    Meta-Dataset evaluates on 600 episodes per test source: call this with one source at a time
+    (``{"omniglot": test_split}``) and score with :func:`metafit.evaluation.evaluate` on
+    ``[e.task for e in episodes]``.
+
+    Args:
+        sources: As in :class:`MultiSourceEpisodes`.
+        n_episodes: Number of episodes.
+        seed: Seed of a fresh CPU ``torch.Generator`` (global RNG state is untouched).
+        config: Episode rules.
+        weights: Source weights (default uniform).
+        hierarchies: As in :class:`MultiSourceEpisodes`.
+    """
+    _pos_int("n_episodes", n_episodes)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    eps = MultiSourceEpisodes(sources, generator=torch.Generator().manual_seed(seed), weights=weights,
+                              config=config, hierarchies=hierarchies)
+    return [eps.sample() for _ in range(n_episodes)]
+
+
 def episodes_for_split(
     datasets: Mapping[str, SplitDataset],
     split: str,
@@ -513,13 +545,13 @@ def load_metadataset_source(
         if chan == "auto":
             grey = bool((u8[:, 0] == u8[:, 1]).all() and (u8[:, 1] == u8[:, 2]).all())
             out_ch, u8 = (1, u8[:, :1]) if grey else (3, u8)
-        return u8.astype(np.float32) / np.float32(255.0), {"channels": out_ch, "counts": [counts[c] for c in order]}
+        return u8, {"channels": out_ch, "counts": [counts[c] for c in order]}
 
     from metafit.data.sources import _safe_name
 
-    x, meta, hit = _cached(cache_dir, use_cache, "md-" + _safe_name(str(spec.get("name", folder.name))),
-                           [listing, prep], build)
-    prep["channels"], prep["cache_hit"] = meta["channels"], hit
+    x, meta, load_info = _cached(cache_dir, use_cache, "md-" + _safe_name(str(spec.get("name", folder.name))),
+                                 [listing, prep], build)
+    prep["channels"] = meta["channels"]
     per_class = dict(zip(order, meta["counts"]))
     splits, start = {}, 0
     for s in SPLIT_NAMES:
@@ -535,7 +567,8 @@ def load_metadataset_source(
             groups=None if groups is None else tuple(groups[c] for c in ids),
         )
         start += n
-    return SplitDataset(name=str(spec.get("name", folder.name)), splits=splits, preprocessing=prep, trees=trees)
+    return SplitDataset(name=str(spec.get("name", folder.name)), splits=splits, preprocessing=prep, trees=trees,
+                        load_info=load_info)
 
 
 def _flat_counts(spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -361,6 +361,13 @@ class VariableEpisodeSampler:
         g = self.generator if generator is None else _check_generator(generator)
         classes = torch.as_tensor(classes, dtype=torch.int64).flatten()
         n = int(classes.numel())
+        if n < 1 or int(classes.unique().numel()) != n:
+            raise ValueError(f"classes must be distinct class ids, got {classes.tolist()[:20]}")
+        if int(classes.min()) < 0 or int(classes.max()) >= self.dataset.num_classes:
+            raise ValueError(
+                f"classes must lie in 0..{self.dataset.num_classes - 1}, got values in "
+                f"{int(classes.min())}..{int(classes.max())}"
+            )
         sizes = self._sizes[classes]
         if n_query is not None:
             q = _check_int("n_query", n_query, 1)

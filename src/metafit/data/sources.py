@@ -137,6 +137,8 @@ class SplitDataset:
             that :func:`check_split_dataset` can report them.
         trees: Optional class hierarchy per split: ``split -> {node: leaf class names}`` (e.g. a
             Meta-Dataset ImageNet subgraph), for hierarchical episode sampling.
+        load_info: Facts about this particular load that are not part of the transform (e.g.
+            ``{"cache": folder, "cache_hit": bool}``); not compared, not stored in checkpoints.
     """
 
     name: str
@@ -144,6 +146,7 @@ class SplitDataset:
     preprocessing: dict[str, Any]
     empty: tuple[str, ...] = ()
     trees: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+    load_info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.splits, Mapping):
@@ -202,11 +205,12 @@ class SplitDataset:
             "empty_splits": list(self.empty),
             "hierarchy_splits": sorted(self.trees),
             "preprocessing": self.preprocessing,
+            "load": self.load_info,
         }
 
 
 def check_split_dataset(
-    ds: SplitDataset, *, k_shot: int, n_query: int, required: Sequence[str] = ()
+    ds: SplitDataset, *, k_shot: int, n_query: int, n_way: int | None = None, required: Sequence[str] = ()
 ) -> None:
     """Checks that a dataset can give ``k_shot``-shot episodes with ``n_query`` queries per class.
 
@@ -214,6 +218,7 @@ def check_split_dataset(
         ds: The dataset.
         k_shot: Support examples per class.
         n_query: Query examples per class.
+        n_way: If given, every split needs at least ``n_way`` classes.
         required: Splits that must be present (e.g. ``("train", "val")`` for training).
 
     Raises:
@@ -235,6 +240,10 @@ def check_split_dataset(
             )
     need = k_shot + n_query
     for split, part in ds.splits.items():
+        if n_way is not None and part.num_classes < n_way:
+            raise ValueError(
+                f"split {split!r} of dataset {ds.name!r} has {part.num_classes} classes, fewer than n_way={n_way}"
+            )
         sizes = part.class_sizes()
         c = int(torch.argmin(sizes))
         if int(sizes[c]) < need:
@@ -340,11 +349,15 @@ def _cached(
     name: str,
     key_material: Any,
     build: Callable[[], tuple[np.ndarray, dict[str, Any]]],
-) -> tuple[Tensor, dict[str, Any], bool]:
-    """``(x, meta, hit)``: the float32 array built by ``build`` (cached as ``.npy`` + ``meta.json``)."""
+) -> tuple[Tensor, dict[str, Any], dict[str, Any]]:
+    """``(x, meta, load_info)`` for the uint8 ``(N, ...)`` array built by ``build``.
+
+    ``x`` is float32 ``uint8 / 255``. With the cache it is written chunk by chunk into
+    ``images.npy`` (so the float copy never sits in memory twice) and memory-mapped back.
+    """
     if not use_cache:
-        arr, meta = build()
-        return _from_numpy(arr), meta, False
+        u8, meta = build()
+        return torch.from_numpy(_to_float(u8)), meta, {"cache": None, "cache_hit": False}
     key = hashlib.sha256(json.dumps([_CACHE_VERSION, key_material], sort_keys=True).encode()).hexdigest()[:24]
     folder = (Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir()) / f"{name}-{key}"
     npy, meta_path = folder / "images.npy", folder / "meta.json"
@@ -353,19 +366,33 @@ def _cached(
             meta = json.loads(meta_path.read_text())
             arr = np.load(npy, mmap_mode="c", allow_pickle=False)
             if list(arr.shape) == meta["shape"] and arr.dtype == np.float32:
-                return _from_numpy(arr), meta, True
+                return _from_numpy(arr), meta, {"cache": str(folder), "cache_hit": True}
         except (OSError, ValueError, KeyError):
             pass
-    arr, meta = build()
-    meta = dict(meta, shape=list(arr.shape))
+    u8, meta = build()
+    meta = dict(meta, shape=list(u8.shape))
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(npy, lambda f: np.save(f, np.ascontiguousarray(arr, dtype=np.float32)))
+        fd, tmp = tempfile.mkstemp(prefix="images.npy.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=u8.shape)
+            step = max(1, (1 << 24) // max(1, int(np.prod(u8.shape[1:]))))  # ~64 MB of float32 per chunk
+            for i in range(0, u8.shape[0], step):
+                out[i : i + step] = _to_float(u8[i : i + step])
+            out.flush()
+            del out
+            os.replace(tmp, npy)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         _atomic_write(meta_path, lambda f: json.dump(meta, f), mode="w")
         arr = np.load(npy, mmap_mode="c", allow_pickle=False)
     except OSError as e:
         warnings.warn(f"could not write the dataset cache {folder}: {e}", RuntimeWarning, stacklevel=3)
-    return _from_numpy(arr), meta, False
+        return torch.from_numpy(_to_float(u8)), meta, {"cache": None, "cache_hit": False}
+    return _from_numpy(arr), meta, {"cache": str(folder), "cache_hit": False}
 
 
 # -- image decoding --------------------------------------------------------------------------------
@@ -587,11 +614,10 @@ def load_image_folder_dataset(
             out_channels = 1 if grey else 3
             if grey:
                 u8 = u8[:, :1]
-        return _to_float(u8), {"channels": out_channels}
+        return u8, {"channels": out_channels}
 
-    x, meta, hit = _cached(cache_dir, use_cache, _safe_name(base.name), [listing, prep], build)
+    x, meta, load_info = _cached(cache_dir, use_cache, _safe_name(base.name), [listing, prep], build)
     prep["channels"] = meta["channels"]
-    prep["cache_hit"] = hit
     if ignored:
         prep["ignored_files"] = ignored
     splits: dict[str, LabelledDataset] = {}
@@ -605,7 +631,7 @@ def load_image_folder_dataset(
             class_names=tuple(c for c, _ in entries[s]),
         )
         start += n
-    return SplitDataset(name=base.name, splits=splits, preprocessing=prep, empty=empty)
+    return SplitDataset(name=base.name, splits=splits, preprocessing=prep, empty=empty, load_info=load_info)
 
 
 def _safe_name(name: str) -> str:
@@ -1155,11 +1181,10 @@ def load_kuzushiji_kanji(
                     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, zipfile.BadZipFile) as e:
                         raise ValueError(f"cannot decode image {entry} in {zpath}: {e}") from e
                     i += 1
-        return _to_float(out), {"channels": 1}
+        return out, {"channels": 1}
 
     key = [str(zpath), st.st_size, st.st_mtime_ns, prep]
-    x, _, hit = _cached(cache_dir, use_cache, "kuzushiji-kanji", key, build)
-    prep["cache_hit"] = hit
+    x, _, load_info = _cached(cache_dir, use_cache, "kuzushiji-kanji", key, build)
     splits, start = {}, 0
     for s in SPLIT_NAMES:
         cnt = [counts[c] for c in split_ids[s]]
@@ -1170,7 +1195,7 @@ def load_kuzushiji_kanji(
             class_names=tuple(classes[c] for c in split_ids[s]),
         )
         start += n
-    return SplitDataset(name="kuzushiji-kanji", splits=splits, preprocessing=prep)
+    return SplitDataset(name="kuzushiji-kanji", splits=splits, preprocessing=prep, load_info=load_info)
 
 
 def download_kuzushiji_kanji(root: str | Path | None = None) -> Path:
