@@ -27,8 +27,12 @@ def _ds(sizes: list[int], offset: int = 0, groups: list[str] | None = None) -> L
     """Example ``i`` has ``x = offset + i``, so every drawn example can be traced back."""
     y = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
     x = (torch.arange(len(y)) + offset).double().view(-1, 1)
-    return LabelledDataset(x=x, y=y, class_names=tuple(f"c{i}" for i in range(len(sizes))),
-                           groups=None if groups is None else tuple(groups))
+    return LabelledDataset(
+        x=x,
+        y=y,
+        class_names=tuple(f"c{i}" for i in range(len(sizes))),
+        groups=None if groups is None else tuple(groups),
+    )
 
 
 def _trace(task: Task, ds: LabelledDataset, offset: int = 0) -> tuple[list[int], list[int], int]:
@@ -66,14 +70,21 @@ sizes_st = st.lists(st.integers(2, 40), min_size=5, max_size=40)
 
 
 @FAST
-@given(sizes=sizes_st, max_ways=st.integers(5, 50), max_query=st.integers(1, 12),
-       max_support=st.integers(50, 500), per_class=st.integers(1, 100), seed=st.integers(0, 10**6))
+@given(
+    sizes=sizes_st,
+    max_ways=st.integers(5, 50),
+    max_query=st.integers(1, 12),
+    max_support=st.integers(50, 500),
+    per_class=st.integers(1, 100),
+    seed=st.integers(0, 10**6),
+)
 def test_multisource_flat_episode_follows_the_paper_rules(
     sizes: list[int], max_ways: int, max_query: int, max_support: int, per_class: int, seed: int
 ) -> None:
     ds = _ds(sizes)
-    cfg = EpisodeConfig(max_ways=max_ways, max_query=max_query, max_support=max_support,
-                        max_support_per_class=per_class)
+    cfg = EpisodeConfig(
+        max_ways=max_ways, max_query=max_query, max_support=max_support, max_support_per_class=per_class
+    )
     g = torch.Generator().manual_seed(seed)
     episodes = MultiSourceEpisodes({"only": ds}, generator=g, config=cfg)
     replay = torch.Generator().set_state(g.get_state())
@@ -99,10 +110,14 @@ def test_multisource_groups_keep_an_episode_within_one_group(group_sizes: list[i
     groups = [f"g{i}" for i, k in enumerate(group_sizes) for _ in range(k)]
     ds = _ds([6] * len(groups), groups=groups)
     if max(group_sizes) < 5:
-        with pytest.raises(ValueError, match=r"needs a group with at least min_ways=5 classes|has \d classes, fewer than min_ways=5"):
+        with pytest.raises(
+            ValueError, match=r"needs a group with at least min_ways=5 classes|has \d classes, fewer than min_ways=5"
+        ):
             MultiSourceEpisodes({"o": ds}, generator=torch.Generator(), hierarchies={"o": "groups"})
         return
-    episodes = MultiSourceEpisodes({"o": ds}, generator=torch.Generator().manual_seed(seed), hierarchies={"o": "groups"})
+    episodes = MultiSourceEpisodes(
+        {"o": ds}, generator=torch.Generator().manual_seed(seed), hierarchies={"o": "groups"}
+    )
     for _ in range(5):
         classes, _, q = _trace(episodes.sample_task(), ds)
         used = {groups[c] for c in classes}
@@ -118,10 +133,11 @@ def test_multisource_tree_samples_an_eligible_node_then_its_leaves(n_leaves: lis
     ds = _ds([4] * n_classes)
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, n_classes, (len(n_leaves),), generator=g).tolist()
-    tree = {f"node{i}": [f"c{(s + j) % n_classes}" for j in range(k)] + ["not-a-class"]
-            for i, (s, k) in enumerate(zip(starts, n_leaves))}
-    eligible = {frozenset(int(c[1:]) for c in v if c != "not-a-class") for v in tree.values()
-                if 5 <= len(v) - 1 <= 392}
+    tree = {
+        f"node{i}": [f"c{(s + j) % n_classes}" for j in range(k)] + ["not-a-class"]
+        for i, (s, k) in enumerate(zip(starts, n_leaves))
+    }
+    eligible = {frozenset(int(c[1:]) for c in v if c != "not-a-class") for v in tree.values() if 5 <= len(v) - 1 <= 392}
     if not eligible:
         with pytest.raises(ValueError, match="no tree node spans between min_ways=5"):
             MultiSourceEpisodes({"inet": ds}, generator=g, hierarchies={"inet": tree})
@@ -136,22 +152,31 @@ def test_multisource_tree_samples_an_eligible_node_then_its_leaves(n_leaves: lis
 
 
 @FAST
-@given(sizes=st.lists(st.integers(8, 30), min_size=6, max_size=30), n_way=st.integers(2, 6),
-       k_shot=st.integers(1, 4), n_query=st.integers(1, 4), seed=st.integers(0, 10**6))
+@given(
+    sizes=st.lists(st.integers(8, 30), min_size=6, max_size=30),
+    n_way=st.integers(2, 6),
+    k_shot=st.integers(1, 4),
+    n_query=st.integers(1, 4),
+    seed=st.integers(0, 10**6),
+)
 def test_multisource_fixed_way_shot_query(sizes: list[int], n_way: int, k_shot: int, n_query: int, seed: int) -> None:
     ds = _ds(sizes)
-    episodes = MultiSourceEpisodes({"d": ds}, generator=torch.Generator().manual_seed(seed),
-                                   config=EpisodeConfig.fixed(n_way, k_shot, n_query))
+    episodes = MultiSourceEpisodes(
+        {"d": ds}, generator=torch.Generator().manual_seed(seed), config=EpisodeConfig.fixed(n_way, k_shot, n_query)
+    )
     classes, shots, q = _trace(episodes.sample_task(), ds)
     assert len(classes) == n_way and shots == [k_shot] * n_way and q == n_query
 
 
 @FAST
-@given(sizes=st.lists(st.integers(6, 30), min_size=5, max_size=30), k_shot=st.integers(1, 5), seed=st.integers(0, 10**6))
+@given(
+    sizes=st.lists(st.integers(6, 30), min_size=5, max_size=30), k_shot=st.integers(1, 5), seed=st.integers(0, 10**6)
+)
 def test_multisource_fixed_shot_variable_way_uses_compute_num_query(sizes: list[int], k_shot: int, seed: int) -> None:
     ds = _ds(sizes)
-    episodes = MultiSourceEpisodes({"d": ds}, generator=torch.Generator().manual_seed(seed),
-                                   config=EpisodeConfig(k_shot=k_shot))
+    episodes = MultiSourceEpisodes(
+        {"d": ds}, generator=torch.Generator().manual_seed(seed), config=EpisodeConfig(k_shot=k_shot)
+    )
     classes, shots, q = _trace(episodes.sample_task(), ds)
     assert 5 <= len(classes) <= min(50, len(sizes)) and shots == [k_shot] * len(classes)
     assert q == min(10, min(sizes[c] for c in classes) - k_shot)
@@ -159,8 +184,9 @@ def test_multisource_fixed_shot_variable_way_uses_compute_num_query(sizes: list[
 
 def test_multisource_records_the_source_and_respects_weights() -> None:
     a, b, c = _ds([10] * 8, offset=0), _ds([10] * 6, offset=1000), _ds([10] * 7, offset=5000)
-    episodes = MultiSourceEpisodes({"a": a, "b": b, "c": c}, generator=torch.Generator().manual_seed(1),
-                                   weights={"a": 3.0, "b": 1.0})
+    episodes = MultiSourceEpisodes(
+        {"a": a, "b": b, "c": c}, generator=torch.Generator().manual_seed(1), weights={"a": 3.0, "b": 1.0}
+    )
     counts = {"a": 0, "b": 0, "c": 0}
     for _ in range(120):
         source, task = episodes.sample()
@@ -189,8 +215,9 @@ def test_multisource_same_seed_same_episodes() -> None:
 def test_multisource_errors() -> None:
     ds = _ds([6] * 10, groups=["g"] * 10)
     with pytest.raises(ValueError, match=r"a class hierarchy is incompatible with a fixed n_way=5"):
-        MultiSourceEpisodes({"o": ds}, generator=torch.Generator(), config=EpisodeConfig.fixed(5, 1, 1),
-                            hierarchies={"o": "groups"})
+        MultiSourceEpisodes(
+            {"o": ds}, generator=torch.Generator(), config=EpisodeConfig.fixed(5, 1, 1), hierarchies={"o": "groups"}
+        )
     with pytest.raises(ValueError, match=r"class 'c0' of source 'o' has 6 examples; episodes need at least 8"):
         MultiSourceEpisodes({"o": ds}, generator=torch.Generator(), config=EpisodeConfig.fixed(5, 3, 5))
     with pytest.raises(ValueError, match=r"weights names unknown source\(s\) \['x'\]"):

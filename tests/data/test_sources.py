@@ -33,6 +33,12 @@ from metafit.data.sources import (
 SHARED = Path("/work/shared/data")
 
 
+@pytest.fixture(autouse=True)
+def _private_default_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loaders called without cache_dir write under $METAFIT_CACHE: keep that inside tmp_path."""
+    monkeypatch.setenv("METAFIT_CACHE", str(tmp_path / "default-cache"))
+
+
 def _img(path: Path, size: tuple[int, int], value: int | tuple[int, int, int], mode: str = "L") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, value).save(path)
@@ -74,7 +80,10 @@ def test_load_image_folder_dataset_class_folders_split_by_seeded_class_split(tmp
             assert torch.equal(vals.amax(dim=(1, 2, 3)), vals.amin(dim=(1, 2, 3)))
     assert ds.preprocessing["layout"] == "class-folders" and ds.preprocessing["class_split"]["seed"] == 0
     other = load_image_folder_dataset(root, image_size=4, cache_dir=cache, seed=1)
-    assert other.splits["test"].class_names != ds.splits["test"].class_names or other.splits["val"].class_names != ds.splits["val"].class_names
+    assert (
+        other.splits["test"].class_names != ds.splits["test"].class_names
+        or other.splits["val"].class_names != ds.splits["val"].class_names
+    )
 
 
 def test_load_image_folder_dataset_auto_channels_grey_and_rgb(tmp_path: Path, cache: Path) -> None:
@@ -100,7 +109,10 @@ def test_load_image_folder_dataset_split_folders(tmp_path: Path, cache: Path) ->
                 _img(root / split / c / f"{i}.png", (5, 7), 40 + i)
     ds = load_image_folder_dataset(root, image_size=5, cache_dir=cache)
     assert {k: v.class_names for k, v in ds.splits.items()} == {
-        "train": ("a", "b", "c"), "val": ("d",), "test": ("e", "f")}
+        "train": ("a", "b", "c"),
+        "val": ("d",),
+        "test": ("e", "f"),
+    }
     assert ds.preprocessing["layout"] == "split-folders"
     assert torch.equal(ds.splits["val"].x[:, 0, 2, 2], torch.tensor([40 / 255, 41 / 255], dtype=torch.float32))
 
@@ -264,8 +276,14 @@ def _species_rows(violet: int = 9) -> list[dict[str, object]]:
     rows = []
     for k in range(10):
         for i in range(4):
-            rows.append({"id": f"r{k}{i}", "size": k * 10 + i, "colour": colours[(k + i) % 3] if k != violet else "violet",
-                         "species": f"s{k}"})
+            rows.append(
+                {
+                    "id": f"r{k}{i}",
+                    "size": k * 10 + i,
+                    "colour": colours[(k + i) % 3] if k != violet else "violet",
+                    "species": f"s{k}",
+                }
+            )
     return rows
 
 
@@ -278,7 +296,11 @@ def test_load_table_dataset_standardises_with_train_statistics_and_one_hot_encod
     sizes = np.array([r["size"] for r in rows if r["species"] in train_classes], dtype=np.float64)
     prep = ds.preprocessing
     num = prep["columns"][0]
-    assert num["name"] == "size" and num["mean"] == pytest.approx(sizes.mean()) and num["std"] == pytest.approx(sizes.std())
+    assert (
+        num["name"] == "size"
+        and num["mean"] == pytest.approx(sizes.mean())
+        and num["std"] == pytest.approx(sizes.std())
+    )
     cats = sorted({str(r["colour"]) for r in rows if r["species"] in train_classes})
     assert prep["columns"][1] == {"name": "colour", "type": "categorical", "categories": cats}
     assert prep["feature_names"] == ["size"] + [f"colour={c}" for c in cats]
@@ -294,16 +316,24 @@ def test_load_table_dataset_standardises_with_train_statistics_and_one_hot_encod
 
 def test_load_table_dataset_errors_name_the_column(tmp_path: Path) -> None:
     path = _table(tmp_path / "t.csv", _species_rows())
-    with pytest.raises(ValueError, match=r"label_column 'label' is not a column of .*; columns: id, size, colour, species"):
+    with pytest.raises(
+        ValueError, match=r"label_column 'label' is not a column of .*; columns: id, size, colour, species"
+    ):
         load_table_dataset(path, label_column="label")
-    with pytest.raises(ValueError, match=r"column 'colour' .* is not numeric \(e.g. 'red'\) and encode_categorical=False"):
+    with pytest.raises(
+        ValueError, match=r"column 'colour' .* is not numeric \(e.g. 'red'\) and encode_categorical=False"
+    ):
         load_table_dataset(path, label_column="species", drop_columns=["id"], encode_categorical=False)
-    with pytest.raises(ValueError, match=r"column 'id' .* distinct non-numeric values in the train classes \(more than "
-                                         r"max_categories=10; free text or an id\?\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"column 'id' .* distinct non-numeric values in the train classes \(more than "
+        r"max_categories=10; free text or an id\?\)",
+    ):
         load_table_dataset(path, label_column="species", max_categories=10)
     with pytest.raises(ValueError, match=r"row 0 has no column 'size'"):
-        apply_table_preprocessing(load_table_dataset(path, label_column="species", drop_columns=["id"]).preprocessing,
-                                  [{"colour": "red"}])
+        apply_table_preprocessing(
+            load_table_dataset(path, label_column="species", drop_columns=["id"]).preprocessing, [{"colour": "red"}]
+        )
 
 
 # -- checks and info -------------------------------------------------------------------------------
@@ -317,12 +347,18 @@ def _ld(sizes: list[int], names: list[str]) -> LabelledDataset:
 def test_check_split_dataset_reports_small_classes_leakage_and_empty_splits() -> None:
     ds = SplitDataset("toy", {"train": _ld([6, 6], ["a", "b"]), "test": _ld([6, 3], ["c", "d"])}, {"kind": "array"})
     check_split_dataset(ds, k_shot=1, n_query=2)
-    with pytest.raises(ValueError, match=r"class 'd' in split 'test' of dataset 'toy' has 3 examples, but k_shot \+ "
-                                         r"n_query = 1 \+ 5 = 6 are needed \(1 class\(es\) of 2 are too small\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"class 'd' in split 'test' of dataset 'toy' has 3 examples, but k_shot \+ "
+        r"n_query = 1 \+ 5 = 6 are needed \(1 class\(es\) of 2 are too small\)",
+    ):
         check_split_dataset(ds, k_shot=1, n_query=5)
     leak = SplitDataset("toy", {"train": _ld([6, 6], ["a", "b"]), "val": _ld([6, 6], ["b", "e"])}, {})
-    with pytest.raises(ValueError, match=r"classes shared between splits 'train' and 'val' of dataset 'toy' "
-                                         r"\(support/query leakage across splits\): 'b' \(1 in total\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"classes shared between splits 'train' and 'val' of dataset 'toy' "
+        r"\(support/query leakage across splits\): 'b' \(1 in total\)",
+    ):
         check_split_dataset(leak, k_shot=1, n_query=1)
     empty = SplitDataset("toy", {"train": _ld([6], ["a"])}, {}, empty=("val",))
     with pytest.raises(ValueError, match=r"split 'val' of dataset 'toy' is empty"):
@@ -345,8 +381,12 @@ def test_load_image_folder_dataset_empty_split_folder_is_reported(tmp_path: Path
 def test_split_dataset_info_summary() -> None:
     ds = SplitDataset("toy", {"train": _ld([2, 5, 9, 4], list("abcd")), "test": _ld([3], ["e"])}, {"kind": "array"})
     info = ds.info()
-    assert info["splits"]["train"] == {"classes": 4, "examples": 20,
-                                       "examples_per_class": {"min": 2, "median": 4.5, "max": 9}, "groups": None}
+    assert info["splits"]["train"] == {
+        "classes": 4,
+        "examples": 20,
+        "examples_per_class": {"min": 2, "median": 4.5, "max": 9},
+        "groups": None,
+    }
     assert info["splits"]["test"]["examples_per_class"] == {"min": 3, "median": 3.0, "max": 3}
     assert info["example_shape"] == [2] and info["preprocessing"] == {"kind": "array"}
 
@@ -376,8 +416,11 @@ def test_resolve_dataset_dispatches_on_path_kind(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs label_column"):
         resolve_dataset(path)
     assert resolve_dataset(path, label_column="species").preprocessing["kind"] == "table"
-    with pytest.raises(ValueError, match=r"dataset 'nope' is neither a built-in name \(digits, fashion-mnist, "
-                                         r"kuzushiji-kanji, omniglot\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"dataset 'nope' is neither a built-in name \(digits, fashion-mnist, "
+        r"kuzushiji-kanji, omniglot\)",
+    ):
         resolve_dataset("nope")
 
 
@@ -436,3 +479,12 @@ def test_class_split_is_a_seeded_partition() -> None:
     with pytest.raises(ValueError, match=r"val_fraction \+ test_fraction must be < 1"):
         class_split(5, val_fraction=0.5, test_fraction=0.5)
 
+
+@pytest.mark.slow  # decodes Omniglot unless the default ~/.cache/metafit/omniglot cache already holds it
+@pytest.mark.skipif(not (SHARED / "omniglot").is_dir(), reason="shared Omniglot copy absent")
+def test_resolve_dataset_omniglot_vinyals_splits_share_the_polarity_of_kanji() -> None:
+    ds = resolve_dataset("omniglot", root=SHARED, cache_dir=Path.home() / ".cache" / "metafit" / "omniglot")
+    assert [ds.splits[s].num_classes for s in ("train", "val", "test")] == [4400, 100, 423]
+    check_split_dataset(ds, k_shot=5, n_query=15, n_way=20)
+    train = ds.splits["train"]
+    assert train.groups is not None and float(train.x[:, 0, 0, 0].mean()) < 0.01 < float(train.x.mean()) < 0.3

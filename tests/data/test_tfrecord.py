@@ -32,6 +32,12 @@ from metafit.data.tfrecord import (
 OMNIGLOT_ZIP = Path("/work/shared/data/omniglot/images_background.zip")
 
 
+@pytest.fixture(autouse=True)
+def _private_default_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loaders called without cache_dir write under $METAFIT_CACHE: keep that inside tmp_path."""
+    monkeypatch.setenv("METAFIT_CACHE", str(tmp_path / "default-cache"))
+
+
 def test_crc32c_known_vectors() -> None:
     # RFC 3720 appendix B.4 and the usual check value.
     assert crc32c(b"123456789") == 0xE3069283
@@ -108,8 +114,11 @@ def _images(n_classes: int, per_class: int, channels: int, size: int, seed: int)
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_metadataset_source_round_trip(tmp_path: Path, channels: int) -> None:
-    splits = {"train": _images(4, 3, channels, 9, 0), "val": _images(2, 2, channels, 9, 1),
-              "test": _images(3, 4, channels, 9, 2)}
+    splits = {
+        "train": _images(4, 3, channels, 9, 0),
+        "val": _images(2, 2, channels, 9, 1),
+        "test": _images(3, 4, channels, 9, 2),
+    }
     folder = write_metadataset_source(tmp_path / "toy", splits, name="toy")
     spec = json.loads((folder / "dataset_spec.json").read_text())
     assert spec["classes_per_split"] == {"TRAIN": 4, "VALID": 2, "TEST": 3}
@@ -156,10 +165,17 @@ def test_load_metadataset_source_bilevel_spec_gives_groups(tmp_path: Path) -> No
     cps = {"0": 2, "1": 1, "2": 2}
     for c in range(5):
         _write_class(folder, c, 3)
-    spec = {"__class__": "BiLevelDatasetSpecification", "name": "omniglot",
-            "superclasses_per_split": {"TRAIN": 2, "VALID": 0, "TEST": 1}, "classes_per_superclass": cps,
-            "images_per_class": {str(c): 3 for c in range(5)}, "superclass_names": {"0": "A", "1": "B", "2": "C"},
-            "class_names": {str(c): f"char{c}" for c in range(5)}, "path": "x", "file_pattern": "{}.tfrecords"}
+    spec = {
+        "__class__": "BiLevelDatasetSpecification",
+        "name": "omniglot",
+        "superclasses_per_split": {"TRAIN": 2, "VALID": 0, "TEST": 1},
+        "classes_per_superclass": cps,
+        "images_per_class": {str(c): 3 for c in range(5)},
+        "superclass_names": {"0": "A", "1": "B", "2": "C"},
+        "class_names": {str(c): f"char{c}" for c in range(5)},
+        "path": "x",
+        "file_pattern": "{}.tfrecords",
+    }
     (folder / "dataset_spec.json").write_text(json.dumps(spec))
     ds = load_metadataset_source(folder, image_size=4, channels=1, use_cache=False)
     assert list(ds.splits) == ["train", "test"]
@@ -176,21 +192,33 @@ def test_load_metadataset_source_hierarchical_spec_gives_a_tree(tmp_path: Path) 
         {"wn_id": "root", "words": "", "children_ids": ["a", "b"], "parents_ids": []},
         {"wn_id": "a", "words": "", "children_ids": wn[:3], "parents_ids": ["root"]},
         {"wn_id": "b", "words": "", "children_ids": wn[3:6], "parents_ids": ["root"]},
-    ] + [{"wn_id": w, "words": "", "children_ids": [], "parents_ids": ["a" if i < 3 else "b"]} for i, w in enumerate(wn[:6])]
+    ] + [
+        {"wn_id": w, "words": "", "children_ids": [], "parents_ids": ["a" if i < 3 else "b"]}
+        for i, w in enumerate(wn[:6])
+    ]
     test_nodes = [{"wn_id": "t", "words": "", "children_ids": wn[6:], "parents_ids": []}] + [
-        {"wn_id": w, "words": "", "children_ids": [], "parents_ids": ["t"]} for w in wn[6:]]
+        {"wn_id": w, "words": "", "children_ids": [], "parents_ids": ["t"]} for w in wn[6:]
+    ]
     for c in range(8):
         _write_class(folder, c, 4)
-    spec = {"__class__": "HierarchicalDatasetSpecification", "name": "ilsvrc_2012",
-            "split_subgraphs": {"TRAIN": train_nodes, "VALID": [], "TEST": test_nodes},
-            "images_per_class": {"TRAIN": {w: 4 for w in wn[:6]}, "VALID": {}, "TEST": {w: 4 for w in wn[6:]}},
-            "class_names": {str(i): w for i, w in enumerate(wn)}, "path": "x", "file_pattern": "{}.tfrecords"}
+    spec = {
+        "__class__": "HierarchicalDatasetSpecification",
+        "name": "ilsvrc_2012",
+        "split_subgraphs": {"TRAIN": train_nodes, "VALID": [], "TEST": test_nodes},
+        "images_per_class": {"TRAIN": {w: 4 for w in wn[:6]}, "VALID": {}, "TEST": {w: 4 for w in wn[6:]}},
+        "class_names": {str(i): w for i, w in enumerate(wn)},
+        "path": "x",
+        "file_pattern": "{}.tfrecords",
+    }
     (folder / "dataset_spec.json").write_text(json.dumps(spec))
     ds = load_metadataset_source(folder, image_size=4, channels=1, use_cache=False)
     assert ds.splits["train"].class_names == tuple(wn[:6]) and ds.splits["test"].class_names == tuple(wn[6:])
     assert ds.trees["train"] == {"root": tuple(wn[:6]), "a": tuple(wn[:3]), "b": tuple(wn[3:6])}
-    episodes = MultiSourceEpisodes({"inet": ds.splits["train"]}, generator=torch.Generator().manual_seed(0),
-                                   hierarchies={"inet": ds.trees["train"]})
+    episodes = MultiSourceEpisodes(
+        {"inet": ds.splits["train"]},
+        generator=torch.Generator().manual_seed(0),
+        hierarchies={"inet": ds.trees["train"]},
+    )
     assert episodes.sample_task().n_way == 6  # only "root" spans >= min_ways=5 leaves
 
 

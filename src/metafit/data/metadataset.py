@@ -141,7 +141,14 @@ class EpisodeConfig:
     n_query: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("min_ways", "max_ways", "max_query", "max_support", "max_support_per_class", "max_spanning_leaves"):
+        for name in (
+            "min_ways",
+            "max_ways",
+            "max_query",
+            "max_support",
+            "max_support_per_class",
+            "max_spanning_leaves",
+        ):
             _pos_int(name, getattr(self, name))
         for name in ("n_way", "k_shot", "n_query"):
             if getattr(self, name) is not None:
@@ -165,8 +172,14 @@ class Episode(NamedTuple):
 class _SourceSampler:
     """Episodes of one source: a VariableEpisodeSampler plus, optionally, a class tree."""
 
-    def __init__(self, name: str, dataset: LabelledDataset, config: EpisodeConfig, hierarchy: Hierarchy | None,
-                 generator: torch.Generator) -> None:
+    def __init__(
+        self,
+        name: str,
+        dataset: LabelledDataset,
+        config: EpisodeConfig,
+        hierarchy: Hierarchy | None,
+        generator: torch.Generator,
+    ) -> None:
         self.name, self.config = name, config
         if not isinstance(dataset, LabelledDataset):
             raise TypeError(f"source {name!r} must be a LabelledDataset, got {type(dataset).__name__}")
@@ -176,11 +189,14 @@ class _SourceSampler:
                 "(as in Meta-Dataset); drop the hierarchy or n_way"
             )
         if isinstance(hierarchy, str) and hierarchy != "groups":
-            raise ValueError(f"hierarchy of source {name!r} must be 'groups' or a mapping node -> leaves, got {hierarchy!r}")
+            raise ValueError(
+                f"hierarchy of source {name!r} must be 'groups' or a mapping node -> leaves, got {hierarchy!r}"
+            )
         lo, hi = (config.n_way, config.n_way) if config.n_way is not None else (config.min_ways, config.max_ways)
         if lo > dataset.num_classes:
             raise ValueError(
-                f"source {name!r} has {dataset.num_classes} classes, fewer than {'n_way' if config.n_way else 'min_ways'}={lo}"
+                f"source {name!r} has {dataset.num_classes} classes, fewer than "
+                f"{'n_way' if config.n_way else 'min_ways'}={lo}"
             )
         sizes = dataset.class_sizes()
         need = (config.k_shot or 1) + (config.n_query or 1)
@@ -333,8 +349,9 @@ def fixed_multisource_episodes(
     _pos_int("n_episodes", n_episodes)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
-    eps = MultiSourceEpisodes(sources, generator=torch.Generator().manual_seed(seed), weights=weights,
-                              config=config, hierarchies=hierarchies)
+    eps = MultiSourceEpisodes(
+        sources, generator=torch.Generator().manual_seed(seed), weights=weights, config=config, hierarchies=hierarchies
+    )
     return [eps.sample() for _ in range(n_episodes)]
 
 
@@ -370,7 +387,9 @@ def episodes_for_split(
             elif ds.splits[split].groups is not None:
                 hier[name] = "groups"
     if not sources:
-        raise ValueError(f"no dataset has a {split!r} split: {', '.join(f'{k}: {list(v.splits)}' for k, v in datasets.items())}")
+        raise ValueError(
+            f"no dataset has a {split!r} split: {', '.join(f'{k}: {list(v.splits)}' for k, v in datasets.items())}"
+        )
     w = None if weights is None else {k: v for k, v in weights.items() if k in sources}
     return MultiSourceEpisodes(sources, generator=generator, weights=w, config=cfg, hierarchies=hier)
 
@@ -424,8 +443,9 @@ def _read_spec(folder: Path) -> dict[str, Any]:
     return spec
 
 
-def _split_layout(spec: Mapping[str, Any], path: Path) -> tuple[dict[str, list[int]], dict[int, str] | None,
-                                                               dict[str, dict[str, tuple[str, ...]]]]:
+def _split_layout(
+    spec: Mapping[str, Any], path: Path
+) -> tuple[dict[str, list[int]], dict[int, str] | None, dict[str, dict[str, tuple[str, ...]]]]:
     """(split -> class ids, class id -> group or None, split -> tree) from a dataset spec."""
     kind = spec["__class__"]
     names = _int_keys(spec.get("class_names", {}))
@@ -513,12 +533,20 @@ def load_metadataset_source(
     files = {c: _class_files(folder, pattern, c) for c in order}
     for c, fs in files.items():
         if not fs or not all(f.is_file() for f in fs):
-            raise FileNotFoundError(f"class {c} of {folder}: record file {fs[0] if fs else pattern.format(c, '*')} not found")
+            raise FileNotFoundError(
+                f"class {c} of {folder}: record file {fs[0] if fs else pattern.format(c, '*')} not found"
+            )
     listing = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for c in order for f in files[c]]
     prep: dict[str, Any] = {
-        "kind": "image", "source": str(folder), "format": "meta-dataset tfrecords", "spec_class": spec["__class__"],
-        "image_size": size, "channels": chan, "resize": "PIL.Image.resize BILINEAR on the 8-bit image",
-        "scaling": "uint8 / 255", "value_range": [0.0, 1.0],
+        "kind": "image",
+        "source": str(folder),
+        "format": "meta-dataset tfrecords",
+        "spec_class": spec["__class__"],
+        "image_size": size,
+        "channels": chan,
+        "resize": "PIL.Image.resize BILINEAR on the 8-bit image",
+        "scaling": "uint8 / 255",
+        "value_range": [0.0, 1.0],
         "class_split": {"rule": "dataset_spec.json (TRAIN/VALID/TEST)"},
     }
     counts: dict[int, int] = {}
@@ -549,8 +577,9 @@ def load_metadataset_source(
 
     from metafit.data.sources import _safe_name
 
-    x, meta, load_info = _cached(cache_dir, use_cache, "md-" + _safe_name(str(spec.get("name", folder.name))),
-                                 [listing, prep], build)
+    x, meta, load_info = _cached(
+        cache_dir, use_cache, "md-" + _safe_name(str(spec.get("name", folder.name))), [listing, prep], build
+    )
     prep["channels"] = meta["channels"]
     per_class = dict(zip(order, meta["counts"]))
     splits, start = {}, 0
@@ -567,8 +596,9 @@ def load_metadataset_source(
             groups=None if groups is None else tuple(groups[c] for c in ids),
         )
         start += n
-    return SplitDataset(name=str(spec.get("name", folder.name)), splits=splits, preprocessing=prep, trees=trees,
-                        load_info=load_info)
+    return SplitDataset(
+        name=str(spec.get("name", folder.name)), splits=splits, preprocessing=prep, trees=trees, load_info=load_info
+    )
 
 
 def _flat_counts(spec: Mapping[str, Any]) -> dict[str, Any]:

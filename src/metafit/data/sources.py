@@ -77,6 +77,7 @@ __all__ = [
     "convert_images",
     "download_fashion_mnist",
     "download_kuzushiji_kanji",
+    "download_sklearn_digits",
     "load_array_dataset",
     "load_fashion_mnist",
     "load_image_folder_dataset",
@@ -103,7 +104,16 @@ BUILTIN_DATASETS = {
     "sklearn-digits": "digits",
 }
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 #: sha256 of the original Fashion-MNIST files (as in ``fashion-mnist/MANIFEST.txt``).
 FASHION_MNIST_SHA256 = {
@@ -419,9 +429,7 @@ def _decode_image(source: Path | bytes, label: str, image_size: int, mode: str) 
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def _decode_many(
-    items: Sequence[tuple[Path | bytes, str]], image_size: int, mode: str, workers: int
-) -> np.ndarray:
+def _decode_many(items: Sequence[tuple[Path | bytes, str]], image_size: int, mode: str, workers: int) -> np.ndarray:
     c = 1 if mode == "L" else 3
     out = np.empty((len(items), c, image_size, image_size), dtype=np.uint8)
 
@@ -464,7 +472,9 @@ def _split_folders(root: Path) -> dict[str, Path]:
         split = _SPLIT_ALIASES.get(p.name.lower())
         if split is not None:
             if split in out:
-                raise ValueError(f"image folder {root} has two folders for split {split!r}: {out[split].name}, {p.name}")
+                raise ValueError(
+                    f"image folder {root} has two folders for split {split!r}: {out[split].name}, {p.name}"
+                )
             out[split] = p
     return out
 
@@ -546,7 +556,9 @@ def load_image_folder_dataset(
                 if not p.is_file():
                     alt = base / fname
                     if not alt.is_file():
-                        raise FileNotFoundError(f"image {fname!r} listed in {path} is in neither {image_dir} nor {base}")
+                        raise FileNotFoundError(
+                            f"image {fname!r} listed in {path} is in neither {image_dir} nor {base}"
+                        )
                     p = alt
                 by_class.setdefault(label, []).append(p)
             entries[split] = [(c, by_class[c]) for c in sorted(by_class)]
@@ -601,8 +613,12 @@ def load_image_folder_dataset(
         "invert": False,
     }
     if layout == "class-folders":
-        prep["class_split"] = {"rule": "metafit.data.sources.class_split", "seed": seed,
-                               "val_fraction": val_fraction, "test_fraction": test_fraction}
+        prep["class_split"] = {
+            "rule": "metafit.data.sources.class_split",
+            "seed": seed,
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+        }
     workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
 
     def build() -> tuple[np.ndarray, dict[str, Any]]:
@@ -739,8 +755,12 @@ def load_array_dataset(
     y = _array_y(y_np, x.shape[0], f"{p} y")
     labels = np.unique(y)
     parts = class_split(len(labels), val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    prep["class_split"] = {"rule": "metafit.data.sources.class_split", "seed": seed,
-                           "val_fraction": val_fraction, "test_fraction": test_fraction}
+    prep["class_split"] = {
+        "rule": "metafit.data.sources.class_split",
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+    }
     splits = {s: _labelled(x, y, [int(labels[i]) for i in ids]) for s, ids in parts.items() if ids}
     return SplitDataset(name=p.stem, splits=splits, preprocessing=prep)
 
@@ -834,7 +854,9 @@ def load_table_dataset(
     labels = [str(r[label_column]).strip() for r in rows]
     bad_rows = [i for i, v in enumerate(labels) if _missing(rows[i][label_column])]
     if bad_rows:
-        raise ValueError(f"label_column {label_column!r} of {p} is empty in {len(bad_rows)} row(s), e.g. row {bad_rows[0] + 2}")
+        raise ValueError(
+            f"label_column {label_column!r} of {p} is empty in {len(bad_rows)} row(s), e.g. row {bad_rows[0] + 2}"
+        )
     classes = sorted(set(labels))
     if split_column is not None:
         split_of = {}
@@ -842,7 +864,8 @@ def load_table_dataset(
             s = _SPLIT_ALIASES.get(str(r[split_column]).strip().lower())
             if s is None:
                 raise ValueError(
-                    f"split_column {split_column!r} of {p} must hold train/val/test, got {r[split_column]!r} in row {i + 2}"
+                    f"split_column {split_column!r} of {p} must hold train/val/test, got {r[split_column]!r} "
+                    f"in row {i + 2}"
                 )
             split_of[i] = s
         members = {s: sorted({labels[i] for i in split_of if split_of[i] == s}) for s in SPLIT_NAMES}
@@ -850,8 +873,12 @@ def load_table_dataset(
     else:
         parts = class_split(len(classes), val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
         members = {s: [classes[i] for i in ids] for s, ids in parts.items()}
-        prep_split = {"rule": "metafit.data.sources.class_split", "seed": seed,
-                      "val_fraction": val_fraction, "test_fraction": test_fraction}
+        prep_split = {
+            "rule": "metafit.data.sources.class_split",
+            "seed": seed,
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+        }
         split_of = {}
         where = {c: s for s, cs in members.items() for c in cs}
         for i, c in enumerate(labels):
@@ -944,8 +971,10 @@ def apply_table_preprocessing(preprocessing: Mapping[str, Any], rows: Sequence[M
         for s in specs:
             c = s["name"]
             if c not in row:
-                raise ValueError(f"row {i} has no column {c!r}; the table transform needs columns "
-                                 f"{', '.join(t['name'] for t in specs)}")
+                raise ValueError(
+                    f"row {i} has no column {c!r}; the table transform needs columns "
+                    f"{', '.join(t['name'] for t in specs)}"
+                )
             v = row[c]
             if s["type"] == "numeric":
                 if _missing(v):
@@ -1053,11 +1082,19 @@ def load_fashion_mnist(root: str | Path | None = None, *, image_size: int = 28, 
     u8, y = np.concatenate(xs), np.concatenate(ys)
     x = torch.from_numpy(_to_float(_resize_u8(u8, size)[:, None]))
     test = _labelled(x, y)
-    test = LabelledDataset(x=test.x, y=test.y, class_names=tuple(FASHION_MNIST_CLASSES[int(c)] for c in test.class_names))
+    test = LabelledDataset(
+        x=test.x, y=test.y, class_names=tuple(FASHION_MNIST_CLASSES[int(c)] for c in test.class_names)
+    )
     prep = {
-        "kind": "image", "source": str(folder), "image_size": size, "channels": 1, "subset": subset,
+        "kind": "image",
+        "source": str(folder),
+        "image_size": size,
+        "channels": 1,
+        "subset": subset,
         "polarity": "bright object (1.0) on black (0.0), as stored; no inversion (Omniglot convention)",
-        "resize": "PIL.Image.resize BILINEAR on the 8-bit image", "scaling": "uint8 / 255", "value_range": [0.0, 1.0],
+        "resize": "PIL.Image.resize BILINEAR on the 8-bit image",
+        "scaling": "uint8 / 255",
+        "value_range": [0.0, 1.0],
         "class_split": {"rule": "test domain: all 10 classes in 'test'"},
     }
     return SplitDataset(name="fashion-mnist", splits={"test": test}, preprocessing=prep)
@@ -1155,14 +1192,22 @@ def load_kuzushiji_kanji(
         raise ValueError(f"{zpath}: expected {total} class folders kkanji/U+XXXX/, found {len(classes)}")
     perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed)).tolist()
     n_tr, n_va, _ = KANJI_SPLIT_SIZES
-    split_ids = {"train": sorted(perm[:n_tr]), "val": sorted(perm[n_tr : n_tr + n_va]), "test": sorted(perm[n_tr + n_va :])}
+    split_ids = {
+        "train": sorted(perm[:n_tr]),
+        "val": sorted(perm[n_tr : n_tr + n_va]),
+        "test": sorted(perm[n_tr + n_va :]),
+    }
     order = [c for s in SPLIT_NAMES for c in split_ids[s]]
     st = zpath.stat()
     prep = {
-        "kind": "image", "source": str(zpath), "image_size": size, "channels": 1,
+        "kind": "image",
+        "source": str(zpath),
+        "image_size": size,
+        "channels": 1,
         "polarity": "white ink (1.0) on black (0.0), as stored; no inversion (Omniglot convention)",
         "resize": "PIL.Image.resize BILINEAR on the 8-bit image (metafit.data.omniglot pipeline)",
-        "scaling": "uint8 / 255", "value_range": [0.0, 1.0],
+        "scaling": "uint8 / 255",
+        "value_range": [0.0, 1.0],
         "class_split": {"rule": "randperm(1080, manual_seed(seed)) -> 720/180/180", "seed": seed},
     }
 
@@ -1238,13 +1283,32 @@ def load_sklearn_digits(*, image_size: int = 8) -> SplitDataset:
     x = torch.from_numpy(_to_float(_resize_u8(u8, size)[:, None]))
     test = _labelled(x, np.asarray(d.target, dtype=np.int64))
     prep = {
-        "kind": "image", "source": "sklearn.datasets.load_digits", "image_size": size, "channels": 1,
+        "kind": "image",
+        "source": "sklearn.datasets.load_digits",
+        "image_size": size,
+        "channels": 1,
         "polarity": "ink bright (1.0) on 0.0, as stored (Omniglot convention)",
         "scaling": "round(v * 255 / 16) as uint8, then / 255",
-        "resize": "PIL.Image.resize BILINEAR on the 8-bit image", "value_range": [0.0, 1.0],
+        "resize": "PIL.Image.resize BILINEAR on the 8-bit image",
+        "value_range": [0.0, 1.0],
         "class_split": {"rule": "test domain: all 10 classes in 'test'"},
     }
     return SplitDataset(name="digits", splits={"test": test}, preprocessing=prep)
+
+
+def download_sklearn_digits() -> str:
+    """Nothing to download: the digits ship inside scikit-learn (no network needed).
+
+    Returns:
+        The path of the bundled data file, after checking that scikit-learn can load it.
+
+    Raises:
+        ImportError: scikit-learn is not installed.
+    """
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return str(getattr(d, "filename", "sklearn.datasets.load_digits"))
 
 
 def load_omniglot_dataset(
@@ -1264,9 +1328,18 @@ def load_omniglot_dataset(
         "val": data.split("val", protocol="vinyals", rotations=False, seed=seed),
         "test": data.split("test", protocol="vinyals", rotations=False, seed=seed),
     }
-    prep = dict(PREPROCESSING, kind="image", image_size=size, channels=1, value_range=[0.0, 1.0],
-                class_split={"rule": "omniglot_split vinyals 1100/100/423", "seed": seed,
-                             "rotations": "train only (0/90/180/270 as classes)"})
+    prep = dict(
+        PREPROCESSING,
+        kind="image",
+        image_size=size,
+        channels=1,
+        value_range=[0.0, 1.0],
+        class_split={
+            "rule": "omniglot_split vinyals 1100/100/423",
+            "seed": seed,
+            "rotations": "train only (0/90/180/270 as classes)",
+        },
+    )
     return SplitDataset(name="omniglot", splits=splits, preprocessing=prep)
 
 
@@ -1328,17 +1401,23 @@ def resolve_dataset(
         if (p / "dataset_spec.json").is_file():
             from metafit.data.metadataset import load_metadataset_source
 
-            return load_metadataset_source(p, image_size=image_size or 84)
+            return load_metadataset_source(p, image_size=image_size or 84, cache_dir=cache_dir)
         return load_image_folder_dataset(
-            p, image_size=image_size or 84, channels=channels, cache_dir=cache_dir,
-            val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+            p,
+            image_size=image_size or 84,
+            channels=channels,
+            cache_dir=cache_dir,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
         )
     suffix = p.suffix.lower()
     if suffix in (".csv", ".parquet"):
         if label_column is None:
             raise ValueError(f"table {p} needs label_column=<the class column>")
-        return load_table_dataset(p, label_column=label_column, val_fraction=val_fraction,
-                                  test_fraction=test_fraction, seed=seed)
+        return load_table_dataset(
+            p, label_column=label_column, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
+        )
     if suffix in (".npz", ".npy"):
         return load_array_dataset(p, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     raise ValueError(f"unsupported dataset file {p}: expected a folder, .csv, .parquet, .npz or .npy")
@@ -1372,6 +1451,7 @@ def convert_images(x: Tensor, *, image_size: int, channels: int) -> Tensor:
     elif out.shape[1] == 1 and channels == 3:
         out = out.expand(-1, 3, -1, -1).contiguous()
     if out.shape[-2:] != (size, size):
-        out = torch.nn.functional.interpolate(out, size=(size, size), mode="bilinear", antialias=True,
-                                              align_corners=False).clamp_(0.0, 1.0)
+        out = torch.nn.functional.interpolate(
+            out, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        ).clamp_(0.0, 1.0)
     return out

@@ -223,7 +223,9 @@ def _signed64(v: int) -> int:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def encode_example(features: Mapping[str, bytes | str | int | float | Sequence[bytes] | Sequence[int] | Sequence[float]]) -> bytes:
+def encode_example(
+    features: Mapping[str, bytes | str | int | float | Sequence[bytes] | Sequence[int] | Sequence[float]],
+) -> bytes:
     """Serializes a ``tf.train.Example``.
 
     Args:
@@ -248,7 +250,9 @@ def encode_example(features: Mapping[str, bytes | str | int | float | Sequence[b
             packed = struct.pack(f"<{len(items)}f", *items)
             feature = _delimited(2, _delimited(1, packed))
         else:
-            raise TypeError(f"feature {key!r}: expected bytes/str, int or float values, got {[type(v).__name__ for v in items][:3]}")
+            raise TypeError(
+                f"feature {key!r}: expected bytes/str, int or float values, got {[type(v).__name__ for v in items][:3]}"
+            )
         entry = _delimited(1, key.encode()) + _delimited(2, feature)
         entries += _delimited(1, entry)
     return _delimited(1, bytes(entries))
