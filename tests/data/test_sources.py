@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from metafit.data import sources
 from metafit.data.datasets import LabelledDataset
 from metafit.data.sources import (
     SplitDataset,
@@ -21,6 +23,7 @@ from metafit.data.sources import (
     check_split_dataset,
     class_split,
     convert_images,
+    download_fashion_mnist,
     load_array_dataset,
     load_fashion_mnist,
     load_image_folder_dataset,
@@ -488,3 +491,45 @@ def test_resolve_dataset_omniglot_vinyals_splits_share_the_polarity_of_kanji() -
     check_split_dataset(ds, k_shot=5, n_query=15, n_way=20)
     train = ds.splits["train"]
     assert train.groups is not None and float(train.x[:, 0, 0, 0].mean()) < 0.01 < float(train.x.mean()) < 0.3
+
+
+def test_info_of_every_kind_is_json_serialisable(tmp_path: Path) -> None:
+    root = tmp_path / "imgs"
+    _class_folder(root, n_classes=5)
+    np.savez(tmp_path / "a.npz", x=np.zeros((10, 2)), y=np.arange(10) % 5)
+    kinds = [
+        load_image_folder_dataset(root, image_size=4, cache_dir=tmp_path / "c"),
+        load_array_dataset(tmp_path / "a.npz"),
+        load_table_dataset(_table(tmp_path / "t.csv", _species_rows()), label_column="species", drop_columns=["id"]),
+        load_sklearn_digits(),
+    ]
+    for ds in kinds:
+        info = ds.info()
+        assert json.loads(json.dumps(info)) == info
+        assert sum(v["examples"] for v in info["splits"].values()) == sum(len(p) for p in ds.splits.values())
+
+
+@pytest.mark.skipif(not (SHARED / "fashion-mnist").is_dir(), reason="shared Fashion-MNIST copy absent")
+def test_download_fashion_mnist_verifies_checksums_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.request
+
+    urls: list[str] = []
+
+    def fake_urlopen(url: str, timeout: float) -> io.BytesIO:
+        urls.append(url)
+        return io.BytesIO((SHARED / "fashion-mnist" / url.rsplit("/", 1)[1]).read_bytes())
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    folder = download_fashion_mnist(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(sources.FASHION_MNIST_SHA256)
+    assert len(urls) == 4 and urls[0].startswith("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/")
+    assert load_fashion_mnist(tmp_path).splits["test"].class_sizes().tolist() == [1000] * 10
+    download_fashion_mnist(tmp_path)  # valid files are kept: nothing fetched again
+    assert len(urls) == 4
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"not the file"))
+    with pytest.raises(
+        ValueError, match=r"downloaded .*t10k-labels-idx1-ubyte.gz has sha256 [0-9a-f]{64}, expected 8d36"
+    ):
+        download_fashion_mnist(tmp_path)
+    assert not list(folder.glob("*.part"))
