@@ -1334,6 +1334,9 @@ def load_omniglot_dataset(
         image_size=size,
         channels=1,
         value_range=[0.0, 1.0],
+        invert=True,  # the Omniglot PNGs are black strokes on white; the loader always inverts
+        polarity="ink bright (1.0) on 0.0",
+        source=str(root) if root is not None else "$METAFIT_DATA",
         class_split={
             "rule": "omniglot_split vinyals 1100/100/423",
             "seed": seed,
