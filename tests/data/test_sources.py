@@ -533,3 +533,14 @@ def test_download_fashion_mnist_verifies_checksums_offline(tmp_path: Path, monke
     ):
         download_fashion_mnist(tmp_path)
     assert not list(folder.glob("*.part"))
+
+
+@pytest.mark.skipif(not (SHARED / "kuzushiji-kanji").is_dir(), reason="shared Kuzushiji-Kanji copy absent")
+def test_download_kuzushiji_kanji_verifies_the_present_archive_or_explains(tmp_path: Path) -> None:
+    assert sources.download_kuzushiji_kanji(SHARED) == SHARED / "kuzushiji-kanji" / "kkanji_1080x20.zip"
+    with pytest.raises(FileNotFoundError, match=r"kkanji_1080x20.zip is absent: download http://codh.rois.ac.jp/"):
+        sources.download_kuzushiji_kanji(tmp_path)
+    (tmp_path / "kuzushiji-kanji").mkdir()
+    (tmp_path / "kuzushiji-kanji" / "kkanji_1080x20.zip").write_bytes(b"PK")
+    with pytest.raises(ValueError, match=r"has sha256 [0-9a-f]{64}, expected 3017f2c8"):
+        sources.download_kuzushiji_kanji(tmp_path)

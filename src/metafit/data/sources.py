@@ -126,6 +126,8 @@ FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/
 #: Kuzushiji-Kanji class split (train, val, test) of the 1,080 classes: 2/3, 1/6, 1/6.
 KANJI_SPLIT_SIZES = (720, 180, 180)
 KANJI_ZIP = "kkanji_1080x20.zip"
+#: sha256 of ``kkanji_1080x20.zip`` (``kuzushiji-kanji/MANIFEST.txt``).
+KANJI_SHA256 = "3017f2c87514ca48a5cf9e3eb540083b9351bb2d7213ac6321b3519f9fc30525"
 KANJI_URL = "http://codh.rois.ac.jp/kmnist/dataset/kkanji/kkanji.tar"
 
 
@@ -1254,13 +1256,17 @@ def download_kuzushiji_kanji(root: str | Path | None = None) -> Path:
     ``kkanji/U+XXXX/<name>.png`` in a zip (see ``kuzushiji-kanji/MANIFEST.txt``).
 
     Returns:
-        The expected archive path if it is already present.
+        The archive path if it is present and its sha256 is ``KANJI_SHA256``.
 
     Raises:
         FileNotFoundError: the archive is absent (with the instructions above).
+        ValueError: the archive is present but its sha256 differs (a damaged or different copy).
     """
     target = _data_root(root, "kuzushiji-kanji") / "kuzushiji-kanji" / KANJI_ZIP
     if target.is_file():
+        got = _sha256(target)
+        if got != KANJI_SHA256:
+            raise ValueError(f"{target} has sha256 {got}, expected {KANJI_SHA256} (see kuzushiji-kanji/MANIFEST.txt)")
         return target
     raise FileNotFoundError(
         f"{target} is absent: download {KANJI_URL} (network needed), keep the classes with >= 20 non-blank images, "
