@@ -82,6 +82,10 @@ def test_load_image_folder_dataset_class_folders_split_by_seeded_class_split(tmp
             assert torch.equal(vals[:, 0, 0, 0], expected)
             assert torch.equal(vals.amax(dim=(1, 2, 3)), vals.amin(dim=(1, 2, 3)))
     assert ds.preprocessing["layout"] == "class-folders" and ds.preprocessing["class_split"]["seed"] == 0
+    train_x = ds.splits["train"].x.double()
+    stats = ds.preprocessing["channel_stats"]
+    assert stats["split"] == "train" and stats["mean"] == pytest.approx(train_x.mean(dim=(0, 2, 3)).tolist(), abs=1e-6)
+    assert stats["std"] == pytest.approx(train_x.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-6)
     other = load_image_folder_dataset(root, image_size=4, cache_dir=cache, seed=1)
     assert (
         other.splits["test"].class_names != ds.splits["test"].class_names

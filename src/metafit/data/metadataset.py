@@ -78,6 +78,7 @@ from metafit.data.sources import (
     SPLIT_NAMES,
     SplitDataset,
     _cached,
+    _channel_stats,
     _check_channels,
     _check_size,
     _decode_many,
@@ -582,7 +583,8 @@ def load_metadataset_source(
         if chan == "auto":
             grey = bool((u8[:, 0] == u8[:, 1]).all() and (u8[:, 1] == u8[:, 2]).all())
             out_ch, u8 = (1, u8[:, :1]) if grey else (3, u8)
-        return u8, {"channels": out_ch, "counts": [counts[c] for c in order]}
+        n_train = sum(counts[c] for c in split_ids["train"]) or u8.shape[0]
+        return u8, {"channels": out_ch, "counts": [counts[c] for c in order], "stats": _channel_stats(u8[:n_train])}
 
     from metafit.data.sources import _safe_name
 
@@ -590,6 +592,7 @@ def load_metadataset_source(
         cache_dir, use_cache, "md-" + _safe_name(str(spec.get("name", folder.name))), [listing, prep], build
     )
     prep["channels"] = meta["channels"]
+    prep["channel_stats"] = dict(meta["stats"], split="train" if split_ids["train"] else "all")
     per_class = dict(zip(order, meta["counts"]))
     splits, start = {}, 0
     for s in SPLIT_NAMES:

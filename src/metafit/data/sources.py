@@ -452,6 +452,21 @@ def _to_float(u8: np.ndarray) -> np.ndarray:
     return u8.astype(np.float32) / np.float32(255.0)
 
 
+def _channel_stats(u8: np.ndarray) -> dict[str, list[float]]:
+    """Per-channel mean and (population) std of ``uint8 (N, C, H, W) / 255``, in float64 chunks."""
+    c = u8.shape[1]
+    total, sq, count = np.zeros(c), np.zeros(c), 0
+    step = max(1, (1 << 22) // max(1, int(np.prod(u8.shape[1:]))))
+    for i in range(0, u8.shape[0], step):
+        v = u8[i : i + step].astype(np.float64) / 255.0
+        total += v.sum(axis=(0, 2, 3))
+        sq += (v * v).sum(axis=(0, 2, 3))
+        count += v.shape[0] * v.shape[2] * v.shape[3]
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(sq / max(count, 1) - mean * mean, 0.0))
+    return {"mean": [round(float(m), 6) for m in mean], "std": [round(float(x), 6) for x in std]}
+
+
 def _image_files(folder: Path) -> tuple[list[Path], int]:
     files, ignored = [], 0
     for p in sorted(folder.iterdir()):
@@ -613,6 +628,7 @@ def load_image_folder_dataset(
         "scaling": "uint8 / 255",
         "alpha": "composited onto white",
         "invert": False,
+        # channel_stats: per-channel mean/std of the train split in [0, 1] (recorded, not applied)
     }
     if layout == "class-folders":
         prep["class_split"] = {
@@ -632,10 +648,12 @@ def load_image_folder_dataset(
             out_channels = 1 if grey else 3
             if grey:
                 u8 = u8[:, :1]
-        return u8, {"channels": out_channels}
+        n_stat = sum(len(f) for _, f in entries["train"]) if "train" in entries else u8.shape[0]
+        return u8, {"channels": out_channels, "stats": _channel_stats(u8[:n_stat])}
 
     x, meta, load_info = _cached(cache_dir, use_cache, _safe_name(base.name), [listing, prep], build)
     prep["channels"] = meta["channels"]
+    prep["channel_stats"] = dict(meta["stats"], split="train" if "train" in entries else "all")
     if ignored:
         prep["ignored_files"] = ignored
     splits: dict[str, LabelledDataset] = {}
