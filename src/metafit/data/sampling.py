@@ -322,7 +322,12 @@ class VariableEpisodeSampler:
             )
 
     def sample_task(self, generator: torch.Generator | None = None) -> Task:
-        """Draws one variable-way variable-shot task."""
+        """Draws one variable-way variable-shot task (step 1, then :meth:`task_for_classes`)."""
+        g = self.generator if generator is None else _check_generator(generator)
+        return self.task_for_classes(self.sample_classes(g), generator=g)
+
+    def sample_classes(self, generator: torch.Generator | None = None) -> Tensor:
+        """Step 1 only: the ``N`` class ids of one episode, int64 ``(N,)`` in a random order."""
         g = self.generator if generator is None else _check_generator(generator)
         if len(self._pools) == 1:
             pool = self._pools[0]
@@ -330,17 +335,68 @@ class VariableEpisodeSampler:
             pool = self._pools[int(torch.randint(len(self._pools), (1,), generator=g))]
         hi = min(self.max_ways, pool.numel())
         n = int(torch.randint(self.min_ways, hi + 1, (1,), generator=g))
-        classes = pool[torch.randperm(pool.numel(), generator=g)[:n]]
+        return pool[torch.randperm(pool.numel(), generator=g)[:n]]
+
+    def task_for_classes(
+        self,
+        classes: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        k_shot: int | None = None,
+        n_query: int | None = None,
+    ) -> Task:
+        """Steps 2-4 for given classes (e.g. chosen from a class hierarchy); label ``j`` = ``classes[j]``.
+
+        Args:
+            classes: Distinct class ids of the dataset, int64 ``(N,)``.
+            generator: Overrides the sampler's generator for this call.
+            k_shot: Fixed shots per class (balanced support; steps 3-4 are skipped) instead of
+                the variable rule. The query size becomes ``min(max_query, min_c |c| - k_shot)``
+                (Meta-Dataset's ``compute_num_query`` with a fixed support size).
+            n_query: Fixed query examples per class instead of step 2.
+
+        Raises:
+            ValueError: a class too small for the fixed ``k_shot``/``n_query`` (naming it).
+        """
+        g = self.generator if generator is None else _check_generator(generator)
+        classes = torch.as_tensor(classes, dtype=torch.int64).flatten()
+        n = int(classes.numel())
+        if n < 1 or int(classes.unique().numel()) != n:
+            raise ValueError(f"classes must be distinct class ids, got {classes.tolist()[:20]}")
+        if int(classes.min()) < 0 or int(classes.max()) >= self.dataset.num_classes:
+            raise ValueError(
+                f"classes must lie in 0..{self.dataset.num_classes - 1}, got values in "
+                f"{int(classes.min())}..{int(classes.max())}"
+            )
         sizes = self._sizes[classes]
-        q = min(self.max_query, int(sizes.min()) // 2)
+        if n_query is not None:
+            q = _check_int("n_query", n_query, 1)
+        elif k_shot is not None:
+            q = min(self.max_query, int(sizes.min()) - k_shot)
+        else:
+            q = min(self.max_query, int(sizes.min()) // 2)
         remaining = sizes - q
-        beta = 1.0 - float(torch.rand((), generator=g, dtype=torch.float64))  # U(0, 1]
-        per_class = torch.ceil(beta * remaining.clamp(max=self.max_support_per_class).double())
-        s_total = min(self.max_support, int(per_class.sum()))
-        u = torch.rand(n, generator=g, dtype=torch.float64) * (math.log(2.0) - math.log(0.5)) + math.log(0.5)
-        weights = sizes.double() * torch.exp(u)
-        prop = weights / weights.sum()
-        shots = (torch.floor(prop * (s_total - n)).long() + 1).minimum(remaining)
+        if k_shot is not None:
+            _check_int("k_shot", k_shot, 1)
+            need = k_shot + max(q, 1)
+        else:
+            need = q + 1
+        if int(sizes.min()) < need or q < 1:
+            c = int(classes[int(torch.argmin(sizes))])
+            raise ValueError(
+                f"class {self.dataset.class_names[c]!r} (class {c}) has {int(sizes.min())} examples; this "
+                f"episode needs at least {need} (k_shot={k_shot}, n_query={n_query if n_query else q})"
+            )
+        if k_shot is not None:
+            shots = torch.full((n,), k_shot, dtype=torch.int64)
+        else:
+            beta = 1.0 - float(torch.rand((), generator=g, dtype=torch.float64))  # U(0, 1]
+            per_class = torch.ceil(beta * remaining.clamp(max=self.max_support_per_class).double())
+            s_total = min(self.max_support, int(per_class.sum()))
+            u = torch.rand(n, generator=g, dtype=torch.float64) * (math.log(2.0) - math.log(0.5)) + math.log(0.5)
+            weights = sizes.double() * torch.exp(u)
+            prop = weights / weights.sum()
+            shots = (torch.floor(prop * (s_total - n)).long() + 1).minimum(remaining)
         # Random order of each class's examples; query first, then that class's shots.
         width = int(sizes.max())
         keys = torch.rand(n, width, generator=g)
