@@ -75,6 +75,7 @@ import torch  # noqa: E402
 
 from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
 from metafit import ProtoNet, Trainer, generator, seeded, summarize  # noqa: E402
+from metafit.callbacks import TimeBudget  # noqa: E402
 from metafit.data.datasets import LabelledDataset  # noqa: E402
 from metafit.data.omniglot import alphabet_names, load_omniglot, omniglot_alphabets, omniglot_split  # noqa: E402
 from metafit.data.sampling import EpisodeSampler, fixed_episodes  # noqa: E402
@@ -98,11 +99,11 @@ def train_base(dataset: LabelledDataset, seed: int, minutes: float, max_steps: i
     trainer = Trainer(algo, model, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), path="loop")
     sampler = EpisodeSampler(dataset, 20, 1, 5, tasks_per_batch=1, generator=generator(seed + 7))
     t0 = time.perf_counter()
-    steps, accs = 0, []
-    while steps < max_steps and time.perf_counter() - t0 < minutes * 60:
-        r = trainer.step(sampler.sample_batch())
-        accs.append(r.metrics["accuracy"])
-        steps += 1
+    # the one training loop; the wall-time budget is the product's TimeBudget callback
+    budget = [TimeBudget(minutes * 60)] if minutes > 0 else []
+    results = trainer.fit(sampler, max_steps, callbacks=budget) if minutes > 0 else []
+    accs = [r.metrics["accuracy"] for r in results]
+    steps = trainer.step_count
     if steps:  # 0 steps: the model keeps its seeded random initialisation (an untrained member)
         assert trainer.meta_params is not None
         with torch.no_grad():

@@ -126,7 +126,7 @@ def test_calibration_and_plot(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert set(cov) == {0.5, 0.9, 0.95} and all(len(v) == 4 for v in cov.values())
     assert all(0.0 <= x <= 1.0 for v in cov.values() for x in v)
     pytest.importorskip("matplotlib")
-    from metafit.algorithms.cnp import plot_regression_tasks
+    from metafit.app.plotting import plot_regression_tasks
 
     out = plot_regression_tasks(
         algo, model, mp, [(tasks[0].support_x, tasks[0].support_y)], [lambda x: torch.sin(x)], tmp_path / "p.png"

@@ -73,6 +73,9 @@ class LearnerSpec:
             model's ``max_way``).
         embeds: The model maps inputs to feature vectors (an embedding network, or a classifier
             whose features before ``head`` are used): such runs can be base models of a fusion.
+        distribution: The learner has ``predict_distribution(model, meta_params, buffers,
+            adapted, x) -> (mean, var)``, a diagonal Gaussian predictive (regression): the
+            evaluator can score its calibration.
     """
 
     tasks: TaskKind
@@ -80,6 +83,7 @@ class LearnerSpec:
     second_order: bool
     head: HeadKind
     embeds: bool = True
+    distribution: bool = False
 
     def __post_init__(self) -> None:
         if self.tasks not in ("classification", "regression", "any"):

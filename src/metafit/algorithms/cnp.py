@@ -21,7 +21,6 @@ import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -40,7 +39,6 @@ __all__ = [
     "interval_coverage",
     "calibration",
     "recalibrate",
-    "plot_regression_tasks",
     "COVERAGE_LEVELS",
 ]
 
@@ -150,6 +148,7 @@ class CNP:
             second_order=False,
             head="max" if self.classification else "none",
             embeds=False,
+            distribution=not self.classification,
         )
 
     # -- protocol -----------------------------------------------------------------------
@@ -310,66 +309,3 @@ def recalibrate(
     else:
         s = float(torch.quantile(allz2.sqrt(), level)) ** 2 / _z(level) ** 2
     return dataclasses.replace(algorithm, variance_scale=max(s, 1e-12))
-
-
-def plot_regression_tasks(
-    algorithm: CNP,
-    model: nn.Module,
-    meta_params: MetaParams,
-    contexts: Sequence[tuple[Tensor, Tensor]],
-    truths: Sequence[Any],
-    path: str | Path,
-    *,
-    level: float = 0.9,
-    x_range: tuple[float, float] = (-5.0, 5.0),
-    titles: Sequence[str] | None = None,
-) -> Path:
-    """Plots a few 1-D regression tasks to a PNG (matplotlib, Agg backend).
-
-    Each panel shows the context points, the true function, the predictive mean and the central
-    ``level`` interval.
-
-    Args:
-        algorithm: A regression :class:`CNP`.
-        model: A 1-D-input, 1-D-output network.
-        meta_params: Trained meta-parameters.
-        contexts: Per panel ``(context_x (C, 1), context_y (C, 1))``.
-        truths: Per panel a callable ``x (G, 1) -> y (G, 1)`` (the true function).
-        path: Output PNG.
-        level: Interval to draw.
-        x_range: Plotted input range.
-        titles: Optional panel titles.
-
-    Returns:
-        The path written.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    n = len(contexts)
-    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
-    z = _z(level)
-    grid = torch.linspace(x_range[0], x_range[1], 200).unsqueeze(-1)
-    for i, ((cx, cy), truth) in enumerate(zip(contexts, truths)):
-        ax = axes[0][i]
-        with torch.no_grad():
-            state = algorithm.adapt(model, meta_params, {}, cx, cy)
-            mean, var = algorithm.predict_distribution(model, meta_params, {}, state, grid.to(cx.dtype))
-            sd = var.sqrt()
-        g = grid.squeeze(-1).numpy()
-        ax.plot(g, truth(grid).squeeze(-1).numpy(), "k--", lw=1, label="true function")
-        ax.plot(g, mean.squeeze(-1).numpy(), "C0", lw=1.5, label="predictive mean")
-        ax.fill_between(g, (mean - z * sd).squeeze(-1).numpy(), (mean + z * sd).squeeze(-1).numpy(),
-                        color="C0", alpha=0.25, label=f"{int(round(100 * level))}% interval")
-        ax.plot(cx.squeeze(-1).numpy(), cy.squeeze(-1).numpy(), "ko", ms=4, label="context")
-        ax.set_title(titles[i] if titles else f"task {i}, {cx.shape[0]} context points")
-        if i == 0:
-            ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

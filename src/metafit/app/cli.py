@@ -167,6 +167,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = evaluate_checkpoint(
         args.target, shots=args.k_shot, n_way=args.n_way, n_query=args.n_query, episodes=args.episodes,
         inner_steps=args.inner_steps, inner_lr=args.inner_lr, seed=args.seed, data_root=args.data_root,
+        recalibrate=args.recalibrate,
     )
     target = Path(args.target)
     default = (target if target.is_dir() else target.parent.parent) / "eval_cli.json"
@@ -328,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--inner-lr", type=float, help="inner step size (gradient-based learners)")
     e.add_argument("--seed", type=int, help="seed of the evaluation episodes (default: the config's eval_seed)")
     e.add_argument("--data-root", help="dataset folder if it moved since training")
+    e.add_argument("--recalibrate", choices=("nll", "quantile"),
+                   help="Gaussian learners (CNP): fit the predictive variance scale on validation tasks first")
     e.add_argument("--out", help="output JSON (default <run>/eval_cli.json; a .md table is written next to it)")
     e.add_argument("--json", action="store_true", help="print the JSON instead of the Markdown table")
     e.set_defaults(func=cmd_eval)

@@ -112,9 +112,9 @@ class DataConfig:
         train_split: Classes meta-training draws from: ``"train"`` (the ``val`` classes are held
             out for validation) or ``"trainval"`` (both, as the papers' final runs; validation is
             then off).
-        k_shot_max: Regression: draw each meta-batch's support size uniformly from
-            ``k_shot..k_shot_max`` (``None``: always ``k_shot``), e.g. a CNP trained for variable
-            context sizes.
+        k_shot_max: Draw each meta-batch's shot (support size per class; per task for
+            regression) uniformly from ``k_shot..k_shot_max`` (``None``: always ``k_shot``), e.g. a
+            CNP trained for variable context sizes.
         monitor_tasks: Fixed TEST episodes (evaluation settings) scored every
             ``train.monitor_every_seconds`` of training time, written as ``"monitor"`` rows of
             ``metrics.jsonl``: a time-to-accuracy curve. They never select a checkpoint.

@@ -234,33 +234,34 @@ def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[Tas
     d = config.data
     if d.dataset == "sinusoid":
         if d.k_shot_max is not None:
-            return VariableShotSinusoid(d.k_shot, d.k_shot_max, n_query=d.n_query, tasks_per_batch=d.tasks_per_batch,
-                                        generator=generator)
+            return VariableShot({k: SinusoidTasks(k_shot=k, n_query=d.n_query, tasks_per_batch=d.tasks_per_batch,
+                                                  generator=generator) for k in range(d.k_shot, d.k_shot_max + 1)}, generator)
         return SinusoidTasks(k_shot=d.k_shot, n_query=d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator)
     dataset = _omniglot(config, d.train_split)
     from metafit.data.sampling import EpisodeSampler
 
+    if d.k_shot_max is not None:
+        return VariableShot({k: EpisodeSampler(dataset, d.n_way, k, d.n_query, tasks_per_batch=d.tasks_per_batch,
+                                               generator=generator) for k in range(d.k_shot, d.k_shot_max + 1)}, generator)
     return EpisodeSampler(
         dataset, d.n_way, d.k_shot, d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator
     )
 
 
-class VariableShotSinusoid:
-    """Sinusoid meta-batches whose support size is drawn per batch from ``k_min..k_max`` (one generator).
+class VariableShot:
+    """Meta-batches whose shot is drawn per batch uniformly from the samplers' keys (one generator).
 
-    A CNP is trained this way for variable context sizes (Garnelo et al. 2018).
+    A CNP is trained this way for variable context sizes (Garnelo et al. 2018); every sampler
+    draws from the same generator, so the stream is a function of its state alone.
     """
 
-    def __init__(self, k_min: int, k_max: int, *, n_query: int, tasks_per_batch: int, generator: torch.Generator) -> None:
-        if not 1 <= k_min <= k_max:
-            raise ValueError(f"need 1 <= data.k_shot <= data.k_shot_max, got {k_min} and {k_max}")
-        self.k_min, self.k_max, self.generator = k_min, k_max, generator
-        self.samplers = {k: SinusoidTasks(k_shot=k, n_query=n_query, tasks_per_batch=tasks_per_batch, generator=generator)
-                         for k in range(k_min, k_max + 1)}
+    def __init__(self, samplers: dict[int, Any], generator: torch.Generator) -> None:
+        self.samplers, self.generator = samplers, generator
+        self.shots = sorted(samplers)
 
     def __iter__(self) -> Iterator[TaskBatch]:
         while True:
-            k = int(torch.randint(self.k_min, self.k_max + 1, (1,), generator=self.generator))
+            k = self.shots[int(torch.randint(len(self.shots), (1,), generator=self.generator))]
             yield self.samplers[k].sample_batch()
 
 
@@ -641,14 +642,34 @@ def _evaluate_trained(
     inner_steps: int | None = None,
     inner_lr: float | None = None,
     seed: int | None = None,
+    recalibrate: str | None = None,
 ) -> dict[str, Any]:
+    from metafit.algorithms.cnp import COVERAGE_LEVELS, calibration
+    from metafit.algorithms.cnp import recalibrate as fit_variance_scale
+    from metafit.evaluation import summarize
+
     d = config.data
     results = []
+    scale_info = None
+    if recalibrate is not None:
+        if not algorithm.spec.distribution:
+            raise ValueError(
+                f"recalibrate needs a learner with a Gaussian predictive (a regression CNP), got algo.name={config.algo.name!r}"
+            )
+        # validation tasks of every evaluated context size, from their own seeds: never the test tasks
+        val = [t for k in shots for t in eval_tasks(config, n_tasks=d.val_tasks * 10, k_shot=k, seed=d.eval_seed + 7919 + (k or 0))]
+        algorithm = fit_variance_scale(algorithm, model, meta_params, val, buffers=buffers, method=recalibrate)  # type: ignore[arg-type]
+        scale_info = {"method": recalibrate, "variance_scale": algorithm.variance_scale, "val_tasks": len(val)}  # type: ignore[attr-defined]
     for k in shots:
         tasks = eval_tasks(config, n_tasks=episodes, n_way=n_way, k_shot=k, n_query=n_query, seed=seed)
         chunk = 250 if d.dataset == "sinusoid" and algorithm.spec.inner_loop else 0  # vmap over tasks: same numbers
         res: EvalResult = evaluate(algorithm, model, meta_params, tasks, buffers=buffers, steps=inner_steps, lr=inner_lr,
                                    chunk=chunk)
+        if algorithm.spec.distribution:  # coverage of the central predictive intervals, per task
+            cov = calibration(algorithm, model, meta_params, tasks, buffers=buffers, levels=COVERAGE_LEVELS)  # type: ignore[arg-type]
+            for level, values in cov.items():
+                res.metrics[f"coverage_{round(100 * level)}"] = summarize(values)
+                res.per_task[f"coverage_{round(100 * level)}"] = values
         first = tasks[0]
         results.append({
             "dataset": d.dataset,
@@ -660,7 +681,10 @@ def _evaluate_trained(
             "seed": d.eval_seed if seed is None else seed,
             **res.to_dict(),
         })
-    return {"checkpoint": str(checkpoint) if checkpoint else None, "step": step, "name": config.name, "results": results}
+    out = {"checkpoint": str(checkpoint) if checkpoint else None, "step": step, "name": config.name, "results": results}
+    if scale_info is not None:
+        out["recalibration"] = scale_info
+    return out
 
 
 def evaluate_checkpoint(
@@ -674,6 +698,7 @@ def evaluate_checkpoint(
     inner_lr: float | None = None,
     seed: int | None = None,
     data_root: str | None = None,
+    recalibrate: str | None = None,
 ) -> dict[str, Any]:
     """Evaluates a trained checkpoint on fixed seeded episodes.
 
@@ -682,6 +707,9 @@ def evaluate_checkpoint(
         shots: k_shot values to evaluate (default: the config's evaluation shots).
         n_way, n_query, episodes, seed: Episode overrides (default: from the config).
         inner_steps, inner_lr: Adaptation overrides for gradient-based learners.
+        recalibrate: ``"nll"`` or ``"quantile"``: fit a Gaussian learner's variance scale on
+            validation tasks (never the test tasks) before scoring
+            (:func:`metafit.algorithms.cnp.recalibrate`).
         data_root: Where the dataset lives, if not where it was at training time.
 
     Returns:
@@ -694,7 +722,7 @@ def evaluate_checkpoint(
     return _evaluate_trained(
         config, tr.algorithm, tr.model, tr.meta_params, tr.buffers, checkpoint=tr.checkpoint.path,
         step=tr.checkpoint.step, shots=list(shots) if shots else [None], n_way=n_way, n_query=n_query,
-        episodes=episodes, inner_steps=inner_steps, inner_lr=inner_lr, seed=seed,
+        episodes=episodes, inner_steps=inner_steps, inner_lr=inner_lr, seed=seed, recalibrate=recalibrate,
     )
 
 
