@@ -6,10 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metafit import MAML, meta_gradients, seeded
+from metafit import MAML, Trainer, meta_gradients, seeded
 from metafit.algorithms.mamlpp import (
     MAMLPlusPlus,
     build_mamlpp,
+    iteration_callback,
     msl_weights,
     norm_parameter_names,
     second_order_at,
@@ -211,3 +212,28 @@ def test_mamlpp_adaptation_curve_and_builder() -> None:
     assert algo.spec.second_order and algo.spec.inner_loop
     with pytest.raises(ValueError, match="inner_steps must be >= 1 for MAML\\+\\+, got 0"):
         MAMLPlusPlus(inner_steps=0)
+
+
+def test_mamlpp_iteration_callback_advances_the_schedule_in_a_trainer() -> None:
+    model = _mlp()
+    algo = MAMLPlusPlus(inner_lr=0.1, inner_steps=2, criterion="mse", **{**PLAIN, "msl_iterations": 3})
+    tr = Trainer(algo, model, path="loop")
+    seen: list[tuple[int, tuple[float, ...]]] = []
+    cb = iteration_callback(tr)
+
+    def record(r: object) -> None:
+        cb(r)
+        seen.append((tr.algorithm.iteration, tr.algorithm.step_weights))  # type: ignore[attr-defined]
+
+    tr.fit(iter([[_regression_task(i)] for i in range(5)]), 5, callback=record)
+    assert [it for it, _ in seen] == [1, 2, 3, 3, 3]  # clipped at the end of the schedule
+    assert seen[0][1] == msl_weights(2, 1, 3) and seen[-1][1] == (0.0, 1.0)
+    done = tr.algorithm
+    assert done.at_iteration(100) is done  # nothing changes any more: the same object
+
+
+def test_mamlpp_at_iteration_canonicalises_past_both_schedules() -> None:
+    algo = MAMLPlusPlus(msl_iterations=5, first_order_iterations=8)
+    assert algo.at_iteration(3).iteration == 3 and algo.at_iteration(20).iteration == 8
+    assert not algo.at_iteration(7).second_order and algo.at_iteration(9).second_order
+    assert algo.at_iteration(0) is algo

@@ -28,13 +28,14 @@ MAML with the paper's fixes, each a separate piece (a pure function or one field
 
 MSL and DA depend on the meta-iteration, which the engine does not pass to a learner: the
 training loop calls :meth:`MAMLPlusPlus.at_iteration` before each step and uses the returned copy
-(e.g. ``trainer.algorithm = algo.at_iteration(trainer.step_count)`` in a callback).
+(:func:`iteration_callback` does it after every :class:`~metafit.engine.Trainer` step).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +58,7 @@ from metafit.models.backbones import TaskBatchNorm
 __all__ = [
     "MAMLPlusPlus",
     "build_mamlpp",
+    "iteration_callback",
     "msl_weights",
     "norm_parameter_names",
     "second_order_at",
@@ -170,11 +172,17 @@ class MAMLPlusPlus:
 
     # -- schedule ------------------------------------------------------------------------
     def at_iteration(self, iteration: int) -> MAMLPlusPlus:
-        """A copy at meta-iteration ``iteration``: its MSL weights and derivative order.
+        """The learner at meta-iteration ``iteration``: its MSL weights and derivative order.
 
-        The training loop calls it before every meta-iteration (the engine passes no iteration).
+        The training loop calls it before every meta-iteration (the engine passes no iteration;
+        see :func:`iteration_callback`). Iterations past both schedules
+        (``max(msl_iterations, first_order_iterations)``) behave identically and are stored as
+        that value; when nothing changes ``self`` is returned, so that the engine's compiled-loss
+        cache (keyed on the learner object) is reused once the schedules have ended. While MSL
+        anneals, every iteration is a new learner: prefer the ``"loop"``/``"vmap"`` paths then.
         """
-        return replace(self, iteration=check_steps("iteration", iteration))
+        it = min(check_steps("iteration", iteration), max(self.msl_iterations, self.first_order_iterations))
+        return self if it == self.iteration else replace(self, iteration=it)
 
     @property
     def step_weights(self) -> tuple[float, ...]:
@@ -384,6 +392,26 @@ class MAMLPlusPlus:
                 out = apply(model, params, buffers, task.query_x)
                 rows.append(task_metrics(self.criterion, out, task.query_y, crit(out, task.query_y)))
         return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def iteration_callback(trainer: Any) -> Callable[[Any], None]:
+    """A :meth:`metafit.engine.Trainer.fit` callback that moves a MAML++ learner to the next iteration.
+
+    After step ``r.step`` it sets ``trainer.algorithm = trainer.algorithm.at_iteration(r.step)``,
+    so that step ``i`` (0-based) runs at iteration ``i``. Construct the learner at the trainer's
+    starting ``step_count`` (``algo.at_iteration(trainer.step_count)``) when resuming.
+
+    Example:
+        >>> # trainer.fit(batches, steps, callback=iteration_callback(trainer))
+    """
+
+    def callback(result: Any) -> None:
+        algo = trainer.algorithm
+        if not isinstance(algo, MAMLPlusPlus):
+            raise TypeError(f"iteration_callback needs a MAMLPlusPlus learner, got {type(algo).__name__}")
+        trainer.algorithm = algo.at_iteration(int(result.step))
+
+    return callback
 
 
 def build_mamlpp(
