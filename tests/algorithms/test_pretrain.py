@@ -204,3 +204,17 @@ def test_cosine_classifier_closed_form_gradients_match_autograd() -> None:
     got_w, got_ls = cosine_classifier_gradients(w.detach(), ls.detach(), emb, F.one_hot(y, 3).double())
     torch.testing.assert_close(got_w, want_w)
     torch.testing.assert_close(got_ls, want_ls)
+
+
+def test_pretrain_reads_feature_dim_of_conv4_and_trains_on_images() -> None:
+    from metafit.models import Conv4
+
+    model = seeded(0, lambda: Conv4(1, None, width=4, image_size=16))
+    algo = Pretrain(n_classes=3)
+    mp = algo.init(model, generator=torch.Generator().manual_seed(0))
+    assert tuple(mp["classifier"]["weight"].shape) == (3, model.feature_dim)
+    g = torch.Generator().manual_seed(0)
+    ds = from_tensors(torch.randn(12, 1, 16, 16, generator=g), torch.arange(12) % 3)
+    tr = Trainer(algo, model, meta_params=mp, path="auto")
+    r = tr.step(ClassBatchSampler(ds, 6, generator=g).sample_batch())
+    assert tr.resolved_path == "loop" and r.metrics["n_tasks"] == 1.0

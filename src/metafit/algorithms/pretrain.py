@@ -384,6 +384,10 @@ class Pretrain:
     linear classifier over the training classes that is a parameter group, not a layer of the
     model. See the module docstring for how batches and episodes are told apart.
 
+    In an episode the support set and the query set are embedded in separate batches (``adapt``
+    sees only the support set): with batch-statistics normalisation (:class:`~metafit.models.TaskBatchNorm`)
+    each set is normalised with its own statistics, as in MAML's evaluation.
+
     Args:
         n_classes: Number of training classes (the ``n_way`` of every pretraining batch).
         head: The test-time :class:`SupportHead` (default :class:`LogisticRegressionHead`).
