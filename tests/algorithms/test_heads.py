@@ -105,10 +105,14 @@ def test_head_gradcheck_float64(head: object) -> None:
     assert torch.autograd.gradcheck(f, inputs)
 
 
-def test_metric_learner_euclidean_equals_protonet_exactly() -> None:
+@pytest.mark.parametrize(
+    ("scale", "distance", "joint"), [(1.0, "squared_euclidean", True), (0.5, "euclidean", False)]
+)
+def test_metric_learner_euclidean_equals_protonet_exactly(scale: float, distance: str, joint: bool) -> None:
     model = seeded(0, lambda: Conv4(1, None, width=4, image_size=16)).double()
     batch = image_tasks(3, side=16)
-    ml, pn = MetricLearner(EuclideanHead()), ProtoNet()
+    ml = MetricLearner(EuclideanHead(scale, distance), joint_embedding=joint)
+    pn = ProtoNet(distance_scale=scale, distance=distance, joint_embedding=joint)
     mp = ml.init(model)
     assert sorted(mp) == ["model"]
     for t in batch:

@@ -76,16 +76,21 @@ class EuclideanHead:
 
     ``logits[q, k] = -distance_scale * ||query_emb[q] - mu_k||^2`` with ``mu_k`` the mean support
     embedding of class ``k``; the same operations as :class:`~metafit.algorithms.protonet.ProtoNet`,
-    so ``MetricLearner(EuclideanHead())`` gives ProtoNet's numbers exactly. No learned parameters.
+    so ``MetricLearner(EuclideanHead(s, d))`` gives ``ProtoNet(distance_scale=s, distance=d)``'s
+    numbers exactly. No learned parameters.
 
     Args:
         distance_scale: Fixed positive factor on the distances (1 in the paper).
+        distance: ``"squared_euclidean"`` (the paper) or ``"euclidean"`` (easyfsl's choice).
     """
 
     distance_scale: float = 1.0
+    distance: str = "squared_euclidean"
 
     def __post_init__(self) -> None:
         _positive("distance_scale", self.distance_scale)
+        if self.distance not in ("squared_euclidean", "euclidean"):
+            raise ValueError(f"distance must be 'squared_euclidean' or 'euclidean', got {self.distance!r}")
 
     def init_params(self) -> Params:
         """No learned parameters: ``{}``."""
@@ -96,6 +101,8 @@ class EuclideanHead:
     ) -> Tensor:
         """``(Q, n_way)`` negative scaled squared distances to the class means."""
         protos = prototypes(support_emb, support_y, n_way)
+        if self.distance == "euclidean":
+            return -self.distance_scale * torch.cdist(query_emb, protos)
         return -self.distance_scale * squared_distances(query_emb, protos)
 
 

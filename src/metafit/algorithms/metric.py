@@ -175,14 +175,20 @@ class MetricLearner:
 
 
 def build_metric(
-    criterion: str, *, head: str = "euclidean", scale: float = 10.0, joint_embedding: bool = True
+    criterion: str,
+    *,
+    head: str = "euclidean",
+    scale: float = 10.0,
+    distance: str = "squared_euclidean",
+    joint_embedding: bool = True,
 ) -> MetricLearner:
     """``MetricLearner`` with a head named ``"euclidean"``, ``"cosine"``, ``"mahalanobis"`` or ``"ridge"``.
 
-    ``scale`` is the cosine head's initial temperature (ignored by the other heads).
+    ``scale`` is the cosine head's initial temperature and ``distance`` the Euclidean head's
+    distance (each ignored by the other heads).
     """
     heads = {
-        "euclidean": EuclideanHead,
+        "euclidean": lambda: EuclideanHead(distance=distance),
         "cosine": lambda: CosineHead(scale=scale),
         "mahalanobis": MahalanobisHead,
         "ridge": RidgeHead,
