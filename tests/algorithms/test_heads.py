@@ -18,7 +18,13 @@ from metafit.algorithms.metric import MetricLearner, build_metric
 from metafit.models import Conv4
 from tests.conftest import image_tasks
 
-HEADS = [EuclideanHead(), CosineHead(), MahalanobisHead(), RidgeHead(init_lambda=0.5, init_scale=2.0, init_bias=0.1)]
+HEADS = [
+    EuclideanHead(),
+    CosineHead(),
+    MahalanobisHead(method="direct"),
+    MahalanobisHead(method="woodbury"),
+    RidgeHead(init_lambda=0.5, init_scale=2.0, init_bias=0.1),
+]
 
 
 def _toy(s: int = 7, q: int = 5, d: int = 4, n: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -49,21 +55,24 @@ def test_ridge_head_dual_form_equals_primal_normal_equations() -> None:
     torch.testing.assert_close(head.logits(xs, ys, 3, xq, hp), 1.5 * xq @ w_primal - 0.2)
 
 
-def test_mahalanobis_head_matches_explicit_inverse_of_shrunk_covariances() -> None:
-    xs, ys, xq = _toy(s=8, d=3)
+@pytest.mark.parametrize("method", ["direct", "woodbury", "auto"])
+@pytest.mark.parametrize("d", [3, 20])
+def test_mahalanobis_head_matches_explicit_inverse_of_shrunk_covariances(method: str, d: int) -> None:
+    xs, ys, xq = _toy(s=8, d=d)
     ys = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2])  # 4, 3 and 1 examples (1-shot class: zero covariance)
-    head = MahalanobisHead(beta=1.0)
-    got = head.logits(xs, ys, 3, xq, {})
+    head = MahalanobisHead(beta=0.7, method=method)
+    got = head.logits(xs, ys, 4, xq, {})  # class 3 has no example
     task_cov = torch.cov(xs.T, correction=1)
-    want = torch.empty(xq.shape[0], 3, dtype=torch.float64)
-    for k in range(3):
+    eye = torch.eye(d, dtype=torch.float64)
+    want = torch.empty(xq.shape[0], 4, dtype=torch.float64)
+    for k in range(4):
         xk = xs[ys == k]
         nk = xk.shape[0]
-        cov_k = torch.cov(xk.T, correction=1) if nk > 1 else torch.zeros(3, 3, dtype=torch.float64)
+        cov_k = torch.cov(xk.T, correction=1) if nk > 1 else torch.zeros(d, d, dtype=torch.float64)
         lam = nk / (nk + 1)
-        qk = lam * cov_k + (1 - lam) * task_cov + torch.eye(3, dtype=torch.float64)
+        qk = lam * cov_k + (1 - lam) * task_cov + 0.7 * eye
         inv = torch.linalg.inv(qk)
-        diff = xq - xk.mean(0)
+        diff = xq - (xk.mean(0) if nk else torch.zeros(d, dtype=torch.float64))
         want[:, k] = -0.5 * torch.einsum("qd,de,qe->q", diff, inv, diff)
     torch.testing.assert_close(got, want)
 
@@ -92,7 +101,7 @@ def test_cosine_head_logits_by_hand() -> None:
     torch.testing.assert_close(fixed.logits(xs, ys, 2, xq, {}), 0.75 * want)
 
 
-@pytest.mark.parametrize("head", HEADS, ids=lambda h: type(h).__name__)
+@pytest.mark.parametrize("head", HEADS, ids=repr)
 def test_head_gradcheck_float64(head: object) -> None:
     xs, ys, xq = _toy(s=5, q=3, d=3, n=2)
     hp = _hp(head)
@@ -123,7 +132,7 @@ def test_metric_learner_euclidean_equals_protonet_exactly(scale: float, distance
         torch.testing.assert_close(g1["model"][k], g2["model"][k], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("head", HEADS, ids=lambda h: type(h).__name__)
+@pytest.mark.parametrize("head", HEADS, ids=repr)
 def test_metric_learner_vmap_equals_loop(head: object) -> None:
     model = seeded(0, lambda: Conv4(1, None, width=4, image_size=16)).double()
     algo = MetricLearner(head)  # type: ignore[arg-type]
