@@ -237,3 +237,18 @@ def test_mamlpp_at_iteration_canonicalises_past_both_schedules() -> None:
     assert algo.at_iteration(3).iteration == 3 and algo.at_iteration(20).iteration == 8
     assert not algo.at_iteration(7).second_order and algo.at_iteration(9).second_order
     assert algo.at_iteration(0) is algo
+
+
+def test_mamlpp_on_fused_conv4_vmap_equals_loop() -> None:
+    from metafit.models import Conv4
+
+    model = seeded(0, lambda: Conv4(1, 3, width=4, image_size=16, downsample="stride")).double()
+    algo = MAMLPlusPlus(inner_lr=0.2, inner_steps=2, msl_iterations=4).at_iteration(1)
+    mp = algo.init(model)
+    assert sorted(mp["norm"]) == [f"features.{i}.1.{p}" for i in range(4) for p in ("bias", "weight")]
+    batch = image_tasks(2, side=16)
+    gl, _ = meta_gradients(algo, model, mp, {}, batch, path="loop")
+    gv, _ = meta_gradients(algo, model, mp, {}, batch, path="vmap")
+    for grp in gl:
+        for k in gl[grp]:
+            torch.testing.assert_close(gv[grp][k], gl[grp][k], rtol=1e-7, atol=1e-10)
