@@ -12,6 +12,7 @@ from metafit import Trainer, evaluate, meta_gradients, seeded
 from metafit.algorithms.heads import CosineHead
 from metafit.algorithms.metric import MetricLearner
 from metafit.algorithms.pretrain import (
+    CosineClassifier,
     CosineClassifierHead,
     FineTune,
     LogisticRegressionHead,
@@ -100,7 +101,26 @@ def test_pretrain_init_needs_feature_dim_and_n_classes() -> None:
         Pretrain(n_classes=5).init(MLP(2, (3,), 4))
     with pytest.raises(ValueError, match="n_classes must be the number of training classes"):
         Pretrain()
-    assert float(Pretrain(n_classes=3, feature_dim=4).init(MLP(2, (3,), 4))["classifier"]["weight"].detach().abs().sum()) == 0
+    a = Pretrain(n_classes=3, feature_dim=4).init(MLP(2, (3,), 4))["classifier"]
+    b = Pretrain(n_classes=3, feature_dim=4).init(MLP(2, (3,), 4))["classifier"]
+    assert torch.equal(a["weight"], b["weight"]) and float(a["weight"].detach().abs().min()) > 0  # seeded 0
+    assert float(a["weight"].detach().abs().max()) <= 0.5 and float(a["bias"].detach().abs().max()) == 0
+
+
+def test_pretrain_cosine_classifier_logits_by_hand() -> None:
+    model = seeded(0, lambda: MLP(3, (5,), 4)).double()
+    for clf in (CosineClassifier(scale=2.0), CosineClassifier(scale=3.0, learn_scale=True)):
+        algo = Pretrain(n_classes=6, feature_dim=4, classifier=clf)
+        mp = algo.init(model, generator=torch.Generator().manual_seed(1))
+        assert sorted(mp["classifier"]) == (["scale", "weight"] if clf.learn_scale else ["weight"])
+        x = torch.randn(7, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        emb = model(x)
+        w = mp["classifier"]["weight"]
+        want = clf.scale * (emb / emb.norm(dim=1, keepdim=True)) @ (w / w.norm(dim=1, keepdim=True)).T
+        torch.testing.assert_close(algo.classifier_logits(model, mp, {}, x), want)
+    assert isinstance(build_pretrain("cross_entropy", n_classes=5, classifier="cosine").classifier, CosineClassifier)
+    with pytest.raises(ValueError, match=r"classifier must be one of \['cosine', 'linear'\], got 'mlp'"):
+        build_pretrain("cross_entropy", n_classes=5, classifier="mlp")
 
 
 @pytest.mark.parametrize(

@@ -50,11 +50,14 @@ from metafit.data.task import Task
 from metafit.functional import Buffers, Params, apply, params_of
 
 __all__ = [
+    "CosineClassifier",
     "CosineClassifierHead",
     "FineTune",
+    "LinearClassifier",
     "LogisticRegressionHead",
     "NearestCentroidHead",
     "Pretrain",
+    "PretrainClassifier",
     "SupportHead",
     "build_pretrain",
     "cosine_classifier_gradients",
@@ -372,6 +375,67 @@ class FineTune:
         return features(model, state.params, buffers, x) @ state.weight.transpose(0, 1) + state.bias
 
 
+# -- pretraining classifiers (the meta-parameter group "classifier") ---------------------------
+
+
+@runtime_checkable
+class PretrainClassifier(Protocol):
+    """The classifier over all training classes used during pretraining (a parameter group)."""
+
+    def init_params(self, n_classes: int, feature_dim: int, *, generator: torch.Generator) -> Params: ...
+
+    def logits(self, emb: Tensor, params: Params) -> Tensor: ...
+
+
+def _uniform(n: int, d: int, generator: torch.Generator) -> Tensor:
+    bound = 1.0 / math.sqrt(d)
+    return (torch.rand(n, d, generator=generator, dtype=torch.float64) * 2.0 - 1.0) * bound
+
+
+@dataclass(frozen=True)
+class LinearClassifier:
+    """``logits = f W^T + b`` (Chen et al., ICLR 2019, "Baseline"; Tian et al., ECCV 2020, RFS).
+
+    Parameters: ``weight (C, D)`` (uniform in ``±1/sqrt(D)``, as ``nn.Linear``) and ``bias (C,)`` (zero).
+    """
+
+    def init_params(self, n_classes: int, feature_dim: int, *, generator: torch.Generator) -> Params:
+        """``{"weight", "bias"}``, float64 (cast by the learner)."""
+        return {"weight": _uniform(n_classes, feature_dim, generator), "bias": torch.zeros(n_classes, dtype=torch.float64)}
+
+    def logits(self, emb: Tensor, params: Params) -> Tensor:
+        """``(B, C)`` for features ``emb (B, D)``."""
+        return emb @ params["weight"].transpose(0, 1) + params["bias"]
+
+
+@dataclass(frozen=True)
+class CosineClassifier:
+    """Baseline++'s pretraining classifier (Chen et al., ICLR 2019, arXiv 1904.04232): ``s * cos(f, w_c)``.
+
+    Args:
+        scale: The scale ``s`` (the reference code uses 2 for up to 200 classes, 10 above).
+        learn_scale: Learn ``s`` (parameter ``"scale"``), as Meta-Baseline's temperature; else fixed.
+    """
+
+    scale: float = 10.0
+    learn_scale: bool = False
+
+    def __post_init__(self) -> None:
+        check_inner_lr("scale", self.scale)
+
+    def init_params(self, n_classes: int, feature_dim: int, *, generator: torch.Generator) -> Params:
+        """``{"weight" (C, D)[, "scale" (0-d)]}``, float64 (cast by the learner)."""
+        out = {"weight": _uniform(n_classes, feature_dim, generator)}
+        if self.learn_scale:
+            out["scale"] = torch.tensor(float(self.scale), dtype=torch.float64)
+        return out
+
+    def logits(self, emb: Tensor, params: Params) -> Tensor:
+        """``(B, C)`` scaled cosine similarities."""
+        cos = F.normalize(emb, dim=-1) @ F.normalize(params["weight"], dim=-1).transpose(0, 1)
+        return (params["scale"] if self.learn_scale else self.scale) * cos
+
+
 # -- the learner -------------------------------------------------------------------------------
 
 
@@ -380,9 +444,10 @@ class Pretrain:
     """Supervised pretraining + a test-time few-shot head (Chen et al., ICLR 2019, arXiv 1904.04232; Tian et al., ECCV 2020, arXiv 2003.11539).
 
     Meta-parameters: ``"model"`` (the backbone, any embedding network: its flattened output is the
-    feature vector) and ``"classifier"`` (``weight (n_classes, D)``, ``bias (n_classes,)``), a
-    linear classifier over the training classes that is a parameter group, not a layer of the
-    model. See the module docstring for how batches and episodes are told apart.
+    feature vector) and ``"classifier"`` (``weight (n_classes, D)``, plus ``bias (n_classes,)`` for
+    the default :class:`LinearClassifier`), a classifier over the training classes that is a
+    parameter group, not a layer of the model. See the module docstring for how batches and
+    episodes are told apart.
 
     In an episode the support set and the query set are embedded in separate batches (``adapt``
     sees only the support set): with batch-statistics normalisation (:class:`~metafit.models.TaskBatchNorm`)
@@ -394,6 +459,8 @@ class Pretrain:
         feature_dim: Feature size ``D`` (default: the model's ``feature_dim`` attribute, as
             :class:`~metafit.models.Conv4` has).
         criterion: Must be ``"cross_entropy"``.
+        classifier: The pretraining classifier: :class:`LinearClassifier` (default) or
+            :class:`CosineClassifier` (Baseline++).
 
     Example:
         >>> from metafit.models import MLP
@@ -407,6 +474,7 @@ class Pretrain:
     head: SupportHead = field(default_factory=LogisticRegressionHead)
     feature_dim: int | None = None
     criterion: str = "cross_entropy"
+    classifier: PretrainClassifier = field(default_factory=LinearClassifier)
 
     def __post_init__(self) -> None:
         if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, int) or self.n_classes < 2:
@@ -424,6 +492,11 @@ class Pretrain:
                 "head must have fit(model, params, buffers, support_x, support_y, n_way) and "
                 f"logits(model, params, buffers, state, x), got {type(self.head).__name__}"
             )
+        if not isinstance(self.classifier, PretrainClassifier):
+            raise TypeError(
+                "classifier must have init_params(n_classes, feature_dim, *, generator) and logits(emb, params), "
+                f"got {type(self.classifier).__name__}"
+            )
 
     @property
     def spec(self) -> LearnerSpec:
@@ -431,7 +504,7 @@ class Pretrain:
         return LearnerSpec(tasks="classification", inner_loop=False, second_order=False, head="none")
 
     def init(self, model: nn.Module, *, generator: torch.Generator | None = None) -> MetaParams:
-        """Backbone parameters and the classifier (uniform in ``±1/sqrt(D)`` from ``generator``, else zero)."""
+        """Backbone parameters and the classifier's (drawn from ``generator``; default: seeded 0)."""
         d = self.feature_dim if self.feature_dim is not None else getattr(model, "feature_dim", None)
         if not isinstance(d, int) or d < 1:
             raise ValueError(
@@ -442,19 +515,12 @@ class Pretrain:
         ref = next(iter(params.values()), None)
         dtype = ref.dtype if ref is not None else torch.get_default_dtype()
         device = ref.device if ref is not None else torch.device("cpu")
-        n = self.n_classes
-        assert n is not None
-        if generator is None:
-            w = torch.zeros(n, d, dtype=dtype)
-        else:
-            bound = 1.0 / math.sqrt(d)
-            w = (torch.rand(n, d, generator=generator, dtype=dtype) * 2.0 - 1.0) * bound
+        assert self.n_classes is not None
+        g = torch.Generator().manual_seed(0) if generator is None else generator
+        cls = self.classifier.init_params(self.n_classes, d, generator=g)
         return {
             "model": params,
-            "classifier": {
-                "weight": w.to(device).requires_grad_(True),
-                "bias": torch.zeros(n, dtype=dtype, device=device).requires_grad_(True),
-            },
+            "classifier": {k: v.to(dtype=dtype, device=device).requires_grad_(True) for k, v in cls.items()},
         }
 
     def classifier_logits(self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, x: Tensor) -> Tensor:
@@ -466,7 +532,7 @@ class Pretrain:
                 f"the model's features have size {emb.shape[-1]}, but the classifier expects "
                 f"feature_dim={c['weight'].shape[1]}"
             )
-        return emb @ c["weight"].transpose(0, 1) + c["bias"]
+        return self.classifier.logits(emb, c)
 
     def adapt(
         self,
@@ -525,12 +591,19 @@ def build_pretrain(
     fit_lr: float = 0.1,
     finetune_steps: int = 10,
     finetune_lr: float = 0.01,
+    classifier: str = "linear",
+    classifier_scale: float = 10.0,
 ) -> Pretrain:
     """Registry builder: ``head`` is ``"logistic"``, ``"cosine"``, ``"centroid"`` or ``"finetune"``.
 
     ``n_classes`` (the number of training classes) must be set; ``l2``/``newton_steps`` configure
-    the logistic head, ``scale``/``fit_steps``/``fit_lr`` the cosine head, ``finetune_*`` fine-tuning.
+    the logistic head, ``scale``/``fit_steps``/``fit_lr`` the cosine head, ``finetune_*`` fine-tuning;
+    ``classifier`` is the pretraining classifier, ``"linear"`` or ``"cosine"`` (Baseline++, fixed
+    scale ``classifier_scale``).
     """
+    classifiers = {"linear": LinearClassifier, "cosine": lambda: CosineClassifier(scale=classifier_scale)}
+    if classifier not in classifiers:
+        raise ValueError(f"classifier must be one of {sorted(classifiers)}, got {classifier!r}")
     heads = {
         "logistic": lambda: LogisticRegressionHead(l2=l2, steps=newton_steps),
         "cosine": lambda: CosineClassifierHead(scale=scale, steps=fit_steps, lr=fit_lr),
@@ -539,4 +612,5 @@ def build_pretrain(
     }
     if head not in heads:
         raise ValueError(f"head must be one of {sorted(heads)}, got {head!r}")
-    return Pretrain(n_classes=n_classes, head=heads[head](), feature_dim=feature_dim, criterion=criterion)
+    return Pretrain(n_classes=n_classes, head=heads[head](), feature_dim=feature_dim, criterion=criterion,
+                    classifier=classifiers[classifier]())
