@@ -3,8 +3,8 @@
 Pretraining (Chen, Liu, Kira, Wang & Huang, "A Closer Look at Few-shot Classification", ICLR 2019,
 arXiv 1904.04232; Tian, Wang, Krishnan, Tenenbaum & Isola, "Rethinking Few-Shot Image
 Classification: a Good Embedding Is All You Need?", ECCV 2020, arXiv 2003.11539, "RFS"): a
-backbone and a linear classifier over ALL training classes are trained with ordinary
-cross-entropy on mini-batches. At test time the classifier is dropped and a few-shot head is fitted
+backbone and a classifier over ALL training classes (:class:`LinearClassifier`, or Baseline++'s
+:class:`CosineClassifier`) are trained with ordinary cross-entropy on mini-batches. At test time the classifier is dropped and a few-shot head is fitted
 on the support set of each episode, chosen by composition (:class:`Pretrain`'s ``head``):
 
 * :class:`LogisticRegressionHead`: RFS's L2-regularised multinomial logistic regression on
