@@ -32,7 +32,7 @@ def test_init_from_prefix_map_renames_source_names() -> None:
     target = {"model": {"head.weight": torch.zeros(2, 3), "head.bias": torch.zeros(2)}}
     src = {"net.head.weight": torch.ones(2, 3), "net.head.bias": torch.full((2,), 2.0)}
     out = init_from(target, src, prefix_map={"net.": ""})
-    assert float(out["model"]["head.bias"][0]) == 2.0 and float(out["model"]["head.weight"].sum()) == 6.0
+    assert float(out["model"]["head.bias"][0].detach()) == 2.0 and float(out["model"]["head.weight"].detach().sum()) == 6.0
 
 
 def test_init_from_casts_to_target_dtype() -> None:
