@@ -41,6 +41,7 @@ __all__ = [
     "ProgressBar",
     "TensorBoard",
     "StepHook",
+    "LearnerSchedule",
     "is_main_process",
     "read_jsonl",
 ]
@@ -362,6 +363,21 @@ class TensorBoard(Callback):
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
+
+
+class LearnerSchedule(Callback):
+    """Before each step, ``trainer.algorithm = trainer.algorithm.at_iteration(trainer.step_count)``.
+
+    For learners whose settings follow the meta-iteration (MAML++'s multi-step loss weights and
+    derivative-order annealing): step ``i`` (0-based) runs at iteration ``i``, also after a resume.
+    """
+
+    def on_batch(self, trainer: Trainer, batch: Any) -> Any:
+        at = getattr(trainer.algorithm, "at_iteration", None)
+        if at is None:
+            raise TypeError(f"LearnerSchedule needs a learner with at_iteration(i), got {type(trainer.algorithm).__name__}")
+        trainer.algorithm = at(trainer.step_count)
+        return batch
 
 
 class StepHook(Callback):

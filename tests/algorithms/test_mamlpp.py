@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from metafit.engine import Callback
 import torch.nn.functional as F
 
 from metafit import MAML, Trainer, meta_gradients, seeded
@@ -219,15 +221,14 @@ def test_mamlpp_iteration_callback_advances_the_schedule_in_a_trainer() -> None:
     algo = MAMLPlusPlus(inner_lr=0.1, inner_steps=2, criterion="mse", **{**PLAIN, "msl_iterations": 3})
     tr = Trainer(algo, model, path="loop")
     seen: list[tuple[int, tuple[float, ...]]] = []
-    cb = iteration_callback(tr)
 
-    def record(r: object) -> None:
-        cb(r)
-        seen.append((tr.algorithm.iteration, tr.algorithm.step_weights))  # type: ignore[attr-defined]
+    class Record(Callback):
+        def on_step_end(self, trainer: Trainer, result: object) -> None:  # the iteration the step ran at
+            seen.append((trainer.algorithm.iteration, trainer.algorithm.step_weights))  # type: ignore[attr-defined]
 
-    tr.fit(iter([[_regression_task(i)] for i in range(5)]), 5, callback=record)
-    assert [it for it, _ in seen] == [1, 2, 3, 3, 3]  # clipped at the end of the schedule
-    assert seen[0][1] == msl_weights(2, 1, 3) and seen[-1][1] == (0.0, 1.0)
+    tr.fit(iter([[_regression_task(i)] for i in range(5)]), 5, callbacks=[iteration_callback(), Record()])
+    assert [it for it, _ in seen] == [0, 1, 2, 3, 3]  # clipped at the end of the schedule
+    assert seen[1][1] == msl_weights(2, 1, 3) and seen[-1][1] == (0.0, 1.0)
     done = tr.algorithm
     assert done.at_iteration(100) is done  # nothing changes any more: the same object
 

@@ -394,24 +394,19 @@ class MAMLPlusPlus:
         return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def iteration_callback(trainer: Any) -> Callable[[Any], None]:
-    """A :meth:`metafit.engine.Trainer.fit` callback that moves a MAML++ learner to the next iteration.
+def iteration_callback() -> Any:
+    """The :meth:`metafit.engine.Trainer.fit` callback that runs step ``i`` at iteration ``i``.
 
-    After step ``r.step`` it sets ``trainer.algorithm = trainer.algorithm.at_iteration(r.step)``,
-    so that step ``i`` (0-based) runs at iteration ``i``. Construct the learner at the trainer's
-    starting ``step_count`` (``algo.at_iteration(trainer.step_count)``) when resuming.
+    It is :class:`metafit.callbacks.LearnerSchedule`: before each step it sets
+    ``trainer.algorithm = trainer.algorithm.at_iteration(trainer.step_count)`` (also after a
+    resume, where ``step_count`` is restored).
 
     Example:
-        >>> # trainer.fit(batches, steps, callback=iteration_callback(trainer))
+        >>> # trainer.fit(batches, steps, callbacks=[iteration_callback()])
     """
+    from metafit.callbacks import LearnerSchedule
 
-    def callback(result: Any) -> None:
-        algo = trainer.algorithm
-        if not isinstance(algo, MAMLPlusPlus):
-            raise TypeError(f"iteration_callback needs a MAMLPlusPlus learner, got {type(algo).__name__}")
-        trainer.algorithm = algo.at_iteration(int(result.step))
-
-    return callback
+    return LearnerSchedule()
 
 
 def build_mamlpp(

@@ -119,7 +119,8 @@ class NeuralProcess:
     @property
     def spec(self) -> LearnerSpec:
         """Regression, no inner loop, no classification head, no embedding."""
-        return LearnerSpec(tasks="regression", inner_loop=False, second_order=False, head="none", embeds=False)
+        return LearnerSpec(tasks="regression", inner_loop=False, second_order=False, head="none", embeds=False,
+                           distribution=True)
 
     def init(self, model: nn.Module, *, generator: torch.Generator | None = None) -> MetaParams:
         """``{"model": params}`` copied from the network."""

@@ -25,11 +25,15 @@ from metafit.algorithms.anil import ANIL
 from metafit.algorithms.base import Algorithm
 from metafit.algorithms.cnp import CNP
 from metafit.algorithms.maml import MAML
+from metafit.algorithms.mamlpp import build_mamlpp
 from metafit.algorithms.meta_sgd import MetaSGD
+from metafit.algorithms.metric import build_meta_baseline, build_metric, build_r2d2, build_simple_cnaps
+from metafit.algorithms.neural_process import build_in_context, build_neural_process
+from metafit.algorithms.pretrain import build_pretrain
 from metafit.algorithms.protonet import ProtoNet
 from metafit.algorithms.reptile import Reptile
 
-__all__ = ["LearnerEntry", "LEARNERS", "build_learner", "learner_options"]
+__all__ = ["LearnerEntry", "LEARNERS", "build_learner", "learner_options", "learner_entry"]
 
 
 @dataclass(frozen=True)
@@ -41,12 +45,26 @@ class LearnerEntry:
         paper: The paper it comes from.
         summary: One line for tables and ``--help``.
         build: ``build(criterion, **options) -> Algorithm``.
+        network: The kind of network the learner runs: ``"backbone"`` (any model; an embedding
+            network or a classifier, as ``spec.head`` says), ``"cnp"`` (a CNP encoder/decoder),
+            ``"np"`` (an attentive or transformer neural process, named by the entry) or
+            ``"in_context"`` (a backbone inside an in-context transformer).
+        batches: What it trains on: ``"episodes"`` (tasks with a support and a query set) or
+            ``"classes"`` (ordinary class mini-batches over all training classes: pretraining).
+        data_options: Options the application fills from the data (pretraining's ``n_classes``,
+            the number of training classes) when the config leaves them out.
+        scheduled: The learner's settings follow the meta-iteration (``at_iteration(i)``); the
+            training loop runs :class:`metafit.callbacks.LearnerSchedule`.
     """
 
     name: str
     paper: str
     summary: str
     build: Callable[..., Algorithm]
+    network: str = "backbone"
+    batches: str = "episodes"
+    data_options: tuple[str, ...] = ()
+    scheduled: bool = False
 
 
 def _gradient(cls: Callable[..., Algorithm], **fixed: Any) -> Callable[..., Algorithm]:
@@ -105,7 +123,28 @@ _ENTRIES = (
     LearnerEntry("protonet", "Snell, Swersky & Zemel, NeurIPS 2017 (arXiv 1703.05175)",
                  "Prototypical Networks: nearest class mean in an embedding", _protonet),
     LearnerEntry("cnp", "Garnelo et al., ICML 2018 (arXiv 1807.01613)",
-                 "Conditional Neural Process: context encoding, no inner loop", _cnp),
+                 "Conditional Neural Process: context encoding, no inner loop", _cnp, network="cnp"),
+    LearnerEntry("mamlpp", "Antoniou, Edwards & Storkey, ICLR 2019 (arXiv 1810.09502)",
+                 "MAML++: multi-step loss, per-layer per-step rates, per-step norm weights, order annealing",
+                 build_mamlpp, scheduled=True),
+    LearnerEntry("metric", "Snell, Swersky & Zemel, NeurIPS 2017 (arXiv 1703.05175)",
+                 "ProtoNet family with a chosen metric head (euclidean, cosine, mahalanobis, ridge)", build_metric),
+    LearnerEntry("metabaseline", "Chen, Liu, Xu, Darrell & Wang, ICCV 2021 (arXiv 2003.04390)",
+                 "cosine ProtoNet with a learned temperature (start it from a pretrain run)", build_meta_baseline),
+    LearnerEntry("r2d2", "Bertinetto, Henriques, Torr & Vedaldi, ICLR 2019 (arXiv 1805.08136)",
+                 "differentiable closed-form ridge-regression head (Woodbury form)", build_r2d2),
+    LearnerEntry("simple_cnaps", "Bateni, Goyal, Masrani, Wood & Sigal, CVPR 2020 (arXiv 1912.03432)",
+                 "Mahalanobis head with shrunk class covariances (no FiLM adaptation network)", build_simple_cnaps),
+    LearnerEntry("pretrain", "Chen et al., ICLR 2019 (arXiv 1904.04232); Tian et al., ECCV 2020 (arXiv 2003.11539)",
+                 "supervised pretraining on all training classes, a head fitted on the support set", build_pretrain,
+                 batches="classes", data_options=("n_classes",)),
+    LearnerEntry("anp", "Kim et al., ICLR 2019 (arXiv 1901.05761)",
+                 "Attentive Neural Process (deterministic path)", build_neural_process, network="np"),
+    LearnerEntry("tnp", "Nguyen & Grover, ICML 2022 (arXiv 2207.04179)",
+                 "Transformer Neural Process (TNP-D)", build_neural_process, network="np"),
+    LearnerEntry("caml", "Fifty et al., ICLR 2024 (arXiv 2310.10971)",
+                 "in-context transformer classifier over (embedding, label) tokens", build_in_context,
+                 network="in_context"),
 )
 
 LEARNERS: Mapping[str, LearnerEntry] = MappingProxyType({e.name: e for e in _ENTRIES})
@@ -130,6 +169,11 @@ def build_learner(name: str, criterion: str, **options: Any) -> Algorithm:
     if unknown:
         raise ValueError(f"learner {name!r} has no option {unknown[0]!r}; its options are {sorted(valid)}")
     return entry.build(criterion, **options)
+
+
+def learner_entry(name: str) -> LearnerEntry:
+    """The registry entry of ``name`` (a ValueError listing the valid names otherwise)."""
+    return _entry(name)
 
 
 def _entry(name: str) -> LearnerEntry:

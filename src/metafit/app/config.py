@@ -112,6 +112,8 @@ class DataConfig:
         train_split: Classes meta-training draws from: ``"train"`` (the ``val`` classes are held
             out for validation) or ``"trainval"`` (both, as the papers' final runs; validation is
             then off).
+        batch_size: Examples per mini-batch for learners that train on ordinary class batches
+            (``pretrain``).
         k_shot_max: Draw each meta-batch's shot (support size per class; per task for
             regression) uniformly from ``k_shot..k_shot_max`` (``None``: always ``k_shot``), e.g. a
             CNP trained for variable context sizes.
@@ -139,11 +141,13 @@ class DataConfig:
     train_split: str = "train"
     monitor_tasks: int = 600
     k_shot_max: int | None = None
+    batch_size: int = 64
 
     def __post_init__(self) -> None:
         s = "data"
         _check_choice(s, "train_split", self.train_split, SPLITS)
         _check_opt_int(s, "k_shot_max", self.k_shot_max, 1)
+        _check_int(s, "batch_size", self.batch_size, 1)
         if self.k_shot_max is not None and self.k_shot_max < self.k_shot:
             _fail(s, "k_shot_max", f"an int >= data.k_shot={self.k_shot}", self.k_shot_max)
         _check_choice(s, "dataset", self.dataset, DATASETS)
@@ -177,6 +181,10 @@ class ModelConfig:
             ``0.1 + 0.9 softplus`` on the variance) or ``"scale"`` (the same bound on the sd).
         channels_last: Store Conv4 weights channels-last (same function; faster ProtoNet steps on
             the CPU).
+        d_model: Token width of the attentive / transformer learners (``anp``, ``tnp``, ``caml``).
+        n_heads: Attention heads of those learners.
+        n_layers: Their attention layers (0: each network's default).
+        d_ff: Feed-forward width of their attention layers.
     """
 
     arch: str = "auto"
@@ -188,9 +196,17 @@ class ModelConfig:
     min_variance: float = 0.1
     variance_bound: str = "variance"
     channels_last: bool = False
+    d_model: int = 64
+    n_heads: int = 4
+    n_layers: int = 0
+    d_ff: int = 128
 
     def __post_init__(self) -> None:
         s = "model"
+        for name, minimum in (("d_model", 1), ("n_heads", 1), ("n_layers", 0), ("d_ff", 1)):
+            _check_int(s, name, getattr(self, name), minimum)
+        if self.d_model % self.n_heads:
+            _fail(s, "d_model", f"a multiple of model.n_heads={self.n_heads}", self.d_model)
         _check_bool(s, "channels_last", self.channels_last)
         _check_choice(s, "arch", self.arch, ARCHS)
         if isinstance(self.hidden, list):
@@ -303,6 +319,8 @@ class TrainConfig:
         tensorboard: Also write TensorBoard event files into ``<run>/tensorboard`` (needs the
             ``tensorboard`` package).
         dist_timeout: Seconds before a collective of a multi-process run fails (a hung rank).
+        init_from: A trained run folder (or checkpoint) whose ``"model"`` parameters start this run
+            (e.g. Meta-Baseline from a ``pretrain`` run); names and shapes must match.
 
     ``num_threads``, ``keep_freed_memory`` and ``deterministic`` are process-wide settings: the
     program that owns the process applies them (``metafit train`` does, with
@@ -330,9 +348,12 @@ class TrainConfig:
     monitor_every_seconds: float = 0.0
     tensorboard: bool = False
     dist_timeout: float = 300.0
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         s = "train"
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            _fail(s, "init_from", "a run folder or checkpoint path, or null", self.init_from)
         _check_pos_float(s, "max_minutes", self.max_minutes, allow_none=True)
         for name in ("eval_every_seconds", "monitor_every_seconds"):
             v = getattr(self, name)
@@ -393,8 +414,11 @@ class RunConfig:
         from metafit.algorithms.registry import build_learner
 
         regression = self.data.dataset == "sinusoid"
+        from metafit.algorithms.registry import learner_entry
+
+        placeholders = {k: 2 for k in learner_entry(self.algo.name).data_options if k not in self.algo.options}
         try:  # the learner's own checks (e.g. Reptile refuses inner_steps=0) before anything is written
-            build_learner(self.algo.name, "mse" if regression else "cross_entropy", **self.algo.options)
+            build_learner(self.algo.name, "mse" if regression else "cross_entropy", **self.algo.options, **placeholders)
         except ValueError as e:
             if regression and "classifier" in str(e):
                 raise ValueError(

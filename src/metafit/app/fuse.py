@@ -130,9 +130,13 @@ def load_base_run(path: str | Path) -> BaseRun:
 
 def config_learner_embeds(name: str) -> bool:
     """Whether the registered learner ``name`` trains a network that embeds its inputs."""
-    from metafit.algorithms.registry import build_learner
+    from metafit.algorithms.registry import build_learner, learner_entry
 
-    return build_learner(name, "cross_entropy").spec.embeds
+    placeholders = {k: 2 for k in learner_entry(name).data_options}
+    try:
+        return build_learner(name, "cross_entropy", **placeholders).spec.embeds
+    except ValueError:  # a regression-only learner
+        return False
 
 
 def _check_arg(name: str, value: object, minimum: int) -> int:

@@ -143,6 +143,12 @@ def _spec(config: RunConfig) -> Any:
     return build_algorithm(config).spec
 
 
+def _entry(config: RunConfig) -> Any:
+    from metafit.algorithms.registry import learner_entry
+
+    return learner_entry(config.algo.name)
+
+
 def build_model(config: RunConfig) -> nn.Module:
     """The network of ``config``, initialised from ``train.seed`` (no global state).
 
@@ -150,8 +156,24 @@ def build_model(config: RunConfig) -> nn.Module:
     a learner that takes any number of classes gets the embedding network.
     """
     m = config.model
-    if config.algo.name == "cnp":
+    network = _entry(config).network
+    if network == "cnp":
         return seeding.seeded(config.train.seed, lambda: _build_cnp(config))
+    if network == "np":
+        from metafit.models.attentive import build_np_network
+
+        return seeding.seeded(config.train.seed, lambda: build_np_network(
+            config.algo.name, x_dim=1, y_dim=1, d_model=m.d_model, n_heads=m.n_heads, n_layers=m.n_layers or None,
+            d_ff=m.d_ff, min_variance=m.min_variance))
+    if network == "in_context":
+        from metafit.models.attentive import InContextClassifier
+
+        def icl() -> nn.Module:
+            conv = Conv4(1, None, width=m.width, image_size=config.data.image_size, downsample=m.downsample, norm=m.norm)  # type: ignore[arg-type]
+            return InContextClassifier(conv, conv.feature_dim, max_way=_max_way(config), d_model=m.d_model,
+                                       n_heads=m.n_heads, n_layers=m.n_layers or 2, d_ff=m.d_ff)
+
+        return seeding.seeded(config.train.seed, icl)
     if config.resolved_arch == "mlp":
         return seeding.seeded(config.train.seed, lambda: MLP(1, m.hidden, 1))
     out = config.data.n_way if _spec(config).head == "fixed" else None
@@ -177,8 +199,26 @@ def _build_cnp(config: RunConfig) -> nn.Module:
 
 
 def build_algorithm(config: RunConfig) -> Algorithm:
-    """The learner named by ``config.algo`` (the registry's builder) with the dataset's criterion."""
+    """The learner named by ``config.algo`` (the registry's builder) with the dataset's criterion.
+
+    Options the learner takes from the data (pretraining's ``n_classes``) must be in the config:
+    :func:`resolve_data_options` fills them before a run starts.
+    """
     return build_learner(config.algo.name, _criterion(config), **config.algo.options)
+
+
+def resolve_data_options(config: RunConfig) -> RunConfig:
+    """``config`` with the learner's data-derived options filled in (recorded in ``config.json``)."""
+    missing = [k for k in _entry(config).data_options if k not in config.algo.options]
+    if not missing:
+        return config
+    values: dict[str, Any] = {}
+    for k in missing:
+        if k == "n_classes":
+            values[k] = _omniglot(config, config.data.train_split).num_classes
+        else:  # pragma: no cover - every data option has a rule above
+            raise ValueError(f"no rule fills the learner option {k!r} from the data")
+    return config.replace(algo=values)
 
 
 def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer) -> Any:
@@ -240,6 +280,10 @@ def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[Tas
     dataset = _omniglot(config, d.train_split)
     from metafit.data.sampling import EpisodeSampler
 
+    if _entry(config).batches == "classes":
+        from metafit.data.batches import ClassBatchSampler
+
+        return ClassBatchSampler(dataset, d.batch_size, generator=generator)
     if d.k_shot_max is not None:
         return VariableShot({k: EpisodeSampler(dataset, d.n_way, k, d.n_query, tasks_per_batch=d.tasks_per_batch,
                                                generator=generator) for k in range(d.k_shot, d.k_shot_max + 1)}, generator)
@@ -513,11 +557,25 @@ def train(
     """
     rank, world = _world()
     main_rank = rank == 0
+    config = resolve_data_options(config)
     if world > 1 and config.train.path == "auto":
         raise ValueError(
             "train.path='auto' lets each rank pick its own engine path; set train.path to 'loop' or 'vmap' "
             "for a multi-process run"
         )
+    t, d = config.train, config.data
+
+    model = build_model(config)
+    algorithm = build_algorithm(config)
+    meta_params = algorithm.init(model, generator=seeding.generator(t.seed))
+    if t.init_from is not None:
+        from metafit.algorithms.warm_start import init_from
+
+        source = load_trained(t.init_from)
+        try:
+            meta_params = init_from(meta_params, source.meta_params["model"])
+        except ValueError as e:
+            raise ValueError(f"train.init_from={t.init_from}: {e}") from None
     run_dir = Path(run_dir)
     resuming = _prepare_run_dir(config, run_dir, resume=resume, force=force) if main_rank else False
     if world > 1:
@@ -526,11 +584,6 @@ def train(
         resuming = bool(flag.item())
     if resuming and main_rank:  # keep resumable changes (e.g. more steps) in config.json
         atomic_write_bytes(run_dir / "config.json", (json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
-    t, d = config.train, config.data
-
-    model = build_model(config)
-    algorithm = build_algorithm(config)
-    meta_params = algorithm.init(model, generator=seeding.generator(t.seed))
     optimizer = make_optimizer(t.optimizer, parameters_of(meta_params), t.outer_lr, **t.optimizer_kwargs)
     scheduler = build_scheduler(config, optimizer)
     gen = seeding.generator(t.seed)
@@ -575,6 +628,8 @@ def train(
     run_cbs.append(ckpt)
     if t.max_minutes is not None:
         run_cbs.append(cbk.TimeBudget(60.0 * t.max_minutes))
+    if _entry(config).scheduled:
+        run_cbs.append(cbk.LearnerSchedule())
     if progress and main_rank:
         run_cbs.append(cbk.ProgressBar(t.steps, desc=f"{config.algo.name} {d.dataset}"))
     run_cbs.extend(callbacks)
