@@ -37,20 +37,20 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "RunSummary",
-    "PairedDifference",
-    "Comparison",
-    "SeedGroupSummary",
-    "SeedDifference",
-    "SeedComparison",
     "ClassBootstrap",
-    "t_interval",
-    "holm",
-    "paired_difference",
+    "Comparison",
+    "PairedDifference",
+    "RunSummary",
+    "SeedComparison",
+    "SeedDifference",
+    "SeedGroupSummary",
+    "class_bootstrap_ci",
     "compare_runs",
     "compare_seeds",
+    "holm",
+    "paired_difference",
     "per_class_values",
-    "class_bootstrap_ci",
+    "t_interval",
 ]
 
 Test = Literal["t", "wilcoxon"]
