@@ -131,6 +131,9 @@ def test_imbalanced_query_counts_follow_the_dirichlet_mean_and_variance() -> Non
     assert (huge == 6).all()
     with pytest.raises(ValueError, match="below n_way \\* min_per_class"):
         imbalanced_query_counts(5, 4, 1.0, generator=g)
+    capped = imbalanced_query_counts(3, 12, 0.05, generator=torch.Generator().manual_seed(2),
+                                     capacity=torch.tensor([5, 5, 5]))
+    assert capped.sum() == 12 and (capped <= 5).all()
 
 
 def test_imbalanced_query_episodes_shapes_labels_and_sources() -> None:
@@ -145,7 +148,14 @@ def test_imbalanced_query_episodes_shapes_labels_and_sources() -> None:
     assert (t.query_y[:, 1:] >= t.query_y[:, :-1]).all()  # grouped by label
     assert not (t.support_x[:, :, None, 0] == t.query_x[:, None, :, 0]).any()
     with pytest.raises(ValueError, match="exceeds the size of class"):
-        imbalanced_query_episodes(_coded(["g"] * 8, per_class=10), 4, 2, 16, 3, alpha=1.0, seed=0)
+        imbalanced_query_episodes(_coded(["g"] * 8, per_class=2), 4, 2, 16, 3, alpha=1.0, seed=0)
+    # small classes (10 examples, 2 shots): counts capped at 8, the overflow moves to other classes
+    small = imbalanced_query_episodes(_coded(["g"] * 8, per_class=10), 4, 2, 16, 200, alpha=0.3, seed=0)
+    c = torch.nn.functional.one_hot(small.tasks.query_y, 4).sum(1)
+    assert (c <= 8).all() and (c.sum(1) == 16).all() and (c == 8).any()
+    assert torch.equal(_classes_of(small.tasks.query_x), small.classes.gather(1, small.tasks.query_y))
+    with pytest.raises(ValueError, match="summing to >= n_query_total=40"):
+        imbalanced_query_episodes(_coded(["g"] * 8, per_class=10), 4, 2, 40, 3, alpha=1.0, seed=0)
 
 
 # -- inductive -------------------------------------------------------------------------------------

@@ -249,7 +249,13 @@ def within_alphabet_episodes(
 
 
 def imbalanced_query_counts(
-    n_way: int, n_query_total: int, alpha: float, *, generator: torch.Generator, min_per_class: int = 1
+    n_way: int,
+    n_query_total: int,
+    alpha: float,
+    *,
+    generator: torch.Generator,
+    min_per_class: int = 1,
+    capacity: Tensor | None = None,
 ) -> Tensor:
     """Query counts per class with Dirichlet(alpha) proportions and a fixed total.
 
@@ -283,7 +289,23 @@ def imbalanced_query_counts(
         frac = share - base.double()
         order = torch.argsort(-frac, stable=True)
         base[order[:left]] += 1
-    return base + min_per_class
+    counts = base + min_per_class
+    if capacity is not None:
+        cap = torch.as_tensor(capacity, dtype=torch.int64)
+        if cap.shape != (n_way,) or int(cap.sum()) < total or bool((cap < min_per_class).any()):
+            raise ValueError(
+                f"capacity must be ({n_way},) ints >= min_per_class={min_per_class} summing to >= n_query_total={total}, "
+                f"got {cap.tolist()}"
+            )
+        over = int((counts - cap).clamp_min(0).sum())
+        counts = torch.minimum(counts, cap)
+        for j in torch.argsort(-p, stable=True).tolist():
+            if over == 0:
+                break
+            add = min(over, int(cap[j] - counts[j]))
+            counts[j] += add
+            over -= add
+    return counts
 
 
 def imbalanced_query_episodes(
@@ -316,8 +338,10 @@ def imbalanced_query_episodes(
         :class:`EpisodeSet`.
 
     Raises:
-        ValueError: a class smaller than ``k_shot + Q - (N - 1) * min_per_class`` (the largest
-            possible demand), or the arguments of :func:`imbalanced_query_counts`.
+        ValueError: a class smaller than ``k_shot + min_per_class``, or the arguments of
+            :func:`imbalanced_query_counts` (e.g. ``Q`` more than the chosen classes can hold).
+
+    Query counts are capped at ``class size - k_shot`` (see :func:`imbalanced_query_counts`).
     """
     ds = _check_dataset(dataset)
     g = _seed_generator(seed)
@@ -325,12 +349,14 @@ def imbalanced_query_episodes(
     n_episodes = _check_int("n_episodes", n_episodes, 1)
     if n_way > ds.num_classes:
         raise ValueError(f"n_way={n_way} exceeds the number of classes in the dataset ({ds.num_classes})")
-    worst = k_shot + n_query_total - (n_way - 1) * min_per_class
-    _check_sizes(ds, torch.arange(ds.num_classes), worst, "k_shot + the largest possible query count of a class")
+    _check_sizes(ds, torch.arange(ds.num_classes), k_shot + min_per_class, "k_shot + min_per_class")
+    sizes = ds.class_sizes()
     s_idx, q_idx, q_lab, classes = [], [], [], []
     for _ in range(n_episodes):
         cls = _distinct_classes(1, ds.num_classes, n_way, g)[0]
-        counts = imbalanced_query_counts(n_way, n_query_total, alpha, generator=g, min_per_class=min_per_class)
+        counts = imbalanced_query_counts(
+            n_way, n_query_total, alpha, generator=g, min_per_class=min_per_class, capacity=sizes[cls] - k_shot
+        )
         idx = _examples(ds, cls, counts + k_shot, g)
         s_idx.append(idx[:, :k_shot].reshape(-1))
         q_idx.append(torch.cat([idx[j, k_shot : k_shot + int(counts[j])] for j in range(n_way)]))
