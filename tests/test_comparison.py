@@ -63,6 +63,15 @@ def test_compare_runs_clearly_better_run_is_significant() -> None:
     assert f"95% CI {lo:.3g} to {hi:.3g}" in d.verdict
 
 
+def test_compare_runs_constant_difference_uses_the_sign_test() -> None:
+    one = compare_runs({"a": [0.5], "b": [0.6]}).differences[0]
+    assert one.t_p == 1.0 and not one.significant  # one episode proves nothing
+    a = _acc(0.5, 12, 20)
+    many = compare_runs({"a": a, "b": a + 0.04}).differences[0]
+    assert many.t_statistic == -math.inf and many.t_p == pytest.approx(2 * 0.5**12) and many.significant
+    assert json.loads(json.dumps(compare_runs({"a": a, "b": a + 0.04}).to_dict()))["differences"][0]["t_statistic"] is None
+
+
 def test_compare_runs_tests_match_direct_formulas() -> None:
     a, b = _acc(0.62, 150, 3), _acc(0.6, 150, 4)
     d = compare_runs({"a": a, "b": b}, baseline="b").differences[0]
@@ -222,3 +231,13 @@ def test_per_class_values_known_answer() -> None:
     assert per_class_values(correct, labels, 2).tolist() == [[0.5, 1.0], [0.5, 0.0]]
     with pytest.raises(ValueError, match="no query of label 2"):
         per_class_values(correct, labels, 3)
+
+
+def test_class_bootstrap_cluster_interval_ignores_class_ids_and_episode_order() -> None:
+    x, cls = _crossed(np.random.default_rng(18), 15, 80, 4, 0.1, 0.05, shared=True)
+    a = class_bootstrap_ci(x, cls, generator=torch.Generator().manual_seed(0), n_boot=200)
+    perm = np.random.default_rng(19).permutation(80)
+    relabel = 1000 + 7 * cls[perm]  # other integer ids, episodes shuffled
+    b = class_bootstrap_ci(x[perm], relabel, generator=torch.Generator().manual_seed(0), n_boot=200)
+    assert (b.cluster_low, b.cluster_high) == pytest.approx((a.cluster_low, a.cluster_high), abs=1e-12)
+    assert b.mean == pytest.approx(a.mean, abs=1e-12)

@@ -9,7 +9,8 @@ Pure functions over per-episode values (no I/O, no models). Three questions:
   (default the paired t-test), with Holm's step-down correction over the comparisons made.
   Pairing on shared episodes removes the episode-difficulty variance that the two runs share,
   which is why paired tests are so much sharper than overlapping per-run intervals (Lafargue et
-  al., "Oops, I sampled it again", TMLR 2025, arXiv 2409.02850, §5).
+  al., "Oops, I Sampled it Again: Reinterpreting Confidence Intervals in Few-Shot Learning", TMLR,
+  arXiv 2409.02850, 2024).
 * :func:`compare_seeds` -- several training seeds per configuration. The spread over seeds (mean
   and standard deviation of the per-seed means, t interval over seeds) is reported separately from
   the episode interval. When both configurations of a comparison have at least two seeds the
@@ -19,7 +20,8 @@ Pure functions over per-episode values (no I/O, no models). Three questions:
   sampling of the TEST CLASSES, which fixed-episode intervals ignore: episodes drawn from one
   pool of classes reuse those classes, so the usual ``1.96 sd / sqrt(n)`` shrinks to zero with
   more episodes while the uncertainty due to which classes are in the test set does not
-  (Lafargue et al. 2024, arXiv 2409.02850). See the function for the estimator.
+  (Lafargue et al., arXiv 2409.02850, 2024: intervals from episodes sampled with replacement
+  underestimate the uncertainty due to the data itself). See the function for the estimator.
 
 Every result is a frozen dataclass with ``to_dict()`` (JSON-able: floats, ints, str, lists).
 ``scipy`` is imported lazily by the functions that need it.
@@ -227,13 +229,19 @@ class Comparison:
 
 
 def _paired_tests(d: np.ndarray) -> tuple[float, float, float, float]:
-    """``(t, p_t, w, p_w)`` for paired differences ``d``; exact zeros give ``(0, 1, 0, 1)``."""
+    """``(t, p_t, w, p_w)`` for paired differences ``d``.
+
+    Exact zeros give ``(0, 1, 0, 1)`` (a run against itself); a constant non-zero difference gets
+    ``t = ±inf`` and the exact sign-test p-value ``2 * 0.5^n`` as ``p_t``.
+    """
     if not np.any(d != 0):
         return 0.0, 1.0, 0.0, 1.0
     st = _stats()
     if d.size < 2 or float(d.std(ddof=1)) <= 1e-12 * float(np.abs(d).max()):
-        # A constant non-zero difference (up to float rounding): no sampling variability at all.
-        t_stat, t_p = math.copysign(math.inf, float(d.mean())), 0.0
+        # A constant non-zero difference (up to float rounding): the t statistic is infinite and
+        # its p-value meaningless for few episodes; use the exact two-sided sign test instead,
+        # p = 2 * 0.5^n (1 for one episode).
+        t_stat, t_p = math.copysign(math.inf, float(d.mean())), min(1.0, 2.0 * 0.5 ** d.size)
     else:
         r = st.ttest_rel(d, np.zeros_like(d))
         t_stat, t_p = float(r.statistic), float(r.pvalue)
@@ -661,6 +669,9 @@ def class_bootstrap_ci(
     the variance ``V`` of (1) (``mean + (theta_b - mean) * sqrt(V / var(theta))``): the spread of
     (1) with the bootstrap's shape (skew near 0 or 1). ``cluster_low/high = mean ± z sqrt(V)`` is
     the normal interval of (1).
+
+    Reused IMAGES (the same query or support image in several episodes) are nested within their
+    class, so their effects sit inside the class clusters and are covered by the class terms.
 
     Why per-class values rather than per-episode values: an episode's value is the mean of its
     classes' values, so with per-episode values alone a class's effect cannot be separated from the

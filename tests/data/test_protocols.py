@@ -43,10 +43,12 @@ def _classes_of(x: torch.Tensor) -> torch.Tensor:
     return torch.div(x[..., 0], 1000, rounding_mode="floor").long()
 
 
-def test_fixed_episodes_with_classes_matches_fixed_episodes_and_the_labels() -> None:
-    ds = _coded(["g"] * 12)
-    es = fixed_episodes_with_classes(ds, 4, 2, 3, 50, seed=7)
-    ref = fixed_episodes(ds, 4, 2, 3, 50, seed=7)
+@pytest.mark.parametrize("n_classes", [12, 50])  # the sampler's top-k path and its rejection path
+def test_fixed_episodes_with_classes_matches_fixed_episodes_and_the_labels(n_classes: int) -> None:
+    ds = _coded(["g"] * n_classes)
+    n_way = 4 if n_classes == 12 else 3
+    es = fixed_episodes_with_classes(ds, n_way, 2, 3, 50, seed=7)
+    ref = fixed_episodes(ds, n_way, 2, 3, 50, seed=7)
     assert torch.equal(es.tasks.support_x, ref.support_x) and torch.equal(es.tasks.query_x, ref.query_x)
     t = es.tasks
     assert torch.equal(_classes_of(t.support_x), es.classes.gather(1, t.support_y))
@@ -226,7 +228,7 @@ def test_inductive_maml_predictions_and_curve_are_independent_of_other_queries()
     ind = inductive(maml)
     assert isinstance(ind, InductiveGradient) and ind.spec == maml.spec
     mp = maml.init(model)
-    tasks = image_tasks(n_tasks=3, n_way=3, k_shot=2, n_query=3, seed=4)
+    tasks = image_tasks(n_tasks=2, n_way=3, k_shot=2, n_query=3, seed=4)
     task = tasks[0]
     adapted = ind.adapt(model, mp, {}, task.support_x, task.support_y)
     full = ind.predict(model, mp, {}, adapted, task.query_x)
@@ -236,7 +238,7 @@ def test_inductive_maml_predictions_and_curve_are_independent_of_other_queries()
     sup = ind.predict(model, mp, {}, adapted, task.support_x)
     assert torch.allclose(sup, maml.predict(model, mp, {}, fast, task.support_x), atol=1e-10)
     loop = evaluate(ind, model, mp, tasks)
-    vmapped = evaluate(ind, model, mp, tasks, chunk=3)
+    vmapped = evaluate(ind, model, mp, tasks, chunk=2)
     assert loop.per_task["loss"] == pytest.approx(vmapped.per_task["loss"], abs=1e-9)
     trans = evaluate(maml, model, mp, tasks)
     assert loop.per_task["loss"] != pytest.approx(trans.per_task["loss"], abs=1e-6)
