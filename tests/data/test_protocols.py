@@ -269,3 +269,15 @@ def test_sweep_returns_the_curve_in_order() -> None:
     assert pts[1].mean == pytest.approx(0.2 + 0.05 + 0.01) and pts[0].to_dict()["k_shot"] == 1
     with pytest.raises(ValueError, match="n_way must be >= 1"):
         sweep(fake, [(0, 1)])
+
+
+def test_inductive_meta_gradients_vmap_equal_loop() -> None:
+    from metafit.engine import meta_gradients
+
+    model, mp, tasks = _proto_setup()
+    ind = inductive(ProtoNet())
+    g_loop, m_loop = meta_gradients(ind, model, mp, {}, tasks, path="loop")
+    g_vmap, m_vmap = meta_gradients(ind, model, mp, {}, tasks, path="vmap")
+    assert m_loop["loss"] == pytest.approx(m_vmap["loss"], abs=1e-10)
+    for k, v in g_loop["model"].items():
+        assert torch.allclose(v, g_vmap["model"][k], atol=1e-9), k
