@@ -27,22 +27,12 @@ import copy
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metafit.algorithms.base import (
-    Algorithm,
-    EvalSettings,
-    GradientLearner,
-    LearnerSpec,
-    MetaParams,
-    Metrics,
-    criterion_fn,
-    task_metrics,
-)
 from metafit.data.datasets import LabelledDataset
 from metafit.data.sampling import (
     EpisodeSampler,
@@ -54,6 +44,16 @@ from metafit.data.sampling import (
 )
 from metafit.data.task import Task, TaskBatch
 from metafit.functional import Buffers, Params
+
+if TYPE_CHECKING:  # metafit.algorithms imports metafit.data: import it lazily at run time
+    from metafit.algorithms.base import (
+        Algorithm,
+        EvalSettings,
+        GradientLearner,
+        LearnerSpec,
+        MetaParams,
+        Metrics,
+    )
 
 __all__ = [
     "EpisodeSet",
@@ -543,6 +543,8 @@ class Inductive:
         """Query loss and metrics of the inductive predictions."""
         adapted = self.adapt(model, meta_params, buffers, task.support_x, task.support_y, n_way=task.n_way)
         out = self.predict(model, meta_params, buffers, adapted, task.query_x)
+        from metafit.algorithms.base import criterion_fn, task_metrics
+
         loss = criterion_fn(self.criterion)(out, task.query_y)
         return loss, task_metrics(self.criterion, out, task.query_y, loss)
 
@@ -567,6 +569,8 @@ class InductiveGradient(Inductive):
         lr: float | None = None,
     ) -> Metrics:
         """Inductive query metrics after 0..``steps`` inner updates, each ``(steps + 1,)``."""
+        from metafit.algorithms.base import criterion_fn, task_metrics
+
         lr = self.eval_settings().lr if lr is None else lr
         crit = criterion_fn(self.criterion)
         rows: list[Metrics] = []
@@ -589,6 +593,8 @@ class InductiveGradient(Inductive):
 
 def inductive(learner: Algorithm) -> Inductive:
     """The inductive-evaluation wrapper of ``learner`` (:class:`InductiveGradient` for gradient learners)."""
+    from metafit.algorithms.base import Algorithm
+
     if not isinstance(learner, Algorithm):
         raise TypeError(f"learner must satisfy the Algorithm protocol, got {type(learner).__name__}")
     if isinstance(learner, Inductive):
