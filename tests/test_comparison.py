@@ -163,6 +163,7 @@ def test_compare_seeds_matched_and_single_seed_fallback() -> None:
     assert d.level_of_test == "seeds-paired" and d.mean == pytest.approx(0.01 - 0.001 / 3) and d.significant
     single = compare_seeds({"a": [ep + 0.6], "b": [ep + 0.5, ep + 0.52]}).differences[0]
     assert single.level_of_test == "episodes-paired" and "NOT measured" in single.verdict
+    assert compare_seeds({"a": [ep + 0.6], "b": [ep + 0.5, ep + 0.52]}).verdicts == [single.verdict]
     json.dumps(compare_seeds({"a": a, "b": b}).to_dict())
 
 

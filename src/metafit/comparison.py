@@ -450,6 +450,11 @@ class SeedComparison:
         d["differences"] = [x.to_dict() for x in self.differences]
         return d
 
+    @property
+    def verdicts(self) -> list[str]:
+        """The verdict line of every comparison."""
+        return [d.verdict for d in self.differences]
+
 
 def _episode_average(seeds: list[np.ndarray]) -> np.ndarray:
     if len({s.size for s in seeds}) == 1:
