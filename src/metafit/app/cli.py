@@ -61,6 +61,8 @@ def _train_config(args: argparse.Namespace) -> Any:
     sets: list[str] = []
     if args.dataset:
         sets.append(f"data.dataset={args.dataset}")
+    if args.label_column:
+        sets.append(f"data.label_column={args.label_column}")
     if args.algo:
         sets.append(f"algo.name={args.algo}")
     if args.steps is not None:
@@ -167,7 +169,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = evaluate_checkpoint(
         args.target, shots=args.k_shot, n_way=args.n_way, n_query=args.n_query, episodes=args.episodes,
         inner_steps=args.inner_steps, inner_lr=args.inner_lr, seed=args.seed, data_root=args.data_root,
-        recalibrate=args.recalibrate,
+        recalibrate=args.recalibrate, dataset=args.dataset, label_column=args.label_column,
     )
     target = Path(args.target)
     default = (target if target.is_dir() else target.parent.parent) / "eval_cli.json"
@@ -188,9 +190,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from metafit.app.predict import predict_folders, write_predictions_csv
+    from metafit.app.predict import predict_files, write_predictions_csv
 
-    rows, classes = predict_folders(args.checkpoint, args.support, args.query, data_root=None)
+    rows, classes = predict_files(args.checkpoint, args.support, args.query)
     if args.out:
         write_predictions_csv(rows, classes, args.out)
         _out(f"{len(rows)} predictions written to {args.out}")
@@ -256,6 +258,30 @@ def _root(args: argparse.Namespace) -> Path:
     return Path(root)
 
 
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from metafit.data.sources import resolve_dataset
+
+    root = args.data_root or os.environ.get("METAFIT_DATA")
+    channels = args.channels if args.channels == "auto" else int(args.channels)
+    src = resolve_dataset(args.dataset, root=root, image_size=args.image_size, channels=channels,
+                          label_column=args.label_column)
+    info = src.info()
+    if args.json:
+        _out(json.dumps(info, indent=1, default=str))
+        return 0
+    _out(f"dataset {info['name']}: example shape {tuple(info['example_shape'] or ())}")
+    for split, v in info["splits"].items():
+        e = v["examples_per_class"]
+        groups = f", {v['groups']} groups" if v["groups"] else ""
+        _out(f"  {split:5s} {v['classes']:6d} classes  {v['examples']:8d} examples  per class min {e['min']} / "
+             f"median {e['median']:g} / max {e['max']}{groups}")
+    for split in info["empty_splits"]:
+        _out(f"  {split:5s} declared but empty")
+    pre = {k: v for k, v in info["preprocessing"].items() if k not in ("columns", "categories")}
+    _out("preprocessing: " + json.dumps(pre, default=str))
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     if args.data_cmd == "list":
         root = args.data_root or os.environ.get("METAFIT_DATA")
@@ -266,6 +292,11 @@ def cmd_data(args: argparse.Namespace) -> int:
         else:
             state = "data root not set (METAFIT_DATA / --data-root)"
         _out(f"omniglot   {state}")
+        for name, sub in (("fashion-mnist", "fashion-mnist"), ("kuzushiji-kanji", "kuzushiji-kanji")):
+            here = bool(root) and (Path(root) / sub).is_dir()
+            _out(f"{name:<15s}{'found under ' + str(Path(root) / sub) if here else 'not found (data root / ' + sub + ')'}")
+        _out("digits         built in (scikit-learn's 8x8 digits; a test domain)")
+        _out("any path       image folder, .npz/.npy, .csv/.parquet table, Meta-Dataset source (metafit data info PATH)")
         return 0
     root = _root(args)
     from metafit.data import omniglot as om
@@ -301,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override one config field, e.g. --set train.steps=100 (repeatable)")
     t.add_argument("--algo", choices=ALGORITHMS, help="learner (algo.name)")
-    t.add_argument("--dataset", choices=("sinusoid", "omniglot"), help="task family (data.dataset)")
+    t.add_argument("--dataset", help="sinusoid, a built-in dataset (omniglot, fashion-mnist, kuzushiji-kanji, digits) "
+                                     "or a path: image folder, .npz/.npy, .csv/.parquet table, Meta-Dataset source (data.dataset)")
+    t.add_argument("--label-column", help="tables: the class column (data.label_column)")
     t.add_argument("--steps", type=int, help="meta-training steps (train.steps)")
     t.add_argument("--seed", type=int, help="random seed of model and task sampler (train.seed)")
     t.add_argument("--data-root", help="folder holding omniglot/images_*.zip (data.data_root; default $METAFIT_DATA)")
@@ -329,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--inner-lr", type=float, help="inner step size (gradient-based learners)")
     e.add_argument("--seed", type=int, help="seed of the evaluation episodes (default: the config's eval_seed)")
     e.add_argument("--data-root", help="dataset folder if it moved since training")
+    e.add_argument("--dataset", help="evaluate on the test classes of another dataset (built-in name or path), "
+                                     "converted to the checkpoint's input format (cross-domain)")
+    e.add_argument("--label-column", help="with a table --dataset: its class column")
     e.add_argument("--recalibrate", choices=("nll", "quantile"),
                    help="Gaussian learners (CNP): fit the predictive variance scale on validation tasks first")
     e.add_argument("--out", help="output JSON (default <run>/eval_cli.json; a .md table is written next to it)")
@@ -338,8 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="adapt on a folder of labelled images and classify new images",
                         description="Adapt to SUPPORT (one sub-folder per class) and score the images in QUERY.")
     pr.add_argument("checkpoint", help="run folder or checkpoint file of an image classifier")
-    pr.add_argument("--support", required=True, help="folder with one sub-folder of images per class")
-    pr.add_argument("--query", required=True, help="folder of images to classify")
+    pr.add_argument("--support", required=True,
+                    help="images: a folder with one sub-folder per class; tables: a CSV with the label column; arrays: .npz with x, y")
+    pr.add_argument("--query", required=True, help="images: a folder; tables: a CSV; arrays: .npz/.npy with x")
     pr.add_argument("--out", help="CSV file: file,predicted_class,score_<class>... (default: stdout)")
     pr.set_defaults(func=cmd_predict)
 
@@ -376,6 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="datasets: list, verify, fetch")
     dsub = d.add_subparsers(dest="data_cmd", metavar="ACTION", required=True, help="list, verify or fetch")
+    di = dsub.add_parser("info", help="classes per split, examples per class, shapes and preprocessing of a dataset")
+    di.add_argument("dataset", help="a built-in name or a path (image folder, .npz/.npy, .csv/.parquet, Meta-Dataset source)")
+    di.add_argument("--data-root", help="data folder of the built-ins (default $METAFIT_DATA)")
+    di.add_argument("--label-column", help="tables: the class column")
+    di.add_argument("--image-size", type=int, default=None, help="images: the side they are resized to (default: the source's)")
+    di.add_argument("--channels", default="auto", choices=("auto", "1", "3"), help="image folders: grey (1), RGB (3) or auto")
+    di.add_argument("--json", action="store_true", help="print the JSON summary")
+    di.set_defaults(func=cmd_data_info)
     for name, help_text in (("list", "list datasets and whether they are present"),
                             ("verify", "check the Omniglot zips (presence, integrity, class counts)"),
                             ("fetch", "download Omniglot into the data root")):

@@ -47,7 +47,7 @@ __all__ = [
     "config_diff",
 ]
 
-DATASETS = ("sinusoid", "omniglot")
+DATASETS = ("sinusoid", "omniglot", "fashion-mnist", "kuzushiji-kanji", "digits")  # built-in names; also a path
 ARCHS = ("auto", "mlp", "conv4")
 ALGORITHMS = tuple(LEARNERS)  # the registry is the one list of learner names
 PATHS = ("auto", *PATH_NAMES)
@@ -91,7 +91,14 @@ class DataConfig:
     """What tasks look like and where they come from.
 
     Attributes:
-        dataset: ``"sinusoid"`` (MAML §5.1 regression) or ``"omniglot"``.
+        dataset: ``"sinusoid"`` (MAML §5.1 regression), a built-in classification dataset
+            (``"omniglot"``, ``"fashion-mnist"``, ``"kuzushiji-kanji"``, ``"digits"``; the last two
+            of which hold only test classes... see :mod:`metafit.data.sources`) or a path: an
+            image folder (class folders, split folders or split CSV files), a ``.npz``/``.npy``
+            array file, a ``.csv``/``.parquet`` table (``label_column``) or a Meta-Dataset
+            converted source (``dataset_spec.json`` + ``.tfrecords``).
+        label_column: Tables: the column holding the class.
+        channels: Image folders: 1 (grey), 3 (RGB) or ``"auto"``.
         n_way: Classes per task (classification only).
         k_shot: Support examples per class (per task for regression).
         n_query: Query examples per class (per task for regression).
@@ -123,6 +130,8 @@ class DataConfig:
     """
 
     dataset: str = "sinusoid"
+    label_column: str | None = None
+    channels: Any = "auto"
     n_way: int = 5
     k_shot: int = 5
     n_query: int = 10
@@ -150,7 +159,10 @@ class DataConfig:
         _check_int(s, "batch_size", self.batch_size, 1)
         if self.k_shot_max is not None and self.k_shot_max < self.k_shot:
             _fail(s, "k_shot_max", f"an int >= data.k_shot={self.k_shot}", self.k_shot_max)
-        _check_choice(s, "dataset", self.dataset, DATASETS)
+        if not isinstance(self.dataset, str) or not self.dataset:
+            _fail(s, "dataset", f"a built-in name {list(DATASETS)} or a path", self.dataset)
+        if self.channels not in ("auto", 1, 3):
+            _fail(s, "channels", "1, 3 or 'auto'", self.channels)
         for name in ("n_way", "k_shot", "n_query", "tasks_per_batch", "eval_tasks", "val_tasks", "monitor_tasks"):
             _check_int(s, name, getattr(self, name), 1)
         _check_int(s, "image_size", self.image_size, 8)
@@ -159,7 +171,7 @@ class DataConfig:
             _check_opt_int(s, name, getattr(self, name), 1)
         _check_choice(s, "protocol", self.protocol, ("vinyals", "lake"))
         _check_bool(s, "rotations", self.rotations)
-        if self.dataset == "omniglot" and self.n_way < 2:
+        if self.dataset != "sinusoid" and self.n_way < 2:
             _fail(s, "n_way", "an int >= 2 for a classification dataset", self.n_way)
 
 
@@ -431,13 +443,17 @@ class RunConfig:
             _fail("model", "arch", "'mlp' or 'auto' for data.dataset='sinusoid'", self.model.arch)
         if self.data.dataset == "omniglot" and arch != "conv4":
             _fail("model", "arch", "'conv4' or 'auto' for data.dataset='omniglot'", self.model.arch)
+        if self.data.dataset.lower().endswith((".csv", ".parquet")) and not self.data.label_column:
+            _fail("data", "label_column", f"the class column of the table {self.data.dataset}", self.data.label_column)
 
     @property
     def resolved_arch(self) -> str:
-        """``model.arch`` with ``"auto"`` resolved from the dataset."""
+        """``model.arch`` with ``"auto"`` resolved from the dataset (tables and arrays: ``"mlp"``)."""
         if self.model.arch != "auto":
             return self.model.arch
-        return "mlp" if self.data.dataset == "sinusoid" else "conv4"
+        if self.data.dataset == "sinusoid" or self.data.dataset.lower().endswith((".csv", ".parquet", ".npz", ".npy")):
+            return "mlp"
+        return "conv4"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:

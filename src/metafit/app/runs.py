@@ -149,13 +149,15 @@ def _entry(config: RunConfig) -> Any:
     return learner_entry(config.algo.name)
 
 
-def build_model(config: RunConfig) -> nn.Module:
+def build_model(config: RunConfig, shape: Sequence[int] | None = None) -> nn.Module:
     """The network of ``config``, initialised from ``train.seed`` (no global state).
 
     The learner's spec decides the head: a classifier with a fixed head gets ``n_way`` outputs,
-    a learner that takes any number of classes gets the embedding network.
+    a learner that takes any number of classes gets the embedding network. ``shape`` is the
+    per-example input shape (default: from the data; a checkpoint records it).
     """
     m = config.model
+    shape = tuple(input_shape(config) if shape is None else shape)
     network = _entry(config).network
     if network == "cnp":
         return seeding.seeded(config.train.seed, lambda: _build_cnp(config))
@@ -174,13 +176,21 @@ def build_model(config: RunConfig) -> nn.Module:
                                        n_heads=m.n_heads, n_layers=m.n_layers or 2, d_ff=m.d_ff)
 
         return seeding.seeded(config.train.seed, icl)
+    fixed = _spec(config).head == "fixed"
     if config.resolved_arch == "mlp":
-        return seeding.seeded(config.train.seed, lambda: MLP(1, m.hidden, 1))
-    out = config.data.n_way if _spec(config).head == "fixed" else None
+        if config.data.dataset == "sinusoid":
+            return seeding.seeded(config.train.seed, lambda: MLP(1, m.hidden, 1))
+        if len(shape) != 1:
+            raise ValueError(f"model.arch='mlp' needs flat examples (tables, arrays of vectors), got example shape {shape}")
+        out = config.data.n_way if fixed else m.hidden[-1]  # an embedding network's last layer is its head
+        return seeding.seeded(config.train.seed, lambda: MLP(shape[0], m.hidden, out))
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise ValueError(f"model.arch='conv4' needs square images (channels, side, side), got example shape {shape}")
+    out = config.data.n_way if fixed else None
     model = seeding.seeded(
         config.train.seed,
         lambda: Conv4(
-            1, out, width=m.width, image_size=config.data.image_size, downsample=m.downsample, norm=m.norm  # type: ignore[arg-type]
+            shape[0], out, width=m.width, image_size=shape[1], downsample=m.downsample, norm=m.norm  # type: ignore[arg-type]
         ),
     )
     return model.to(memory_format=torch.channels_last) if m.channels_last else model
@@ -215,7 +225,7 @@ def resolve_data_options(config: RunConfig) -> RunConfig:
     values: dict[str, Any] = {}
     for k in missing:
         if k == "n_classes":
-            values[k] = _omniglot(config, config.data.train_split).num_classes
+            values[k] = _dataset(config, config.data.train_split).num_classes
         else:  # pragma: no cover - every data option has a rule above
             raise ValueError(f"no rule fills the learner option {k!r} from the data")
     return config.replace(algo=values)
@@ -269,6 +279,83 @@ def _omniglot(config: RunConfig, split: str) -> Any:
     )
 
 
+_SOURCES: dict[tuple[Any, ...], Any] = {}
+
+
+def data_source(config: RunConfig) -> Any:
+    """The :class:`metafit.data.sources.SplitDataset` of ``data.dataset`` (a built-in name or a
+    path; decoded once per process). Not for ``sinusoid`` (a task family)."""
+    from metafit.data.sources import resolve_dataset
+
+    d = config.data
+    root = d.data_root or os.environ.get("METAFIT_DATA")
+    key = (d.dataset, root, d.image_size, d.channels, d.cache_dir, d.label_column)
+    if key not in _SOURCES:
+        _SOURCES[key] = resolve_dataset(d.dataset, root=root, image_size=d.image_size, channels=d.channels,
+                                        cache_dir=d.cache_dir, label_column=d.label_column)
+    return _SOURCES[key]
+
+
+def _dataset(config: RunConfig, split: str) -> Any:
+    """The :class:`LabelledDataset` of ``split`` (``"train"``, ``"val"``, ``"test"`` or ``"trainval"``)."""
+    if config.data.dataset == "omniglot":
+        return _omniglot(config, split)
+    src = data_source(config)
+    if split == "trainval":
+        parts = [src.splits[k] for k in ("train", "val") if k in src.splits]
+        if not parts:
+            src.split("train")  # the error names the splits there are
+        return parts[0] if len(parts) == 1 else _concat(parts)
+    return src.split(split)
+
+
+def _concat(parts: Sequence[Any]) -> Any:
+    """The classes of several LabelledDatasets as one (class ids offset in order)."""
+    from metafit.data.datasets import LabelledDataset
+
+    offset, ys = 0, []
+    for ds in parts:
+        ys.append(ds.y + offset)
+        offset += ds.num_classes
+    groups = None if any(ds.groups is None for ds in parts) else tuple(g for ds in parts for g in ds.groups)
+    return LabelledDataset(torch.cat([ds.x for ds in parts]), torch.cat(ys),
+                           tuple(c for ds in parts for c in ds.class_names), groups)
+
+
+def input_shape(config: RunConfig) -> tuple[int, ...]:
+    """Per-example model input shape of the run's data."""
+    d = config.data
+    if d.dataset == "sinusoid":
+        return (1,)
+    if d.dataset == "omniglot":
+        return (1, d.image_size, d.image_size)
+    return tuple(data_source(config).example_shape)
+
+
+def check_data(config: RunConfig) -> None:
+    """Refuses data that cannot give the run's episodes (one line naming the problem), before
+    anything is written: a split missing or empty, classes shared between splits, a class with
+    fewer examples than ``k_shot + n_query``, fewer classes than ``n_way``."""
+    d = config.data
+    if d.dataset in ("sinusoid", "omniglot"):
+        return
+    from metafit.data.sources import check_split_dataset
+
+    src = data_source(config)
+    k = max(d.k_shot if d.k_shot_max is None else d.k_shot_max, d.eval_k_shot or d.k_shot)
+    q = max(d.n_query, d.eval_n_query or d.n_query)
+    check_split_dataset(src, k_shot=k, n_query=q, required=("train",))
+    need = {"train": d.n_way if _entry(config).batches == "episodes" else 2, "test": d.eval_n_way or d.n_way}
+    if config.train.eval_every or config.train.eval_every_seconds:
+        need["val"] = d.eval_n_way or d.n_way
+    for split, n in need.items():
+        if split in src.splits and src.splits[split].num_classes < n:
+            raise ValueError(
+                f"split {split!r} of dataset {src.name!r} has {src.splits[split].num_classes} classes, fewer than "
+                f"the {n} an episode needs (data.n_way / data.eval_n_way)"
+            )
+
+
 def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[TaskBatch]:
     """Endless meta-training batches drawn from ``generator`` only (lazily, one per step)."""
     d = config.data
@@ -277,7 +364,7 @@ def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[Tas
             return VariableShot({k: SinusoidTasks(k_shot=k, n_query=d.n_query, tasks_per_batch=d.tasks_per_batch,
                                                   generator=generator) for k in range(d.k_shot, d.k_shot_max + 1)}, generator)
         return SinusoidTasks(k_shot=d.k_shot, n_query=d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator)
-    dataset = _omniglot(config, d.train_split)
+    dataset = _dataset(config, d.train_split)
     from metafit.data.sampling import EpisodeSampler
 
     if _entry(config).batches == "classes":
@@ -318,8 +405,13 @@ def eval_tasks(
     n_query: int | None = None,
     seed: int | None = None,
     split: str = "test",
+    dataset: Any = None,
 ) -> TaskBatch | list[Task]:
-    """The fixed, seeded held-out tasks of ``config`` (same seed: same tasks for every learner)."""
+    """The fixed, seeded held-out tasks of ``config`` (same seed: same tasks for every learner).
+
+    ``dataset`` (a :class:`LabelledDataset`) replaces the config's split, e.g. the converted test
+    classes of another dataset (cross-domain evaluation).
+    """
     d = config.data
     n_tasks = n_tasks or d.eval_tasks
     k_shot = k_shot or d.eval_k_shot or d.k_shot
@@ -338,7 +430,8 @@ def eval_tasks(
             f"n_way={n_way} at evaluation exceeds the {_max_way(config)} classes this run's CNP was built for "
             "(set data.eval_n_way before training)"
         )
-    dataset = _omniglot(config, split)
+    if dataset is None:
+        dataset = _dataset(config, split)
     from metafit.data.sampling import fixed_episodes
 
     return fixed_episodes(dataset, n_way, k_shot, n_query or d.eval_n_query or d.n_query, n_tasks, seed=seed)
@@ -348,7 +441,11 @@ def preprocessing_info(config: RunConfig) -> dict[str, Any]:
     """How raw inputs must be turned into model inputs (recorded in every checkpoint)."""
     if config.data.dataset == "sinusoid":
         return {"kind": "scalar", "input_shape": [1]}
-    info: dict[str, Any] = {"kind": "image", "image_size": config.data.image_size, "channels": 1}
+    if config.data.dataset != "omniglot":
+        src = data_source(config)
+        return {**src.preprocessing, "dataset": src.name, "input_shape": list(src.example_shape)}
+    info: dict[str, Any] = {"kind": "image", "image_size": config.data.image_size, "channels": 1,
+                            "input_shape": [1, config.data.image_size, config.data.image_size]}
     try:
         from metafit.data import omniglot as om
 
@@ -358,6 +455,45 @@ def preprocessing_info(config: RunConfig) -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+def cross_domain_dataset(config: RunConfig, other: str, preprocessing: dict[str, Any], *,
+                         label_column: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """The test classes of another dataset, converted to a checkpoint's input format.
+
+    Args:
+        config: The trained run's config (data root, cache).
+        other: A built-in name or a path (``metafit eval RUN --dataset OTHER``).
+        preprocessing: The checkpoint's preprocessing record (its ``input_shape``).
+        label_column: Tables: the class column.
+
+    Returns:
+        ``(LabelledDataset, conversion)``; ``conversion`` states the source split, the source
+        example shape and the checkpoint's.
+    """
+    from metafit.data.datasets import LabelledDataset
+    from metafit.data.sources import convert_images, resolve_dataset
+
+    d = config.data
+    src = resolve_dataset(other, root=d.data_root or os.environ.get("METAFIT_DATA"), cache_dir=d.cache_dir,
+                          label_column=label_column)
+    split = "test" if "test" in src.splits else list(src.splits)[-1]
+    ds = src.splits[split]
+    target = tuple(preprocessing.get("input_shape") or ())
+    conversion = {"dataset": src.name, "split": split, "classes": ds.num_classes,
+                  "source_shape": list(ds.example_shape), "checkpoint_shape": list(target)}
+    if ds.example_shape == target:
+        conversion["converted"] = "none (same format)"
+        return ds, conversion
+    if len(target) != 3 or len(ds.example_shape) != 3:
+        raise ValueError(
+            f"dataset {other!r} has examples of shape {ds.example_shape}, the checkpoint expects {target}: only images "
+            "can be converted (resize, grey/RGB)"
+        )
+    x = convert_images(ds.x, image_size=int(target[1]), channels=int(target[0]))
+    conversion["converted"] = (f"{ds.example_shape[0]}x{ds.example_shape[1]}x{ds.example_shape[2]} -> "
+                               f"{target[0]}x{target[1]}x{target[2]} (metafit.data.sources.convert_images)")
+    return LabelledDataset(x, ds.y, ds.class_names, ds.groups), conversion
 
 
 def _metric(config: RunConfig) -> tuple[str, bool]:
@@ -401,7 +537,8 @@ def load_trained(path: str | Path) -> Trained:
         config = RunConfig.from_dict(ck.meta["config"])
     except (KeyError, ValueError) as e:
         raise ValueError(f"checkpoint {ck.path} holds no valid config: {e}") from None
-    model = build_model(config)
+    recorded = ck.meta.get("preprocessing", {}).get("input_shape")
+    model = build_model(config, recorded)
     algorithm = build_algorithm(config)
     meta_params = algorithm.init(model)
     _restore_meta_params(meta_params, ck)
@@ -564,6 +701,7 @@ def train(
             "for a multi-process run"
         )
     t, d = config.train, config.data
+    check_data(config)
 
     model = build_model(config)
     algorithm = build_algorithm(config)
@@ -698,6 +836,8 @@ def _evaluate_trained(
     inner_lr: float | None = None,
     seed: int | None = None,
     recalibrate: str | None = None,
+    dataset: Any = None,
+    conversion: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from metafit.algorithms.cnp import COVERAGE_LEVELS, calibration
     from metafit.algorithms.cnp import recalibrate as fit_variance_scale
@@ -716,7 +856,7 @@ def _evaluate_trained(
         algorithm = fit_variance_scale(algorithm, model, meta_params, val, buffers=buffers, method=recalibrate)  # type: ignore[arg-type]
         scale_info = {"method": recalibrate, "variance_scale": algorithm.variance_scale, "val_tasks": len(val)}  # type: ignore[attr-defined]
     for k in shots:
-        tasks = eval_tasks(config, n_tasks=episodes, n_way=n_way, k_shot=k, n_query=n_query, seed=seed)
+        tasks = eval_tasks(config, n_tasks=episodes, n_way=n_way, k_shot=k, n_query=n_query, seed=seed, dataset=dataset)
         chunk = 250 if d.dataset == "sinusoid" and algorithm.spec.inner_loop else 0  # vmap over tasks: same numbers
         res: EvalResult = evaluate(algorithm, model, meta_params, tasks, buffers=buffers, steps=inner_steps, lr=inner_lr,
                                    chunk=chunk)
@@ -727,7 +867,8 @@ def _evaluate_trained(
                 res.per_task[f"coverage_{round(100 * level)}"] = values
         first = tasks[0]
         results.append({
-            "dataset": d.dataset,
+            "dataset": d.dataset if conversion is None else conversion["dataset"],
+            **({"cross_domain": conversion} if conversion is not None else {}),
             "algo": config.algo.name,
             "n_way": first.n_way,
             "k_shot": k or d.eval_k_shot or d.k_shot,
@@ -754,6 +895,8 @@ def evaluate_checkpoint(
     seed: int | None = None,
     data_root: str | None = None,
     recalibrate: str | None = None,
+    dataset: str | None = None,
+    label_column: str | None = None,
 ) -> dict[str, Any]:
     """Evaluates a trained checkpoint on fixed seeded episodes.
 
@@ -762,6 +905,10 @@ def evaluate_checkpoint(
         shots: k_shot values to evaluate (default: the config's evaluation shots).
         n_way, n_query, episodes, seed: Episode overrides (default: from the config).
         inner_steps, inner_lr: Adaptation overrides for gradient-based learners.
+        dataset: Evaluate on the test classes of another dataset (a built-in name or a path),
+            converted to the checkpoint's input format (cross-domain evaluation; stated in the
+            output under ``cross_domain``).
+        label_column: With a table ``dataset``: its class column.
         recalibrate: ``"nll"`` or ``"quantile"``: fit a Gaussian learner's variance scale on
             validation tasks (never the test tasks) before scoring
             (:func:`metafit.algorithms.cnp.recalibrate`).
@@ -774,10 +921,15 @@ def evaluate_checkpoint(
     config = tr.config
     if data_root is not None:
         config = config.replace(data={"data_root": str(data_root)})
+    other = conversion = None
+    if dataset is not None:
+        other, conversion = cross_domain_dataset(config, dataset, tr.checkpoint.meta.get("preprocessing", {}),
+                                                 label_column=label_column)
     return _evaluate_trained(
         config, tr.algorithm, tr.model, tr.meta_params, tr.buffers, checkpoint=tr.checkpoint.path,
         step=tr.checkpoint.step, shots=list(shots) if shots else [None], n_way=n_way, n_query=n_query,
         episodes=episodes, inner_steps=inner_steps, inner_lr=inner_lr, seed=seed, recalibrate=recalibrate,
+        dataset=other, conversion=conversion,
     )
 
 

@@ -66,6 +66,7 @@ from torch import Tensor
 from metafit.data.datasets import LabelledDataset
 
 __all__ = [
+    "load_image_files",
     "BUILTIN_DATASETS",
     "FASHION_MNIST_CLASSES",
     "KANJI_SPLIT_SIZES",
@@ -429,6 +430,26 @@ def _decode_image(source: Path | bytes, label: str, image_size: int, mode: str) 
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as e:
         raise ValueError(f"cannot decode image file {label}: unreadable or truncated image ({e})") from e
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def load_image_files(paths: Sequence[str | Path], *, image_size: int, channels: int) -> Tensor:
+    """Decodes image files exactly as :func:`load_image_folder_dataset` does (for ``predict``).
+
+    Args:
+        paths: Image files.
+        image_size: Output side.
+        channels: 1 (grey) or 3 (RGB).
+
+    Returns:
+        float32 ``(len(paths), channels, image_size, image_size)`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: an unreadable or truncated image (the message names the file).
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    items = [(Path(p), str(p)) for p in paths]
+    return _from_numpy(_to_float(_decode_many(items, _check_size(image_size), "L" if channels == 1 else "RGB", 1)))
 
 
 def _decode_many(items: Sequence[tuple[Path | bytes, str]], image_size: int, mode: str, workers: int) -> np.ndarray:
