@@ -186,6 +186,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- compare ---------------------------------------------------------------------------------------
+
+
+def _setting(text: str) -> tuple[int, int]:
+    try:
+        n, k = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--setting must look like N_WAY:K_SHOT (e.g. 5:1), got {text!r}") from None
+    if n < 2 or k < 1:
+        raise ValueError(f"--setting needs n_way >= 2 and k_shot >= 1, got {text!r}")
+    return n, k
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from metafit.app.compare import compare, compare_markdown
+    from metafit.checkpoint import atomic_write_bytes
+
+    _check_flags(args, {"--episodes": 1, "--n-query": 1, "--seed": 0}, [])
+    if args.imbalanced_query is not None and not args.imbalanced_query > 0:
+        raise ValueError(f"--imbalanced-query must be a Dirichlet concentration > 0, got {args.imbalanced_query}")
+    settings = [_setting(s) for s in args.setting] if args.setting else None
+    out = compare(args.runs, settings=settings, episodes=args.episodes, seed=args.seed, baseline=args.baseline,
+                  protocol=args.protocol, dataset=args.dataset, n_query=args.n_query, imbalanced=args.imbalanced_query,
+                  inductive=args.inductive, alpha=args.alpha, test=args.test)
+    md = compare_markdown(out)
+    if args.out:
+        p = Path(args.out)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(p, (json.dumps(out, indent=1) + "\n").encode())
+        atomic_write_bytes(p.with_suffix(".md"), md.encode())
+    _out(json.dumps(out, indent=1) if args.json else md)
+    if args.out:
+        _out(f"written: {args.out} and {Path(args.out).with_suffix('.md')}")
+    return 0
+
+
 # -- predict ---------------------------------------------------------------------------------------
 
 
@@ -370,6 +406,28 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="output JSON (default <run>/eval_cli.json; a .md table is written next to it)")
     e.add_argument("--json", action="store_true", help="print the JSON instead of the Markdown table")
     e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("compare", help="compare trained runs on the same fixed episodes (paired tests, seeds, calibration)",
+                       description="Evaluate every run on identical fixed episodes; print each run's mean ± 95%% CI, the "
+                                   "class-bootstrap interval, calibration, the paired difference to the reference with a paired "
+                                   "t-test and a Wilcoxon test (Holm-corrected), and one-line verdicts. Runs of one config with "
+                                   "different train.seed are grouped: their seed spread decides.")
+    c.add_argument("runs", nargs="+", help="run folders (or checkpoints)")
+    c.add_argument("--setting", action="append", metavar="N_WAY:K_SHOT", help="test setting, repeatable (default: the first run's)")
+    c.add_argument("--episodes", type=int, default=600, help="fixed episodes per setting (default 600)")
+    c.add_argument("--n-query", type=int, help="queries per class (default 15 for 5-way, else 5; 1 within-alphabet)")
+    c.add_argument("--seed", type=int, default=2024, help="seed of the episodes, the same for every run")
+    c.add_argument("--baseline", help="the reference run (its folder name; default: the best run)")
+    c.add_argument("--protocol", choices=("standard", "within-alphabet"), default="standard",
+                   help="within-alphabet: Lake et al.'s Omniglot one-shot task (one evaluation alphabet per episode, no rotations)")
+    c.add_argument("--dataset", help="test on another dataset's test classes (cross-domain), converted to each run's format")
+    c.add_argument("--imbalanced-query", type=float, metavar="ALPHA", help="class-imbalanced queries, Dirichlet(ALPHA) proportions")
+    c.add_argument("--inductive", action="store_true", help="batch statistics from the support set only (default: transductive)")
+    c.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts")
+    c.add_argument("--test", choices=("t", "wilcoxon"), default="t", help="the paired test the verdicts use")
+    c.add_argument("--out", help="JSON file (a .md table is written next to it)")
+    c.add_argument("--json", action="store_true", help="print the JSON instead of the tables")
+    c.set_defaults(func=cmd_compare)
 
     pr = sub.add_parser("predict", help="adapt on a folder of labelled images and classify new images",
                         description="Adapt to SUPPORT (one sub-folder per class) and score the images in QUERY.")

@@ -1,0 +1,265 @@
+"""``metafit compare``: several trained runs on the SAME fixed episodes, with paired statistics.
+
+For each setting (``n_way:k_shot``), one fixed list of test episodes is drawn once (from the first
+run's test classes, or an explicit ``dataset``; ``protocol="within-alphabet"`` draws Lake et al.'s
+Omniglot one-shot task: every class of an episode from one evaluation alphabet, no rotations) and
+every run adapts to exactly those episodes, each in its own input format (a run trained on other
+images gets the episodes converted to its format; the output says so). Per run: mean accuracy
+± 95% t interval over episodes, the class-bootstrap interval that also counts the finite pool of
+test classes (:func:`metafit.comparison.class_bootstrap_ci`), and calibration (NLL, Brier, ECE with
+15 equal-width bins, pooled over all queries). Then the paired difference of every run to the
+reference (the best run, or ``baseline``) with its interval, a paired t-test and a Wilcoxon
+signed-rank test with Holm's correction, and one-line verdicts (:func:`metafit.comparison.compare_runs`).
+Runs of the same config that differ only in ``train.seed`` form a group: the spread over seeds is
+reported apart from the episode interval and decides the group verdict
+(:func:`metafit.comparison.compare_seeds`). A raw-input nearest-centroid baseline is in every table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metafit.app.runs import _dataset, cross_domain_dataset, load_trained
+from metafit.calibration import calibration_metrics, query_logits
+from metafit.comparison import class_bootstrap_ci, compare_runs, compare_seeds, per_class_values
+from metafit.data.task import TaskBatch
+
+__all__ = ["compare", "compare_markdown", "NAIVE"]
+
+NAIVE = "nearest centroid (raw inputs)"
+
+
+def _group_key(config: Any) -> str:
+    d = config.to_dict()
+    d["train"] = {k: v for k, v in d["train"].items() if k != "seed"}
+    d.pop("name", None)
+    return json.dumps(d, sort_keys=True)
+
+
+def _convert(tasks: TaskBatch, shape: tuple[int, ...]) -> tuple[TaskBatch, str | None]:
+    """The episodes in a run's own input format (images only), and what was done."""
+    from metafit.data.sources import convert_images
+
+    have = tuple(tasks.support_x.shape[2:])
+    if have == shape:
+        return tasks, None
+    if len(have) != 3 or len(shape) != 3:
+        raise ValueError(f"episodes of example shape {have} cannot be converted to a run's input shape {shape}")
+    t, s, q = tasks.support_x.shape[0], tasks.support_x.shape[1], tasks.query_x.shape[1]
+    sx = convert_images(tasks.support_x.flatten(0, 1), image_size=shape[1], channels=shape[0]).view(t, s, *shape)
+    qx = convert_images(tasks.query_x.flatten(0, 1), image_size=shape[1], channels=shape[0]).view(t, q, *shape)
+    return TaskBatch(sx, tasks.support_y, qx, tasks.query_y, n_way=tasks.n_way), f"{have} -> {shape}"
+
+
+def _episodes(first: Any, setting: tuple[int, int], n: int, seed: int, protocol: str, dataset: str | None,
+              n_query: int | None, imbalanced: float | None) -> tuple[Any, dict[str, Any]]:
+    from metafit.data import protocols as pr
+
+    n_way, k_shot = setting
+    q = n_query or (15 if n_way <= 5 else 5)
+    info: dict[str, Any] = {"protocol": protocol, "n_way": n_way, "k_shot": k_shot, "episodes": n, "seed": seed}
+    if protocol == "within-alphabet":
+        cfg = first.config
+        if cfg.data.dataset != "omniglot" or dataset not in (None, "omniglot"):
+            raise ValueError("protocol='within-alphabet' is Omniglot's one-shot task: the runs must be Omniglot runs")
+        from metafit.data import omniglot as om
+
+        test = om.omniglot_split(cfg.data.data_root or _root(), "test", protocol="lake", rotations=False,
+                                 image_size=cfg.data.image_size, cache_dir=cfg.data.cache_dir)
+        es = pr.within_alphabet_episodes(test, n, seed=seed, n_way=n_way, k_shot=k_shot, n_query=n_query or 1)
+        info.update(split="Lake evaluation alphabets, no rotations", n_query=n_query or 1)
+        return es, info
+    if dataset is not None:
+        test, conv = cross_domain_dataset(first.config, dataset, first.checkpoint.meta.get("preprocessing", {}))
+        info["dataset"] = conv
+    else:
+        test = _dataset(first.config, "test")
+        info["dataset"] = first.config.data.dataset
+    if imbalanced is not None:
+        es = pr.imbalanced_query_episodes(test, n_way, k_shot, n_way * q, n, alpha=imbalanced, seed=seed)
+        info.update(n_query_total=n_way * q, dirichlet_alpha=imbalanced)
+    else:
+        es = pr.fixed_episodes_with_classes(test, n_way, k_shot, q, n, seed=seed)
+        info["n_query"] = q
+    return es, info
+
+
+def _root() -> str:
+    import os
+
+    root = os.environ.get("METAFIT_DATA")
+    if not root:
+        raise ValueError("data root not set: set METAFIT_DATA or the runs' data.data_root")
+    return root
+
+
+def _score(learner: Any, model: Any, meta_params: Any, buffers: Any, tasks: Any, classes: Tensor_, seed: int
+           ) -> dict[str, Any]:
+    logits, labels = query_logits(learner, model, meta_params, tasks, buffers=buffers)
+    correct = (logits.argmax(-1) == labels).double()
+    acc = correct.mean(1)
+    cal = calibration_metrics(logits, labels, n_bins=15, per_episode=False)
+    n_way = int(logits.shape[-1])
+    boot = class_bootstrap_ci(per_class_values(correct, labels, n_way), classes,
+                              generator=torch.Generator().manual_seed(seed), n_boot=1000)
+    return {"per_episode": acc.tolist(), "bootstrap": boot.to_dict(),
+            "calibration": {"nll": cal.nll, "brier": cal.brier, "ece": cal.ece, "n_bins": cal.n_bins,
+                            "binning": cal.binning, "pooling": cal.pooling, "diagram": _diagram(cal.diagram)}}
+
+
+Tensor_ = torch.Tensor
+
+
+def _diagram(d: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    out = asdict(d)
+    return {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+
+
+def compare(
+    runs: Sequence[str | Path],
+    *,
+    settings: Sequence[tuple[int, int]] | None = None,
+    episodes: int = 600,
+    seed: int = 2024,
+    baseline: str | None = None,
+    protocol: str = "standard",
+    dataset: str | None = None,
+    n_query: int | None = None,
+    imbalanced: float | None = None,
+    inductive: bool = False,
+    alpha: float = 0.05,
+    test: str = "t",
+) -> dict[str, Any]:
+    """Evaluates trained runs on identical fixed episodes and compares them (see the module docstring).
+
+    Args:
+        runs: Run folders or checkpoints (at least one); a run's name is its folder's name.
+        settings: ``(n_way, k_shot)`` test settings (default: the first run's evaluation setting).
+        episodes: Fixed episodes per setting.
+        seed: Seed of the episodes (the same for every run).
+        baseline: The reference run's name (default: the best run).
+        protocol: ``"standard"`` or ``"within-alphabet"`` (Omniglot, Lake et al. 2015).
+        dataset: Test on another dataset's test classes (cross-domain).
+        n_query: Queries per class (default 15 for 5-way, 5 otherwise; 1 within-alphabet).
+        imbalanced: Draw class-imbalanced query sets with Dirichlet(``imbalanced``) proportions.
+        inductive: Normalise with support-set statistics only (:func:`metafit.data.protocols.inductive`).
+        alpha: Significance level of the verdicts.
+        test: ``"t"`` (paired t-test) or ``"wilcoxon"`` for the verdicts.
+
+    Returns:
+        JSON-able ``{"settings": [...], "runs": {...}}`` (see :func:`compare_markdown`).
+    """
+    from metafit.algorithms.baselines import RawNearestCentroid
+    from metafit.data.protocols import inductive as make_inductive
+
+    if isinstance(runs, (str, Path)) or not runs:
+        raise ValueError(f"runs must name at least one trained run, got {runs!r}")
+    if protocol not in ("standard", "within-alphabet"):
+        raise ValueError(f"protocol must be 'standard' or 'within-alphabet', got {protocol!r}")
+    loaded = []
+    for r in runs:
+        tr = load_trained(r)
+        p = Path(r)
+        name = p.name if p.is_dir() else tr.checkpoint.path.parent.parent.name
+        if any(name == n for n, _ in loaded):
+            name = str(p)
+        loaded.append((name, tr))
+    if baseline is not None and baseline not in [n for n, _ in loaded]:
+        raise ValueError(f"baseline must be one of the runs {[n for n, _ in loaded]}, got {baseline!r}")
+    first = loaded[0][1]
+    d = first.config.data
+    settings = list(settings or [(d.eval_n_way or d.n_way, d.eval_k_shot or d.k_shot)])
+    groups: dict[str, list[str]] = {}
+    for name, tr in loaded:
+        groups.setdefault(_group_key(tr.config), []).append(name)
+    out: dict[str, Any] = {"runs": {n: {"checkpoint": str(tr.checkpoint.path), "step": tr.checkpoint.step,
+                                        "algo": tr.config.algo.name, "seed": tr.config.train.seed}
+                                    for n, tr in loaded},
+                           "inductive": inductive, "settings": []}
+    for setting in settings:
+        es, info = _episodes(first, setting, episodes, seed, protocol, dataset, n_query, imbalanced)
+        info["normalisation"] = "inductive (support statistics only)" if inductive else "transductive (support + query batch)"
+        scores: dict[str, Any] = {}
+        for name, tr in loaded:
+            if tr.algorithm.spec.head == "fixed" and tr.config.data.n_way != setting[0]:
+                scores[name] = {"skipped": f"a {tr.config.data.n_way}-way head cannot score {setting[0]}-way episodes"}
+                continue
+            shape = tuple(tr.checkpoint.meta.get("preprocessing", {}).get("input_shape") or es.tasks.support_x.shape[2:])
+            tasks, converted = _convert(es.tasks, shape)
+            learner = make_inductive(tr.algorithm) if inductive else tr.algorithm
+            s = _score(learner, tr.model, tr.meta_params, tr.buffers, tasks, es.classes, seed)
+            s["format"] = "own format" + (f" (episodes converted {converted})" if converted else "")
+            scores[name] = s
+        naive = RawNearestCentroid()
+        scores[NAIVE] = _score(naive, torch.nn.Identity(), {}, {}, es.tasks, es.classes, seed)
+        scores[NAIVE]["format"] = "raw episode inputs"
+        values = {n: s["per_episode"] for n, s in scores.items() if "per_episode" in s}
+        cmp = compare_runs(values, baseline=baseline, alpha=alpha, test=test)  # type: ignore[arg-type]
+        entry: dict[str, Any] = {**info, "scores": scores, "comparison": cmp.to_dict(), "verdicts": _verdicts(cmp)}
+        multi = {k: v for k, v in groups.items() if len(v) > 1}
+        if multi:
+            named = {f"{'+'.join(v)}": [values[n] for n in v if n in values] for v in groups.values()}
+            named = {k: v for k, v in named.items() if v}
+            sc = compare_seeds(named, alpha=alpha)
+            entry["seeds"] = sc.to_dict()
+            entry["verdicts"] += _verdicts(sc)
+        out["settings"].append(entry)
+    return out
+
+
+def _verdicts(result: Any) -> list[str]:
+    return list(result.verdicts)
+
+
+def _p(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def compare_markdown(out: dict[str, Any]) -> str:
+    """Tables (accuracy % with both intervals, paired differences, calibration) and the verdicts."""
+    lines: list[str] = []
+    for s in out["settings"]:
+        ds = s.get("dataset")
+        where = ds if isinstance(ds, str) else (ds or {}).get("dataset", "")
+        lines.append(f"## {s['n_way']}-way {s['k_shot']}-shot, {s['episodes']} fixed episodes, {s['protocol']} protocol"
+                     f"{', ' + where if where else ''}; {s['normalisation']}\n")
+        diffs = {d["run"]: d for d in s["comparison"]["differences"]}
+        ref = s["comparison"]["reference"]
+        lines.append("| run | accuracy % ± 95% CI (episodes) | class-bootstrap 95% CI | diff to "
+                     f"{ref} (paired, points) | p t-test | p Wilcoxon | p Holm | NLL | Brier | ECE | input |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        runs = {r["name"]: r for r in s["comparison"]["runs"]}
+        for name, sc in s["scores"].items():
+            if "per_episode" not in sc:
+                lines.append(f"| {name} | {sc['skipped']} | | | | | | | | | |")
+                continue
+            r, b, c = runs[name], sc["bootstrap"], sc["calibration"]
+            half = 100 * (r["high"] - r["low"]) / 2
+            d = diffs.get(name)
+            diff = "reference" if d is None else f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+            pt = "-" if d is None else _p(d["t_p"])
+            pw = "-" if d is None else _p(d["wilcoxon_p"])
+            ph = "-" if d is None else _p(d["p_holm"])
+            lines.append(f"| {name} | {100 * r['mean']:.2f} ± {half:.2f} | [{100 * b['low']:.2f}, {100 * b['high']:.2f}] | "
+                         f"{diff} | {pt} | {pw} | {ph} | {c['nll']:.3f} | {c['brier']:.3f} | {c['ece']:.3f} | "
+                         f"{sc['format']} |")
+        lines.append("")
+        if "seeds" in s:
+            lines.append("Training seeds (spread over seeds, separate from the episode interval):\n")
+            for g in s["seeds"]["groups"]:
+                lines.append(f"- {g['name']}: {g['n_seeds']} seeds, mean {100 * g['mean']:.2f}, sd over seeds "
+                             f"{100 * g['seed_std']:.2f}, 95% CI over seeds [{100 * g['seed_low']:.2f}, "
+                             f"{100 * g['seed_high']:.2f}], episode CI [{100 * g['episode_low']:.2f}, "
+                             f"{100 * g['episode_high']:.2f}]")
+            lines.append("")
+        lines.append("Verdicts:\n")
+        lines += [f"- {v}" for v in s["verdicts"]]
+        lines.append("")
+    return "\n".join(lines) + "\n"
