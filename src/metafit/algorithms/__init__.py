@@ -20,6 +20,19 @@ from metafit.algorithms.meta_sgd import MetaSGD
 from metafit.algorithms.protonet import ProtoNet
 from metafit.algorithms.registry import LEARNERS, LearnerEntry, build_learner, learner_options
 from metafit.algorithms.reptile import Reptile
+from metafit.algorithms.baselines import RawNearestCentroid
+from metafit.algorithms.heads import CosineHead, EuclideanHead, MahalanobisHead, RidgeHead
+from metafit.algorithms.mamlpp import MAMLPlusPlus
+from metafit.algorithms.metric import MetricLearner
+from metafit.algorithms.neural_process import InContextLearner, NeuralProcess, Padded
+from metafit.algorithms.pretrain import (
+    CosineClassifierHead,
+    FineTune,
+    LogisticRegressionHead,
+    NearestCentroidHead,
+    Pretrain,
+)
+from metafit.algorithms.warm_start import init_from
 
 __all__ = [
     "Algorithm",
@@ -42,6 +55,22 @@ __all__ = [
     "interval_coverage",
     "calibration",
     "recalibrate",
+    "RawNearestCentroid",
+    "MetricLearner",
+    "EuclideanHead",
+    "CosineHead",
+    "MahalanobisHead",
+    "RidgeHead",
+    "MAMLPlusPlus",
+    "Pretrain",
+    "LogisticRegressionHead",
+    "CosineClassifierHead",
+    "NearestCentroidHead",
+    "FineTune",
+    "NeuralProcess",
+    "Padded",
+    "InContextLearner",
+    "init_from",
     "LEARNERS",
     "LearnerEntry",
     "build_learner",

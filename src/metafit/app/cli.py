@@ -216,6 +216,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         p.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(p, (json.dumps(out, indent=1) + "\n").encode())
         atomic_write_bytes(p.with_suffix(".md"), md.encode())
+        from metafit.app.reliability import plot_reliability
+
+        for s in out["settings"]:  # one reliability diagram per run and setting, next to the JSON
+            for name, sc in s["scores"].items():
+                if "calibration" in sc:
+                    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+                    png = p.parent / f"{p.stem}_reliability_{s['n_way']}w{s['k_shot']}s_{safe}.png"
+                    plot_reliability(sc["calibration"]["diagram"], png, ece=sc["calibration"]["ece"],
+                                     title=f"{name}, {s['n_way']}-way {s['k_shot']}-shot")
     _out(json.dumps(out, indent=1) if args.json else md)
     if args.out:
         _out(f"written: {args.out} and {Path(args.out).with_suffix('.md')}")

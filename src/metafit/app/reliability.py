@@ -1,4 +1,4 @@
-"""Reliability diagram PNG (matplotlib, Agg backend). Application code: to be moved by the lead.
+"""Reliability diagram PNG (matplotlib, Agg backend) for `metafit compare --out` and reports.
 
 Top panel: per-bin accuracy as bars over the equal-width confidence bins, the diagonal of perfect
 calibration, the mean confidence per bin as points, the gap shaded; bottom panel: queries per bin.
