@@ -23,9 +23,13 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smoke-sized run that finishes in under a minute")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--seed", type=int, default=0, help="base seed")
-    p.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
-                   help="glibc malloc keeps freed memory (metafit.runtime.keep_freed_memory; same results, fewer "
-                        "page faults); --no-keep-freed-memory leaves glibc's defaults, as runs before 2026-11-27 did")
+    p.add_argument(
+        "--keep-freed-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="glibc malloc keeps freed memory (metafit.runtime.keep_freed_memory; same results, fewer "
+        "page faults); --no-keep-freed-memory leaves glibc's defaults, as runs before 2026-11-27 did",
+    )
     return p
 
 
@@ -33,11 +37,20 @@ def _git_commit() -> str:
     """The checkout's short commit (``+dirty`` with uncommitted changes to tracked files)."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
             cwd=Path(__file__).resolve().parent,
         ).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                                    cwd=Path(__file__).resolve().parent).stdout.strip())
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).resolve().parent,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.CalledProcessError):
         commit, dirty = "unknown", False
     return commit + ("+dirty" if dirty else "")

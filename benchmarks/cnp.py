@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from _common import data_root, markdown_table, parser, write_out  # noqa: E402
+
 from metafit.app.config import apply_overrides, load_config  # noqa: E402
 from metafit.app.runs import apply_process_settings, evaluate_checkpoint, load_trained, train  # noqa: E402
 from metafit.data.sinusoid import sinusoid_eval_tasks  # noqa: E402
@@ -55,8 +55,11 @@ def main() -> None:
     apply_process_settings(config)
     run = root / "sinusoid-cnp"
     res = train(config, run, force=True, progress=False)
-    out: dict = {"train": {"iterations": res.step, "train_seconds": res.train_seconds, "stop_reason": res.stop_reason},
-                 "eval": {}, "recalibrated": {}}
+    out: dict = {
+        "train": {"iterations": res.step, "train_seconds": res.train_seconds, "stop_reason": res.stop_reason},
+        "eval": {},
+        "recalibrated": {},
+    }
     rows, cal_rows = [], []
     raw = evaluate_checkpoint(run, shots=[5, 10, 20])
     for r in raw["results"]:
@@ -70,8 +73,10 @@ def main() -> None:
         out["recalibrated"][method] = {"variance_scale": scale, **{r["k_shot"]: r["metrics"] for r in rec["results"]}}
         for r in rec["results"]:
             m = r["metrics"]
-            cal_rows.append([r["k_shot"], f"recalibrated ({method}, s={scale:.3g}), NLL {m['nll']['mean']:.3f}"]
-                            + [_fmt(m[f"coverage_{c}"], 100) for c in (50, 90, 95)])
+            cal_rows.append(
+                [r["k_shot"], f"recalibrated ({method}, s={scale:.3g}), NLL {m['nll']['mean']:.3f}"]
+                + [_fmt(m[f"coverage_{c}"], 100) for c in (50, 90, 95)]
+            )
     if args.plot is not None:
         from metafit.app.plotting import plot_regression_tasks
 
@@ -89,18 +94,43 @@ def main() -> None:
     print()
     print(markdown_table(["K", "variance", "coverage 50% (%)", "coverage 90% (%)", "coverage 95% (%)"], cal_rows))
     if args.omniglot:
-        oc = apply_overrides(load_config(ROOT / "configs" / "omniglot_cnp.toml"),
-                             [f"data.data_root={data_root(args.data_root)}", *sets,
-                              *(["train.max_minutes=0.2", "data.eval_tasks=100"] if args.quick else [])])
+        oc = apply_overrides(
+            load_config(ROOT / "configs" / "omniglot_cnp.toml"),
+            [
+                f"data.data_root={data_root(args.data_root)}",
+                *sets,
+                *(["train.max_minutes=0.2", "data.eval_tasks=100"] if args.quick else []),
+            ],
+        )
         ores = train(oc, root / "omniglot-cnp", force=True, progress=False)
         ev = evaluate_checkpoint(root / "omniglot-cnp", shots=[1, 5])
-        out["omniglot"] = [{"k_shot": r["k_shot"], "accuracy": 100 * r["metrics"]["accuracy"]["mean"],
-                            "ci95": 100 * r["metrics"]["accuracy"]["ci95"], "episodes": r["episodes"],
-                            "iterations": ores.step, "train_minutes": ores.train_seconds / 60} for r in ev["results"]]
+        out["omniglot"] = [
+            {
+                "k_shot": r["k_shot"],
+                "accuracy": 100 * r["metrics"]["accuracy"]["mean"],
+                "ci95": 100 * r["metrics"]["accuracy"]["ci95"],
+                "episodes": r["episodes"],
+                "iterations": ores.step,
+                "train_minutes": ores.train_seconds / 60,
+            }
+            for r in ev["results"]
+        ]
         print("\n## CNP on Omniglot (Vinyals split), 5-way, accuracy % ± 95% CI\n")
-        print(markdown_table(["k_shot", "accuracy", "episodes", "iterations", "train min"],
-                             [[o["k_shot"], f"{o['accuracy']:.2f} ± {o['ci95']:.2f}", o["episodes"], o["iterations"],
-                               f"{o['train_minutes']:.1f}"] for o in out["omniglot"]]))
+        print(
+            markdown_table(
+                ["k_shot", "accuracy", "episodes", "iterations", "train min"],
+                [
+                    [
+                        o["k_shot"],
+                        f"{o['accuracy']:.2f} ± {o['ci95']:.2f}",
+                        o["episodes"],
+                        o["iterations"],
+                        f"{o['train_minutes']:.1f}",
+                    ]
+                    for o in out["omniglot"]
+                ],
+            )
+        )
     write_out(args.out, {"benchmark": "cnp_sinusoid", "quick": args.quick, "config": config.to_dict(), **out})
 
 

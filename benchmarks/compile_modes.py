@@ -29,10 +29,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
 import speed  # noqa: E402
+import torch  # noqa: E402
 from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
+
 from metafit import MAML, meta_backward  # noqa: E402
 from metafit.data.task import TaskBatch  # noqa: E402
 from metafit.engine import _vmapped_loss  # noqa: E402
@@ -40,7 +40,9 @@ from metafit.engine import _vmapped_loss  # noqa: E402
 
 def variants(setup: str, model: torch.nn.Module, device: torch.device) -> dict[str, Callable[[TaskBatch], None]]:
     cfg = speed.SETUPS[setup]
-    algo = MAML(inner_lr=cfg["lr"], inner_steps=cfg["steps"], criterion="mse" if cfg["kind"] == "mlp" else "cross_entropy")
+    algo = MAML(
+        inner_lr=cfg["lr"], inner_steps=cfg["steps"], criterion="mse" if cfg["kind"] == "mlp" else "cross_entropy"
+    )
     mp = {"model": dict(model.named_parameters())}
     out: dict[str, Callable[[TaskBatch], None]] = {
         "vmap": lambda b: meta_backward(algo, model, mp, {}, b, path="vmap") and None,
@@ -76,15 +78,17 @@ def bench(setup: str, rounds: int, device: torch.device, out: dict[str, Any], pa
         _sync(device)
         first = time.perf_counter() - t0
         ref = g if ref is None else ref
-        res["variants"][name] = {"first_call_s": first,
-                                 "grad_max_abs_diff_vs_vmap": max(float((a - r).abs().max()) for a, r in zip(g, ref))}
+        res["variants"][name] = {
+            "first_call_s": first,
+            "grad_max_abs_diff_vs_vmap": max(float((a - r).abs().max()) for a, r in zip(g, ref)),
+        }
         write_out(path, out)
     times: dict[str, list[float]] = {n: [] for n in vs}
     for name in vs:  # one more warm call (CUDA graphs record on their second and third calls)
         speed.grads_of(model, vs[name], batch)
     for r in range(rounds):
         names = list(vs)
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             model.zero_grad(set_to_none=True)
             _sync(device)
             t0 = time.perf_counter()
@@ -95,17 +99,31 @@ def bench(setup: str, rounds: int, device: torch.device, out: dict[str, Any], pa
     for name in vs:
         v = res["variants"][name]
         ratios = [t / e for t, e in zip(times[name], times["vmap"])]
-        v.update(median_s=statistics.median(times[name]), ratio_median=statistics.median(ratios),
-                 ratio_min=min(ratios), ratio_max=max(ratios))
-        rows.append([setup, name, f"{v['median_s']:.4f}", f"{v['ratio_median']:.2f} [{v['ratio_min']:.2f}, {v['ratio_max']:.2f}]",
-                     f"{v['first_call_s']:.1f}", f"{v['grad_max_abs_diff_vs_vmap']:.1e}"])
+        v.update(
+            median_s=statistics.median(times[name]),
+            ratio_median=statistics.median(ratios),
+            ratio_min=min(ratios),
+            ratio_max=max(ratios),
+        )
+        rows.append(
+            [
+                setup,
+                name,
+                f"{v['median_s']:.4f}",
+                f"{v['ratio_median']:.2f} [{v['ratio_min']:.2f}, {v['ratio_max']:.2f}]",
+                f"{v['first_call_s']:.1f}",
+                f"{v['grad_max_abs_diff_vs_vmap']:.1e}",
+            ]
+        )
     write_out(path, out)
     return rows
 
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--setups", nargs="+", default=["sinusoid", "omniglot5"], choices=["sinusoid", "omniglot5", "omniglot20"])
+    p.add_argument(
+        "--setups", nargs="+", default=["sinusoid", "omniglot5"], choices=["sinusoid", "omniglot5", "omniglot20"]
+    )
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
@@ -117,14 +135,23 @@ def main() -> None:
         speed.SETUPS["omniglot5"]["tasks"] = 2
         speed.SETUPS["omniglot20"]["tasks"] = 2
         args.rounds = 2
-    out: dict[str, Any] = {"benchmark": "compile_modes", "device": str(device), "quick": args.quick,
-                           "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None, "setups": []}
+    out: dict[str, Any] = {
+        "benchmark": "compile_modes",
+        "device": str(device),
+        "quick": args.quick,
+        "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+        "setups": [],
+    }
     rows = []
     for s in args.setups:
         rows += bench(s, args.rounds, device, out, args.out)
         print(f"{s} done", flush=True)
     print(f"## Eager vmap vs compiled vmap on {args.device} (float32, TF32 off; paired ratio vs eager vmap)\n")
-    print(markdown_table(["setup", "variant", "median s", "ratio vs vmap [min, max]", "first call s", "grad diff vs vmap"], rows))
+    print(
+        markdown_table(
+            ["setup", "variant", "median s", "ratio vs vmap [min, max]", "first call s", "grad diff vs vmap"], rows
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-
 from _common import markdown_table, parser, write_out  # noqa: E402
+
 from metafit import MAML, SinusoidTasks, Trainer, generator, seeded  # noqa: E402
 from metafit.data.task import TaskBatch  # noqa: E402
 from metafit.distributed import check_in_sync, distributed_callbacks, launch  # noqa: E402
@@ -46,7 +46,9 @@ from metafit.models import MLP, Conv4  # noqa: E402
 class OmniglotShaped:
     """Seeded synthetic ``n_way``-way ``k_shot``-shot tasks of 1x28x28 images (balanced labels)."""
 
-    def __init__(self, g: torch.Generator, tasks: int, n_way: int = 5, k_shot: int = 1, n_query: int = 1, side: int = 28) -> None:
+    def __init__(
+        self, g: torch.Generator, tasks: int, n_way: int = 5, k_shot: int = 1, n_query: int = 1, side: int = 28
+    ) -> None:
         self.g, self.tasks, self.n, self.k, self.q, self.side = g, tasks, n_way, k_shot, n_query, side
 
     def __iter__(self):  # type: ignore[no-untyped-def]
@@ -74,8 +76,9 @@ def build(workload: str, seed: int, small: bool) -> tuple[Trainer, Any]:
         path = "loop"
     else:
         raise ValueError(workload)
-    trainer = Trainer(algo, model, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), path=path,
-                      callbacks=distributed_callbacks())
+    trainer = Trainer(
+        algo, model, optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), path=path, callbacks=distributed_callbacks()
+    )
     return trainer, sampler
 
 
@@ -107,8 +110,12 @@ def _rank_run(workload: str, steps: int, warmup: int, seed: int, small: bool) ->
     sample_s = (time.perf_counter() - t0) / 3
     clock = _Clock(warmup)
     trainer.fit(sampler, warmup + steps, callbacks=[clock])
-    return {"seconds": clock.seconds, "sample_s": sample_s, "threads": torch.get_num_threads(),
-            "sync": check_in_sync(trainer.parameters)}
+    return {
+        "seconds": clock.seconds,
+        "sample_s": sample_s,
+        "threads": torch.get_num_threads(),
+        "sync": check_in_sync(trainer.parameters),
+    }
 
 
 def main() -> None:
@@ -116,8 +123,12 @@ def main() -> None:
     p.add_argument("--nprocs", default="1,2", help="comma-separated process counts (first must be 1)")
     p.add_argument("--workloads", default="maml_sinusoid,maml_conv4")
     p.add_argument("--steps", type=int, default=None, help="timed steps per configuration")
-    p.add_argument("--one-thread-baseline", action=argparse.BooleanOptionalAction, default=None,
-                   help="also time 1 process with 1 thread (default: on, off with --quick)")
+    p.add_argument(
+        "--one-thread-baseline",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also time 1 process with 1 thread (default: on, off with --quick)",
+    )
     args = p.parse_args()
     cores = os.cpu_count() or 1
     nprocs = [int(x) for x in args.nprocs.split(",")]
@@ -145,20 +156,60 @@ def main() -> None:
                 base1 = its if threads == 1 else base1
             eff = its / (n * base) if base else float("nan")
             eff1 = its / (n * base1) if base1 else None
-            rec = {"workload": workload, "nproc": n, "threads_per_proc": threads, "steps": steps, "warmup": warmup,
-                   "seconds": secs, "it_per_s": its, "efficiency": eff, "efficiency_vs_1proc_1thread": eff1,
-                   "sample_ms": 1000 * out[0]["sample_s"],
-                   "max_param_diff_across_ranks": max(o["sync"] for o in out), "small": args.quick and workload == "maml_conv4"}
+            rec = {
+                "workload": workload,
+                "nproc": n,
+                "threads_per_proc": threads,
+                "steps": steps,
+                "warmup": warmup,
+                "seconds": secs,
+                "it_per_s": its,
+                "efficiency": eff,
+                "efficiency_vs_1proc_1thread": eff1,
+                "sample_ms": 1000 * out[0]["sample_s"],
+                "max_param_diff_across_ranks": max(o["sync"] for o in out),
+                "small": args.quick and workload == "maml_conv4",
+            }
             records.append(rec)
-            rows.append([workload + (" (small)" if rec["small"] else ""), n, threads, steps, f"{its:.3g}", f"{eff:.2f}",
-                         "-" if eff1 is None else f"{eff1:.2f}", f"{rec['sample_ms']:.2f}"])
+            rows.append(
+                [
+                    workload + (" (small)" if rec["small"] else ""),
+                    n,
+                    threads,
+                    steps,
+                    f"{its:.3g}",
+                    f"{eff:.2f}",
+                    "-" if eff1 is None else f"{eff1:.2f}",
+                    f"{rec['sample_ms']:.2f}",
+                ]
+            )
             print(f"{workload} nproc={n}: {its:.3g} it/s, efficiency {eff:.2f}", file=sys.stderr, flush=True)
-    table = markdown_table(["workload", "nproc", "threads/proc", "timed steps", "it/s", "efficiency",
-                            "eff. vs 1 proc x 1 thread", "sample ms/batch"], rows)
+    table = markdown_table(
+        [
+            "workload",
+            "nproc",
+            "threads/proc",
+            "timed steps",
+            "it/s",
+            "efficiency",
+            "eff. vs 1 proc x 1 thread",
+            "sample ms/batch",
+        ],
+        rows,
+    )
     print(table)
-    write_out(args.out, {"benchmark": "distributed", "quick": args.quick, "cores": cores,
-                         "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-                         "results": records, "table": table})
+    write_out(
+        args.out,
+        {
+            "benchmark": "distributed",
+            "quick": args.quick,
+            "cores": cores,
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "results": records,
+            "table": table,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -72,14 +72,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
+
 from metafit import ProtoNet, Trainer, generator, seeded, summarize  # noqa: E402
+from metafit.app.fuse import fusion_markdown  # noqa: E402
 from metafit.callbacks import TimeBudget  # noqa: E402
 from metafit.data.datasets import LabelledDataset  # noqa: E402
 from metafit.data.omniglot import alphabet_names, load_omniglot, omniglot_alphabets, omniglot_split  # noqa: E402
 from metafit.data.sampling import EpisodeSampler, fixed_episodes  # noqa: E402
-from metafit.app.fuse import fusion_markdown  # noqa: E402
 from metafit.fusion import FusionLearner, compare_fusion, embed_task, meta_train_fusion  # noqa: E402
 from metafit.models import Conv4  # noqa: E402
 
@@ -113,8 +113,11 @@ def train_base(dataset: LabelledDataset, seed: int, minutes: float, max_steps: i
     for p in model.parameters():
         p.requires_grad_(False)
     last = accs[-100:]
-    return model, {"steps": steps, "seconds": time.perf_counter() - t0,
-                   "train_acc_last100": sum(last) / len(last) if last else None}
+    return model, {
+        "steps": steps,
+        "seconds": time.perf_counter() - t0,
+        "train_acc_last100": sum(last) / len(last) if last else None,
+    }
 
 
 def per_model(p: argparse.ArgumentParser, flag: str, values: list | None, kind: type) -> list | None:
@@ -138,16 +141,36 @@ def budget_label(minutes: float, cap: int, steps: int) -> str:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="where the data layer caches the decoded images (default $METAFIT_CACHE/omniglot or ~/.cache/metafit/omniglot)")
-    p.add_argument("--scenario", choices=sorted(SCENARIOS), default="homogeneous",
-                   help="base-model budget preset: homogeneous (1 min each) or heterogeneous "
-                        "(2, 0.5, 0.1 min and one untrained model); see the module docstring")
-    p.add_argument("--base-minutes", type=float, nargs="+", default=None, metavar="MIN",
-                   help=f"wall-time budget per base model: one number (all models) or {M} (one per model); "
-                        "0 = untrained. Default: the scenario's preset")
-    p.add_argument("--base-steps", type=int, nargs="+", default=None, metavar="STEPS",
-                   help=f"step cap per base model: one number or {M}; 0 = untrained (default {DEFAULT_BASE_STEPS})")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where the data layer caches the decoded images (default $METAFIT_CACHE/omniglot or ~/.cache/metafit/omniglot)",
+    )
+    p.add_argument(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        default="homogeneous",
+        help="base-model budget preset: homogeneous (1 min each) or heterogeneous "
+        "(2, 0.5, 0.1 min and one untrained model); see the module docstring",
+    )
+    p.add_argument(
+        "--base-minutes",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="MIN",
+        help=f"wall-time budget per base model: one number (all models) or {M} (one per model); "
+        "0 = untrained. Default: the scenario's preset",
+    )
+    p.add_argument(
+        "--base-steps",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="STEPS",
+        help=f"step cap per base model: one number or {M}; 0 = untrained (default {DEFAULT_BASE_STEPS})",
+    )
     p.add_argument("--fusion-tasks", type=int, default=300)
     p.add_argument("--fusion-query", type=int, default=5, help="queries per class of fusion training tasks")
     p.add_argument("--fusion-steps", type=int, default=300)
@@ -164,8 +187,10 @@ def main() -> None:
         caps = [DEFAULT_BASE_STEPS] * M
     equal = len(set(zip(minutes, caps))) == 1
     if equal != (args.scenario == "homogeneous"):
-        p.error(f"--scenario {args.scenario}: base budgets {minutes} min, step caps {caps} are "
-                f"{'equal' if equal else 'unequal'}; use --scenario {'homogeneous' if equal else 'heterogeneous'}")
+        p.error(
+            f"--scenario {args.scenario}: base budgets {minutes} min, step caps {caps} are "
+            f"{'equal' if equal else 'unequal'}; use --scenario {'homogeneous' if equal else 'heterogeneous'}"
+        )
     if args.quick:  # same shape (untrained members stay untrained), tiny budgets
         top = max(minutes) or 1.0
         caps = [0 if m == 0 or c == 0 else min(c, max(1, math.ceil(10 * m / top))) for m, c in zip(minutes, caps)]
@@ -190,26 +215,60 @@ def main() -> None:
     for i, grp in enumerate(groups):
         model, info = train_base(omniglot_alphabets(data, grp), args.seed + 10 * i, minutes[i], caps[i])
         bases.append(model)
-        base_info.append({"alphabets": grp, "budget_minutes": minutes[i], "max_steps": caps[i],
-                          "seed": args.seed + 10 * i, "untrained": info["steps"] == 0, **info})
+        base_info.append(
+            {
+                "alphabets": grp,
+                "budget_minutes": minutes[i],
+                "max_steps": caps[i],
+                "seed": args.seed + 10 * i,
+                "untrained": info["steps"] == 0,
+                **info,
+            }
+        )
         acc = info["train_acc_last100"]
-        print(f"base model {i}: {budget_label(minutes[i], caps[i], info['steps'])} in {info['seconds']:.0f} s, "
-              f"train acc (last 100, 20-way 1-shot) {'-' if acc is None else f'{acc:.3f}'}", flush=True)
-    labels = {f"base model {i}": f"base model {i} ({budget_label(minutes[i], caps[i], b['steps'])})"
-              for i, b in enumerate(base_info)}
+        print(
+            f"base model {i}: {budget_label(minutes[i], caps[i], info['steps'])} in {info['seconds']:.0f} s, "
+            f"train acc (last 100, 20-way 1-shot) {'-' if acc is None else f'{acc:.3f}'}",
+            flush=True,
+        )
+    labels = {
+        f"base model {i}": f"base model {i} ({budget_label(minutes[i], caps[i], b['steps'])})"
+        for i, b in enumerate(base_info)
+    }
 
-    results: dict = {"protocol": {k: str(v) for k, v in vars(args).items()}, "scenario": args.scenario,
-                     "base_budgets": {"minutes": minutes, "max_steps": caps, "source": source},
-                     "data_load_seconds": load_s, "fusion_alphabets": fusion_alpha, "base_models": base_info, "eval": {}}
+    results: dict = {
+        "protocol": {k: str(v) for k, v in vars(args).items()},
+        "scenario": args.scenario,
+        "base_budgets": {"minutes": minutes, "max_steps": caps, "source": source},
+        "data_load_seconds": load_s,
+        "fusion_alphabets": fusion_alpha,
+        "base_models": base_info,
+        "eval": {},
+    }
     tables = []
     for k in (1, 5):
         t0 = time.perf_counter()
-        pool = EpisodeSampler(fusion_ds, 5, k, args.fusion_query, tasks_per_batch=args.fusion_tasks,
-                              generator=generator(args.seed + 1000 + k)).sample_batch()
+        pool = EpisodeSampler(
+            fusion_ds,
+            5,
+            k,
+            args.fusion_query,
+            tasks_per_batch=args.fusion_tasks,
+            generator=generator(args.seed + 1000 + k),
+        ).sample_batch()
         train_tasks = [embed_task(bases, t) for t in pool]
         algo = FusionLearner(inner_steps=1)
-        head, mp, _ = meta_train_fusion(train_tasks, M, steps=args.fusion_steps, generator=generator(args.seed + 2000 + k),
-                                        tasks_per_batch=16, lr=1e-2, learner=algo, seed=args.seed + k, path="vmap")
+        head, mp, _ = meta_train_fusion(
+            train_tasks,
+            M,
+            steps=args.fusion_steps,
+            generator=generator(args.seed + 2000 + k),
+            tasks_per_batch=16,
+            lr=1e-2,
+            learner=algo,
+            seed=args.seed + k,
+            path="vmap",
+        )
         fusion_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -223,8 +282,12 @@ def main() -> None:
         out = cmp.summary()  # mean ± 95% CI per method, paired difference to the fusion
         w = mp["model"]["log_scale"].detach()
         results["eval"][k] = {
-            "accuracy": out, "fusion_train_seconds": fusion_s, "eval_seconds": eval_s, "n_tasks": len(test),
-            "learned_log_scale": w.tolist(), "learned_inner_lr": float(mp["model"]["log_inner_lr"].detach().exp()),
+            "accuracy": out,
+            "fusion_train_seconds": fusion_s,
+            "eval_seconds": eval_s,
+            "n_tasks": len(test),
+            "learned_log_scale": w.tolist(),
+            "learned_inner_lr": float(mp["model"]["log_inner_lr"].detach().exp()),
             "best_single_choice_counts": torch.bincount(torch.tensor(chosen), minlength=M).tolist(),
             "fusion_nll": {"mean": nll.mean, "ci95": nll.ci95},
         }
@@ -233,13 +296,27 @@ def main() -> None:
         print(f"K={k}: fusion meta-training {fusion_s:.0f} s, evaluation {eval_s:.0f} s", flush=True)
     results["total_seconds"] = time.perf_counter() - t_all
     print(f"\nscenario: {args.scenario} (base budgets: {source})\n")
-    print(markdown_table(
-        ["base model", "alphabets", "budget (min)", "step cap", "steps", "seconds", "train acc (last 100, 20w1s)"],
-        [[i, ", ".join(b["alphabets"]), f"{b['budget_minutes']:g}", b["max_steps"], b["steps"] or "0 (untrained)",
-          f"{b['seconds']:.0f}", "-" if b["train_acc_last100"] is None else f"{b['train_acc_last100']:.3f}"]
-         for i, b in enumerate(base_info)]))
+    print(
+        markdown_table(
+            ["base model", "alphabets", "budget (min)", "step cap", "steps", "seconds", "train acc (last 100, 20w1s)"],
+            [
+                [
+                    i,
+                    ", ".join(b["alphabets"]),
+                    f"{b['budget_minutes']:g}",
+                    b["max_steps"],
+                    b["steps"] or "0 (untrained)",
+                    f"{b['seconds']:.0f}",
+                    "-" if b["train_acc_last100"] is None else f"{b['train_acc_last100']:.3f}",
+                ]
+                for i, b in enumerate(base_info)
+            ],
+        )
+    )
     for k, table in tables:
-        print(f"\n5-way {k}-shot, {args.eval_tasks} test episodes ({args.eval_query} queries/class) of the evaluation alphabets\n")
+        print(
+            f"\n5-way {k}-shot, {args.eval_tasks} test episodes ({args.eval_query} queries/class) of the evaluation alphabets\n"
+        )
         print(table, end="")
     print(f"\ntotal {results['total_seconds']:.0f} s (data load {load_s:.0f} s)")
     write_out(args.out, {"benchmark": "fusion_omniglot", "quick": args.quick, **results})

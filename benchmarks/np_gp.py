@@ -32,8 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-
 from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
+
 from metafit import Trainer, evaluate, generator, seeded, summarize  # noqa: E402
 from metafit.algorithms.neural_process import NeuralProcess, Padded, masked_gaussian_nll  # noqa: E402
 from metafit.data.gp import GPTasks, gp_eval_tasks, gp_eval_truth, gp_predictive, split_mask  # noqa: E402
@@ -60,14 +60,27 @@ def oracle(kernel: str, tasks) -> tuple:  # noqa: ANN001
 
 def build(name: str, min_variance: float) -> torch.nn.Module:
     if name == "cnp":  # the CNP paper's 1-D regression sizes
-        return CNPAdapter(CNPRegressor(1, 1, r_dim=128, encoder_hidden=(128, 128, 128), decoder_hidden=(128, 128),
-                                       min_variance=min_variance))
+        return CNPAdapter(
+            CNPRegressor(
+                1, 1, r_dim=128, encoder_hidden=(128, 128, 128), decoder_hidden=(128, 128), min_variance=min_variance
+            )
+        )
     if name == "anp":
-        return AttentiveNP(1, 1, d_model=64, n_heads=4, n_self_layers=2, d_ff=128, decoder_hidden=(64, 64),
-                           min_variance=min_variance)
+        return AttentiveNP(
+            1, 1, d_model=64, n_heads=4, n_self_layers=2, d_ff=128, decoder_hidden=(64, 64), min_variance=min_variance
+        )
     if name == "tnp":  # TNP-D at half the paper's width/depth (CPU budget)
-        return TransformerNP(1, 1, d_model=64, n_heads=4, n_layers=3, d_ff=128, embed_depth=2,
-                             decoder_hidden=(128,), min_variance=min_variance)
+        return TransformerNP(
+            1,
+            1,
+            d_model=64,
+            n_heads=4,
+            n_layers=3,
+            d_ff=128,
+            embed_depth=2,
+            decoder_hidden=(128,),
+            min_variance=min_variance,
+        )
     raise ValueError(name)
 
 
@@ -90,10 +103,15 @@ def main() -> None:
             results[name] = {"eval": {}}
             for kernel, tasks in evals.items():
                 nll, mse = oracle(kernel, tasks)
-                results[name]["eval"][kernel] = {"target_ll": -nll.mean, "ci95": nll.ci95, "mse": mse.mean,
-                                                 "mse_ci95": mse.ci95}
-                rows.append([name, kernel, 0, "0", f"{-nll.mean:.3f} ± {nll.ci95:.3f}",
-                             f"{mse.mean:.4f} ± {mse.ci95:.4f}"])
+                results[name]["eval"][kernel] = {
+                    "target_ll": -nll.mean,
+                    "ci95": nll.ci95,
+                    "mse": mse.mean,
+                    "mse_ci95": mse.ci95,
+                }
+                rows.append(
+                    [name, kernel, 0, "0", f"{-nll.mean:.3f} ± {nll.ci95:.3f}", f"{mse.mean:.4f} ± {mse.ci95:.4f}"]
+                )
             continue
         model = seeded(args.seed, lambda n=name: build(n, args.min_variance))
         algo = NeuralProcess()
@@ -106,18 +124,37 @@ def main() -> None:
             if it % 250 == 0 or it == 1:
                 log.append((it, r.metrics["nll"]))
         train_s = time.perf_counter() - t0
-        res = {"steps": it, "train_seconds": train_s, "parameters": sum(p.numel() for p in model.parameters()),
-               "log": log, "eval": {}}
+        res = {
+            "steps": it,
+            "train_seconds": train_s,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "log": log,
+            "eval": {},
+        }
         for kernel, tasks in evals.items():
             ev = evaluate(Padded(algo), model, trainer.meta_params, tasks)
             nll, mse = ev.metrics["nll"], ev.metrics["mse"]
             res["eval"][kernel] = {"target_ll": -nll.mean, "ci95": nll.ci95, "mse": mse.mean, "mse_ci95": mse.ci95}
-            rows.append([name, kernel, it, f"{train_s:.0f}", f"{-nll.mean:.3f} ± {nll.ci95:.3f}",
-                         f"{mse.mean:.4f} ± {mse.ci95:.4f}"])
+            rows.append(
+                [
+                    name,
+                    kernel,
+                    it,
+                    f"{train_s:.0f}",
+                    f"{-nll.mean:.3f} ± {nll.ci95:.3f}",
+                    f"{mse.mean:.4f} ± {mse.ci95:.4f}",
+                ]
+            )
         results[name] = res
     print(markdown_table(["model", "eval kernel", "steps", "train s", "target ll (nats)", "mse"], rows))
-    write_out(args.out, {"protocol": __doc__.split("Usage:")[0].strip(), "args": vars(args) | {"out": str(args.out)},
-                         "results": results})
+    write_out(
+        args.out,
+        {
+            "protocol": __doc__.split("Usage:")[0].strip(),
+            "args": vars(args) | {"out": str(args.out)},
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

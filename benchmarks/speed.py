@@ -26,8 +26,8 @@ second order), ``omniglot20`` (20-way 1-shot, 5 queries, 16 tasks, 5 inner steps
 from __future__ import annotations
 
 import importlib
-import os
 import importlib.util
+import os
 import statistics
 import sys
 import time
@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
-from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
 from metafit import MAML, ProtoNet, meta_backward  # noqa: E402
 from metafit.data.task import TaskBatch  # noqa: E402
 from metafit.models import fuse_norm_relu_pool  # noqa: E402
@@ -60,7 +60,12 @@ def conv_backbone() -> nn.Sequential:
     layers: list[nn.Module] = []
     cin = 1
     for _ in range(4):
-        layers += [nn.Conv2d(cin, 64, 3, padding=1), nn.BatchNorm2d(64, track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2)]
+        layers += [
+            nn.Conv2d(cin, 64, 3, padding=1),
+            nn.BatchNorm2d(64, track_running_stats=False),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
         cin = 64
     layers.append(nn.Flatten())
     return nn.Sequential(*layers)
@@ -226,8 +231,14 @@ def proto_variants(model: nn.Module) -> dict[str, Callable[[TaskBatch], None]]:
     out["metafit_protonet"] = lambda b: meta_backward(algo, model, mp, {}, b, path="loop") and None
     # The same function with channels-last conv weights (what benchmarks/omniglot.py's ProtoNet
     # recipe uses on the CPU); gradients are copied back onto the shared module for the check.
-    mp_cl = {"model": {k: v.detach().clone(memory_format=torch.channels_last if v.dim() == 4 else torch.preserve_format)
-                       .requires_grad_() for k, v in model.named_parameters()}}
+    mp_cl = {
+        "model": {
+            k: v.detach()
+            .clone(memory_format=torch.channels_last if v.dim() == 4 else torch.preserve_format)
+            .requires_grad_()
+            for k, v in model.named_parameters()
+        }
+    }
 
     def run_cl(b: TaskBatch, path: str = "loop", model: nn.Module = model) -> None:
         for v in mp_cl["model"].values():
@@ -252,7 +263,9 @@ def proto_variants(model: nn.Module) -> dict[str, Callable[[TaskBatch], None]]:
         try:
             from easyfsl.methods import PrototypicalNetworks  # type: ignore
         except Exception:
-            PrototypicalNetworks = _import_skipping_init("easyfsl.methods", "prototypical_networks").PrototypicalNetworks
+            PrototypicalNetworks = _import_skipping_init(
+                "easyfsl.methods", "prototypical_networks"
+            ).PrototypicalNetworks
         net = PrototypicalNetworks(model)
 
         def run_easyfsl(b: TaskBatch) -> None:
@@ -267,9 +280,13 @@ def proto_variants(model: nn.Module) -> dict[str, Callable[[TaskBatch], None]]:
 
 NOTES: list[str] = []
 # FLOPs of a compiled variant are counted on the eager variant computing the same function.
-EAGER_TWIN = {"metafit_compile": "metafit_loop", "metafit_fused_compile": "metafit_fused_loop", "metafit_protonet_compile": "metafit_protonet",
-              "metafit_protonet_compile_channels_last": "metafit_protonet_channels_last",
-              "metafit_vmap_compile": "metafit_vmap"}
+EAGER_TWIN = {
+    "metafit_compile": "metafit_loop",
+    "metafit_fused_compile": "metafit_fused_loop",
+    "metafit_protonet_compile": "metafit_protonet",
+    "metafit_protonet_compile_channels_last": "metafit_protonet_channels_last",
+    "metafit_vmap_compile": "metafit_vmap",
+}
 
 
 def grads_of(model: nn.Module, fn: Callable[[TaskBatch], None], batch: TaskBatch) -> list[torch.Tensor]:
@@ -417,12 +434,14 @@ def bench_setup(setup: str, rounds: int, dtype_check: torch.dtype = torch.float6
             # A forked child calling an inductor-compiled function deadlocked here (futex wait);
             # compiled variants' CPU peak memory is therefore not measured.
             peaks[name] = float("nan")
-            NOTES.append("resident-set peak of the compiled variants not measured on CPU (fork + inductor deadlock); "
-                         "see the profiler's tensor peak column")
+            NOTES.append(
+                "resident-set peak of the compiled variants not measured on CPU (fork + inductor deadlock); "
+                "see the profiler's tensor peak column"
+            )
         else:
             peaks[name] = peak_memory_mib(variants[name], batch)
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             model.zero_grad(set_to_none=True)
             _sync()
@@ -435,8 +454,11 @@ def bench_setup(setup: str, rounds: int, dtype_check: torch.dtype = torch.float6
         v = results["variants"][name]
         v.update(
             median_s=statistics.median(times[name]),
-            ratio_median=statistics.median(ratios), ratio_min=min(ratios), ratio_max=max(ratios),
-            peak_mib=peaks[name], peak_tensor_mib=tensor_peaks[name],
+            ratio_median=statistics.median(ratios),
+            ratio_min=min(ratios),
+            ratio_max=max(ratios),
+            peak_mib=peaks[name],
+            peak_tensor_mib=tensor_peaks[name],
         )
         v["gflops_per_s"] = v["gflop"] / v["median_s"]
     results["reference"] = ref_name
@@ -448,8 +470,11 @@ def main() -> None:
     p.add_argument("--setups", nargs="+", default=list(SETUPS))
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--tasknorm", action="store_true",
-                   help="use metafit.models.TaskBatchNorm instead of nn.BatchNorm2d (same function; lets vmap run second order)")
+    p.add_argument(
+        "--tasknorm",
+        action="store_true",
+        help="use metafit.models.TaskBatchNorm instead of nn.BatchNorm2d (same function; lets vmap run second order)",
+    )
     args = p.parse_args()
     global DEVICE, TASKNORM
     DEVICE, TASKNORM = torch.device(args.device), args.tasknorm
@@ -469,13 +494,38 @@ def main() -> None:
         for name, v in r["variants"].items():
             if "median_s" not in v:
                 continue
-            rows.append([s, name, f"{v['median_s']:.4f}", f"{v['ratio_median']:.2f} [{v['ratio_min']:.2f}, {v['ratio_max']:.2f}]",
-                         f"{v['peak_mib']:.0f}", f"{v['peak_tensor_mib']:.1f}", f"{v['gflops_per_s']:.1f} ({100 * v['gflops_per_s'] / peak:.0f}%)",
-                         f"{v['grad_max_abs_diff_float64']:.1e} ({v['grad_rel_diff_float64']:.1e})",
-                         f"{v['grad_max_abs_diff_float32']:.1e}"])
-    print(f"## Meta-iteration speed on {args.device} (paired ratio vs the plain loop; fp32 matmul peak {peak:.0f} GFLOP/s)\n")
-    print(markdown_table(["setup", "variant", "median s", "ratio vs plain [min, max]", "peak MiB added (one call)" if DEVICE.type == "cpu" else "peak GPU MiB added", "peak tensor MiB (profiler)", "GFLOP/s (% of peak)",
-                          "grad diff f64 abs (rel)", "grad diff f32 abs"], rows))
+            rows.append(
+                [
+                    s,
+                    name,
+                    f"{v['median_s']:.4f}",
+                    f"{v['ratio_median']:.2f} [{v['ratio_min']:.2f}, {v['ratio_max']:.2f}]",
+                    f"{v['peak_mib']:.0f}",
+                    f"{v['peak_tensor_mib']:.1f}",
+                    f"{v['gflops_per_s']:.1f} ({100 * v['gflops_per_s'] / peak:.0f}%)",
+                    f"{v['grad_max_abs_diff_float64']:.1e} ({v['grad_rel_diff_float64']:.1e})",
+                    f"{v['grad_max_abs_diff_float32']:.1e}",
+                ]
+            )
+    print(
+        f"## Meta-iteration speed on {args.device} (paired ratio vs the plain loop; fp32 matmul peak {peak:.0f} GFLOP/s)\n"
+    )
+    print(
+        markdown_table(
+            [
+                "setup",
+                "variant",
+                "median s",
+                "ratio vs plain [min, max]",
+                "peak MiB added (one call)" if DEVICE.type == "cpu" else "peak GPU MiB added",
+                "peak tensor MiB (profiler)",
+                "GFLOP/s (% of peak)",
+                "grad diff f64 abs (rel)",
+                "grad diff f32 abs",
+            ],
+            rows,
+        )
+    )
     for n in sorted(set(NOTES)):
         print(f"- {n}")
     out["notes"] = sorted(set(NOTES))

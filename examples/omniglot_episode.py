@@ -23,7 +23,10 @@ def main() -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("write", help="write support/, query/ and truth.csv")
     w.add_argument("out")
-    w.add_argument("--data-root", default=os.environ.get("METAFIT_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data")))
+    w.add_argument(
+        "--data-root",
+        default=os.environ.get("METAFIT_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data")),
+    )
     w.add_argument("--n-way", type=int, default=5)
     w.add_argument("--k-shot", type=int, default=1)
     w.add_argument("--n-query", type=int, default=5)
@@ -33,8 +36,12 @@ def main() -> int:
     s.add_argument("predictions")
     a = p.parse_args()
     if a.cmd == "write":
-        info = write_episode_folders(a.out, root=a.data_root, n_way=a.n_way, k_shot=a.k_shot, n_query=a.n_query, seed=a.seed)
-        sys.stdout.write(f"{len(info['classes'])} classes, {info['support']} support and {info['query']} query images in {a.out}\n")
+        info = write_episode_folders(
+            a.out, root=a.data_root, n_way=a.n_way, k_shot=a.k_shot, n_query=a.n_query, seed=a.seed
+        )
+        sys.stdout.write(
+            f"{len(info['classes'])} classes, {info['support']} support and {info['query']} query images in {a.out}\n"
+        )
         return 0
     truth = {r["file"]: r["class"] for r in csv.DictReader(open(a.truth))}
     rows = list(csv.reader(open(a.predictions)))[1:]

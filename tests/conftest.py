@@ -47,8 +47,15 @@ class TinyConv(nn.Module):
         return self.head(h.flatten(1))
 
 
-def image_tasks(n_tasks: int = 3, n_way: int = 3, k_shot: int = 2, n_query: int = 2, side: int = 8,
-                seed: int = 0, dtype: torch.dtype = torch.float64) -> TaskBatch:
+def image_tasks(
+    n_tasks: int = 3,
+    n_way: int = 3,
+    k_shot: int = 2,
+    n_query: int = 2,
+    side: int = 8,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+) -> TaskBatch:
     """Random image classification tasks ``(T, n_way*k, 1, side, side)`` with balanced labels."""
     g = torch.Generator().manual_seed(seed)
     sx = torch.randn(n_tasks, n_way * k_shot, 1, side, side, generator=g, dtype=dtype)

@@ -99,8 +99,9 @@ def test_fit_temperature_recovers_the_overconfidence_factor_and_minimises_nll() 
 def test_temperature_fitted_on_validation_improves_test_calibration_without_changing_accuracy() -> None:
     val, val_y = _overconfident(5000, 5, 2.5, 1)
     test, test_y = _overconfident(5000, 5, 2.5, 2)
-    fit, before, after = calibrate_with_temperature(val.reshape(50, 100, 5), val_y.reshape(50, 100),
-                                                    test.reshape(50, 100, 5), test_y.reshape(50, 100))
+    fit, before, after = calibrate_with_temperature(
+        val.reshape(50, 100, 5), val_y.reshape(50, 100), test.reshape(50, 100, 5), test_y.reshape(50, 100)
+    )
     assert after.ece < before.ece / 2 and after.nll < before.nll and after.brier < before.brier
     assert after.accuracy == before.accuracy
     assert fit.n_queries == 5000

@@ -68,7 +68,11 @@ def test_checkpoint_missing_truncated_and_tampered_are_clear_errors(tmp_path: Pa
     with pytest.raises(ValueError, match="damaged or truncated"):
         load_checkpoint(jp)
     st.unlink()
-    jp.write_text(json.dumps({"format": ckpt.FORMAT, "step": 1, "tensors_file": st.name, "tensors_bytes": 1, "tensors_sha256": "x"}))
+    jp.write_text(
+        json.dumps(
+            {"format": ckpt.FORMAT, "step": 1, "tensors_file": st.name, "tensors_bytes": 1, "tensors_sha256": "x"}
+        )
+    )
     with pytest.raises(FileNotFoundError, match="tensor file missing"):
         load_checkpoint(jp)
 
@@ -84,6 +88,7 @@ def test_checkpoint_crash_during_write_keeps_old_checkpoint(tmp_path: Path, monk
             if calls["n"] == n:
                 raise OSError("simulated crash")
             return real(a, b)
+
         return replace
 
     for n in (1, 2):  # crash while renaming the tensors file, then while renaming the JSON
@@ -103,7 +108,9 @@ def test_checkpoint_stale_json_with_new_tensors_is_ignored(tmp_path: Path) -> No
     save_checkpoint(tmp_path, 1, _tensors(1.0), {})
     save_checkpoint(tmp_path, 2, _tensors(2.0), {})
     # A crash after the tensors of step 2 were rewritten but before its JSON: sha mismatch.
-    (tmp_path / "step_000002.safetensors").write_bytes((tmp_path / "step_000001.safetensors").read_bytes()[:-3] + b"abc")
+    (tmp_path / "step_000002.safetensors").write_bytes(
+        (tmp_path / "step_000001.safetensors").read_bytes()[:-3] + b"abc"
+    )
     assert latest_checkpoint(tmp_path).name == "step_000001.json"  # type: ignore[union-attr]
     assert [s for s, _ in list_checkpoints(tmp_path)] == [1]
 
@@ -121,5 +128,8 @@ def test_checkpoint_fingerprint_mismatch_names_parameters() -> None:
     a = fingerprint({"model/head.weight": torch.zeros(5, 8), "model/head.bias": torch.zeros(5)})
     b = fingerprint({"model/head.weight": torch.zeros(20, 8), "model/head.bias": torch.zeros(20)})
     check_fingerprint(a, a, where="x")
-    with pytest.raises(ValueError, match=r"different architecture: .*head.weight: expected shape \[5, 8\] float32, checkpoint has \[20, 8\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"different architecture: .*head.weight: expected shape \[5, 8\] float32, checkpoint has \[20, 8\]",
+    ):
         check_fingerprint(a, b, where="x")

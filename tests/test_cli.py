@@ -9,16 +9,43 @@ from pathlib import Path
 
 import pytest
 
-from metafit.checkpoint import latest_checkpoint, load_checkpoint
 from metafit.app.cli import build_parser, main
+from metafit.checkpoint import latest_checkpoint, load_checkpoint
 from tests.conftest import one_line_error as _one_line_error
 
-TINY = ["--set", "model.hidden=[8,8]", "--set", "data.eval_tasks=10", "--set", "data.tasks_per_batch=2",
-        "--set", "train.checkpoint_every=5", "--set", "train.log_every=2", "--set", "train.num_threads=1"]
+TINY = [
+    "--set",
+    "model.hidden=[8,8]",
+    "--set",
+    "data.eval_tasks=10",
+    "--set",
+    "data.tasks_per_batch=2",
+    "--set",
+    "train.checkpoint_every=5",
+    "--set",
+    "train.log_every=2",
+    "--set",
+    "train.num_threads=1",
+]
 
 
 def _train(run_dir: Path, *extra: str) -> int:
-    return main(["train", "--dataset", "sinusoid", "--algo", "fomaml", "--steps", "10", "--run-dir", str(run_dir), "--quiet", *TINY, *extra])
+    return main(
+        [
+            "train",
+            "--dataset",
+            "sinusoid",
+            "--algo",
+            "fomaml",
+            "--steps",
+            "10",
+            "--run-dir",
+            str(run_dir),
+            "--quiet",
+            *TINY,
+            *extra,
+        ]
+    )
 
 
 def test_cli_train_eval_plot_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -34,7 +61,24 @@ def test_cli_train_eval_plot_report(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert {"loss", "mse", "lr", "train_seconds", "path"} <= train_rows[0].keys()
     assert load_checkpoint(run).step == 10
 
-    assert main(["eval", str(run), "--k-shot", "2", "5", "--episodes", "8", "--inner-steps", "2", "--out", str(tmp_path / "e.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(run),
+                "--k-shot",
+                "2",
+                "5",
+                "--episodes",
+                "8",
+                "--inner-steps",
+                "2",
+                "--out",
+                str(tmp_path / "e.json"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| fomaml |" in out and "± 95% CI" in out
     doc = json.loads((tmp_path / "e.json").read_text())
@@ -81,11 +125,15 @@ def test_cli_refuses_existing_run_unless_resume_or_force(tmp_path: Path, capsys:
         (["train", "/nonexistent/cfg.yaml"], "config file not found: /nonexistent/cfg.yaml"),
         (["eval", "/nonexistent/run"], "checkpoint not found: /nonexistent/run"),
         (["plot", "/nonexistent/run"], "not a metafit run folder"),
-        (["train", "--dataset", "omniglot", "--data-root", "/nonexistent/data", "--steps", "1", "--quiet"], "/nonexistent/data"),
+        (
+            ["train", "--dataset", "omniglot", "--data-root", "/nonexistent/data", "--steps", "1", "--quiet"],
+            "/nonexistent/data",
+        ),
     ],
 )
-def test_cli_bad_input_exits_2_with_one_line(argv: list[str], needle: str, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_bad_input_exits_2_with_one_line(
+    argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     assert needle in _one_line_error(capsys)
@@ -96,10 +144,27 @@ def test_cli_debug_reraises(tmp_path: Path) -> None:
         main(["--debug", "train", "--set", "train.stesp=3"])
 
 
-def test_cli_divergence_stops_and_keeps_last_good_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_divergence_stops_and_keeps_last_good_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run = tmp_path / "run"
-    code = main(["train", "--steps", "200", "--run-dir", str(run), "--quiet", *TINY, "--set", "train.optimizer=SGD",
-                 "--set", "train.outer_lr=1e3", "--set", "train.checkpoint_every=1"])
+    code = main(
+        [
+            "train",
+            "--steps",
+            "200",
+            "--run-dir",
+            str(run),
+            "--quiet",
+            *TINY,
+            "--set",
+            "train.optimizer=SGD",
+            "--set",
+            "train.outer_lr=1e3",
+            "--set",
+            "train.checkpoint_every=1",
+        ]
+    )
     assert code == 1
     line = _one_line_error(capsys)
     assert "training diverged at step" in line and "last good checkpoint is" in line
@@ -124,5 +189,10 @@ def test_cli_every_option_has_help() -> None:
 def test_python_dash_m_metafit_runs() -> None:
     r = subprocess.run([sys.executable, "-m", "metafit", "train", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--resume" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "metafit", "train", "--set", "x"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and r.stderr.strip() == "metafit: error: override 'x' must look like section.key=value (e.g. train.steps=100)"
+    r = subprocess.run(
+        [sys.executable, "-m", "metafit", "train", "--set", "x"], capture_output=True, text=True, timeout=60
+    )
+    assert (
+        r.returncode == 2
+        and r.stderr.strip() == "metafit: error: override 'x' must look like section.key=value (e.g. train.steps=100)"
+    )

@@ -73,8 +73,14 @@ def _csv(path: Path) -> Path:
         w.writerow(["age", "colour", "score", "kind"])
         for c in range(15):
             for i in range(8):
-                w.writerow([f"{30 + c + g.normal():.3f}", ["red", "blue", "green"][(c + i) % 3], f"{c * 0.3 + g.normal():.3f}",
-                            f"k{c}"])
+                w.writerow(
+                    [
+                        f"{30 + c + g.normal():.3f}",
+                        ["red", "blue", "green"][(c + i) % 3],
+                        f"{c * 0.3 + g.normal():.3f}",
+                        f"k{c}",
+                    ]
+                )
     return path
 
 
@@ -84,12 +90,31 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     return code, out, err
 
 
-TRAIN = ["--steps", "3", "--quiet", "--set", "data.n_way=3", "--set", "data.k_shot=1", "--set", "data.n_query=2",
-         "--set", "data.tasks_per_batch=2", "--set", "data.eval_tasks=4", "--set", "model.width=8", "--path", "loop"]
+TRAIN = [
+    "--steps",
+    "3",
+    "--quiet",
+    "--set",
+    "data.n_way=3",
+    "--set",
+    "data.k_shot=1",
+    "--set",
+    "data.n_query=2",
+    "--set",
+    "data.tasks_per_batch=2",
+    "--set",
+    "data.eval_tasks=4",
+    "--set",
+    "model.width=8",
+    "--path",
+    "loop",
+]
 
 
 @pytest.mark.parametrize("layout", ["class-folders", "split-folders", "split-csvs"])
-def test_image_folders_train_eval_predict_and_info(tmp_path: Path, capsys: pytest.CaptureFixture[str], layout: str) -> None:
+def test_image_folders_train_eval_predict_and_info(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], layout: str
+) -> None:
     make = {"class-folders": _class_folders, "split-folders": _split_folders, "split-csvs": _split_csvs}[layout]
     data = make(tmp_path / "data")
     code, out, _ = _run(["data", "info", str(data), "--image-size", "16", "--json"], capsys)
@@ -97,8 +122,23 @@ def test_image_folders_train_eval_predict_and_info(tmp_path: Path, capsys: pytes
     info = json.loads(out)
     assert set(info["splits"]) == {"train", "val", "test"} and info["example_shape"][1:] == [16, 16]
     run = tmp_path / "run"
-    code, _, err = _run(["train", "--dataset", str(data), "--algo", "protonet", "--run-dir", str(run),
-                         "--set", "data.image_size=16", "--set", f"data.cache_dir={tmp_path / 'cache'}", *TRAIN], capsys)
+    code, _, err = _run(
+        [
+            "train",
+            "--dataset",
+            str(data),
+            "--algo",
+            "protonet",
+            "--run-dir",
+            str(run),
+            "--set",
+            "data.image_size=16",
+            "--set",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            *TRAIN,
+        ],
+        capsys,
+    )
     assert code == 0, err
     pre = json.loads(next((run / "checkpoints").glob("*.json")).read_text())["preprocessing"]
     assert pre["kind"] == "image" and pre["input_shape"][1:] == [16, 16]
@@ -128,8 +168,10 @@ def test_npz_train_eval_predict_and_info(tmp_path: Path, capsys: pytest.CaptureF
     g = np.random.default_rng(1)
     np.savez(tmp_path / "support.npz", x=g.normal(size=(3, 6)).astype(np.float32), y=np.array([4, 7, 9]))
     np.savez(tmp_path / "query.npz", x=g.normal(size=(5, 6)).astype(np.float32))
-    code, out, err = _run(["predict", str(run), "--support", str(tmp_path / "support.npz"), "--query",
-                           str(tmp_path / "query.npz")], capsys)
+    code, out, err = _run(
+        ["predict", str(run), "--support", str(tmp_path / "support.npz"), "--query", str(tmp_path / "query.npz")],
+        capsys,
+    )
     assert code == 0, err
     rows = list(csv.reader(out.strip().splitlines()))
     assert rows[0] == ["file", "predicted_class", "score_4", "score_7", "score_9"] and len(rows) == 6
@@ -142,18 +184,28 @@ def test_csv_table_train_eval_predict_and_info(tmp_path: Path, capsys: pytest.Ca
     info = json.loads(out)
     assert info["preprocessing"]["kind"] == "table" and info["example_shape"] == [5]  # 2 numeric + 3 one-hot
     run = tmp_path / "run"
-    code, _, err = _run(["train", "--dataset", str(data), "--label-column", "kind", "--algo", "maml", "--run-dir",
-                         str(run), *TRAIN], capsys)
+    code, _, err = _run(
+        ["train", "--dataset", str(data), "--label-column", "kind", "--algo", "maml", "--run-dir", str(run), *TRAIN],
+        capsys,
+    )
     assert code == 0, err
     code, out, err = _run(["eval", str(run), "--episodes", "4"], capsys)
     assert code == 0, err
     with open(tmp_path / "support.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["age", "colour", "score", "kind"], ["31", "red", "0.2", "a"], ["35", "blue", "1.4", "b"],
-                                 ["39", "green", "2.9", "c"]])
+        csv.writer(f).writerows(
+            [
+                ["age", "colour", "score", "kind"],
+                ["31", "red", "0.2", "a"],
+                ["35", "blue", "1.4", "b"],
+                ["39", "green", "2.9", "c"],
+            ]
+        )
     with open(tmp_path / "query.csv", "w", newline="") as f:
         csv.writer(f).writerows([["age", "colour", "score"], ["36", "blue", "1.5"], ["30", "purple", "0.1"]])
-    code, out, err = _run(["predict", str(run), "--support", str(tmp_path / "support.csv"), "--query",
-                           str(tmp_path / "query.csv")], capsys)
+    code, out, err = _run(
+        ["predict", str(run), "--support", str(tmp_path / "support.csv"), "--query", str(tmp_path / "query.csv")],
+        capsys,
+    )
     assert code == 0, err
     rows = list(csv.reader(out.strip().splitlines()))
     assert rows[0][:2] == ["file", "predicted_class"] and len(rows) == 3
@@ -174,24 +226,60 @@ def test_bad_data_gets_one_line_and_nothing_is_written(tmp_path: Path, capsys: p
     assert "fewer examples than k_shot + n_query" in err or "has 3 examples" in err, err
     broken = _class_folders(tmp_path / "broken", per_class=6)
     (broken / "class3" / "img2.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    err = _bad(tmp_path, ["--dataset", str(broken), "--set", "data.k_shot=1", "--set", "data.n_query=2",
-                          "--set", f"data.cache_dir={tmp_path / 'c2'}"], capsys)
+    err = _bad(
+        tmp_path,
+        [
+            "--dataset",
+            str(broken),
+            "--set",
+            "data.k_shot=1",
+            "--set",
+            "data.n_query=2",
+            "--set",
+            f"data.cache_dir={tmp_path / 'c2'}",
+        ],
+        capsys,
+    )
     assert "img2.png" in err and ("unreadable" in err or "truncated" in err), err
     table = _csv(tmp_path / "t.csv")
     err = _bad(tmp_path, ["--dataset", str(table), "--label-column", "nope"], capsys)
     assert "nope" in err and "kind" in err, err
     leaky = _split_folders(tmp_path / "leaky")
     _image(leaky / "val" / "c0" / "0.jpg", 0, 0, True)  # class c0 in both train and val
-    err = _bad(tmp_path, ["--dataset", str(leaky), "--set", "data.k_shot=1", "--set", "data.n_query=2",
-                          "--set", f"data.cache_dir={tmp_path / 'c3'}"], capsys)
+    err = _bad(
+        tmp_path,
+        [
+            "--dataset",
+            str(leaky),
+            "--set",
+            "data.k_shot=1",
+            "--set",
+            "data.n_query=2",
+            "--set",
+            f"data.cache_dir={tmp_path / 'c3'}",
+        ],
+        capsys,
+    )
     assert "c0" in err and ("both" in err or "shared" in err or "leak" in err), err
     empty = _split_folders(tmp_path / "empty")
     for d in (empty / "val").iterdir():
         for f in d.iterdir():
             f.unlink()
         d.rmdir()
-    err = _bad(tmp_path, ["--dataset", str(empty), "--set", "data.k_shot=1", "--set", "data.n_query=2",
-                          "--set", f"data.cache_dir={tmp_path / 'c4'}"], capsys)
+    err = _bad(
+        tmp_path,
+        [
+            "--dataset",
+            str(empty),
+            "--set",
+            "data.k_shot=1",
+            "--set",
+            "data.n_query=2",
+            "--set",
+            f"data.cache_dir={tmp_path / 'c4'}",
+        ],
+        capsys,
+    )
     assert "val" in err and "empty" in err, err
     text = tmp_path / "text.csv"
     with open(text, "w", newline="") as f:
@@ -205,10 +293,27 @@ def test_bad_data_gets_one_line_and_nothing_is_written(tmp_path: Path, capsys: p
 def test_cross_domain_eval_states_the_conversion(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = _class_folders(tmp_path / "rgb", per_class=6, rgb=True)
     run = tmp_path / "run"
-    code, _, err = _run(["train", "--dataset", str(data), "--algo", "protonet", "--run-dir", str(run),
-                         "--set", "data.image_size=16", "--set", "data.channels=3", *TRAIN], capsys)
+    code, _, err = _run(
+        [
+            "train",
+            "--dataset",
+            str(data),
+            "--algo",
+            "protonet",
+            "--run-dir",
+            str(run),
+            "--set",
+            "data.image_size=16",
+            "--set",
+            "data.channels=3",
+            *TRAIN,
+        ],
+        capsys,
+    )
     assert code == 0, err
-    code, out, err = _run(["eval", str(run), "--dataset", "digits", "--n-way", "3", "--episodes", "4", "--json"], capsys)
+    code, out, err = _run(
+        ["eval", str(run), "--dataset", "digits", "--n-way", "3", "--episodes", "4", "--json"], capsys
+    )
     assert code == 0, err
     res = json.loads(out)["results"][0]
     assert res["dataset"] == "digits" and res["cross_domain"]["checkpoint_shape"] == [3, 16, 16]

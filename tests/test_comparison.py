@@ -69,7 +69,9 @@ def test_compare_runs_constant_difference_uses_the_sign_test() -> None:
     a = _acc(0.5, 12, 20)
     many = compare_runs({"a": a, "b": a + 0.04}).differences[0]
     assert many.t_statistic == -math.inf and many.t_p == pytest.approx(2 * 0.5**12) and many.significant
-    assert json.loads(json.dumps(compare_runs({"a": a, "b": a + 0.04}).to_dict()))["differences"][0]["t_statistic"] is None
+    assert (
+        json.loads(json.dumps(compare_runs({"a": a, "b": a + 0.04}).to_dict()))["differences"][0]["t_statistic"] is None
+    )
 
 
 def test_compare_runs_tests_match_direct_formulas() -> None:
@@ -99,8 +101,7 @@ def test_compare_runs_pairing_detects_a_small_gain_hidden_by_episode_difficulty(
 
 def test_compare_runs_holm_adjusts_over_the_family() -> None:
     ref = _acc(0.7, 100, 6)
-    runs = {"ref": ref, **{f"r{i}": ref - 0.004 + np.random.default_rng(10 + i).normal(0, 0.02, 100)
-                            for i in range(3)}}
+    runs = {"ref": ref, **{f"r{i}": ref - 0.004 + np.random.default_rng(10 + i).normal(0, 0.02, 100) for i in range(3)}}
     c = compare_runs(runs, baseline="ref")
     raw = [d.p_value for d in c.differences]
     assert [d.p_holm for d in c.differences] == pytest.approx(holm(raw))
@@ -167,8 +168,15 @@ def test_compare_seeds_matched_and_single_seed_fallback() -> None:
     json.dumps(compare_seeds({"a": a, "b": b}).to_dict())
 
 
-def _crossed(rng: np.random.Generator, n_classes: int, n_episodes: int, n_way: int, class_sd: float,
-             noise_sd: float, shared: bool) -> tuple[np.ndarray, np.ndarray]:
+def _crossed(
+    rng: np.random.Generator,
+    n_classes: int,
+    n_episodes: int,
+    n_way: int,
+    class_sd: float,
+    noise_sd: float,
+    shared: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-(episode, class) values: 0.7 + class effect + cell noise; classes shared or all distinct."""
     if shared:
         classes = np.stack([rng.choice(n_classes, n_way, replace=False) for _ in range(n_episodes)])

@@ -16,11 +16,15 @@ def test_config_defaults_round_trip_through_dict() -> None:
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml", ".toml"])
 def test_config_round_trips_through_files(tmp_path: Path, suffix: str) -> None:
-    cfg = RunConfig.from_dict({
-        "name": "x", "data": {"dataset": "omniglot", "n_way": 20, "k_shot": 1, "eval_k_shot": 5},
-        "model": {"width": 32, "downsample": "stride"}, "algo": {"name": "metasgd", "inner_lr": 0.4, "eval_inner_steps": 3},
-        "train": {"steps": 7, "optimizer": "SGD", "optimizer_kwargs": {"momentum": 0.9}, "grad_clip": 1.0},
-    })
+    cfg = RunConfig.from_dict(
+        {
+            "name": "x",
+            "data": {"dataset": "omniglot", "n_way": 20, "k_shot": 1, "eval_k_shot": 5},
+            "model": {"width": 32, "downsample": "stride"},
+            "algo": {"name": "metasgd", "inner_lr": 0.4, "eval_inner_steps": 3},
+            "train": {"steps": 7, "optimizer": "SGD", "optimizer_kwargs": {"momentum": 0.9}, "grad_clip": 1.0},
+        }
+    )
     p = save_config(cfg, tmp_path / f"c{suffix}")
     assert load_config(p) == cfg
 
@@ -46,7 +50,11 @@ def test_config_unknown_key_in_file_names_the_file(tmp_path: Path) -> None:
     [
         ("train", {"steps": -1}, r"train\.steps must be an int >= 0, got -1"),
         ("train", {"optimizer": "Adamm"}, r"train\.optimizer must be a torch\.optim optimizer class name.*'Adamm'"),
-        ("train", {"path": "fast"}, r"train\.path must be one of \['auto', 'vmap', 'loop', 'compile', 'vmap_compile'\], got 'fast'"),
+        (
+            "train",
+            {"path": "fast"},
+            r"train\.path must be one of \['auto', 'vmap', 'loop', 'compile', 'vmap_compile'\], got 'fast'",
+        ),
         ("algo", {"inner_lr": 0}, r"algo\.inner_lr must be a finite number > 0, got 0"),
         ("algo", {"name": "mamal"}, r"algo\.name must be one of .*'mamal'"),
         ("data", {"n_way": 0}, r"data\.n_way must be an int >= 1, got 0"),
@@ -71,7 +79,9 @@ def test_config_cross_section_checks() -> None:
 
 
 def test_config_overrides_parse_values_and_reject_typos() -> None:
-    cfg = apply_overrides(RunConfig(), ["train.steps=5", "model.hidden=[3, 4]", "algo.eval_inner_steps=null", "data.rotations=false"])
+    cfg = apply_overrides(
+        RunConfig(), ["train.steps=5", "model.hidden=[3, 4]", "algo.eval_inner_steps=null", "data.rotations=false"]
+    )
     assert cfg.train.steps == 5 and cfg.model.hidden == (3, 4) and cfg.algo.eval_inner_steps is None
     assert config_diff(RunConfig(), cfg) == ["data.rotations", "model.hidden", "train.steps"]
     with pytest.raises(ValueError, match="unknown config key 'step'"):

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from metafit import MAML, ProtoNet, SinusoidTasks, Trainer, generator, seeded
-from metafit.data.task import TaskBatch
 from metafit.checkpoint import load_checkpoint, restore_trainer, save_checkpoint, trainer_state
+from metafit.data.task import TaskBatch
 from metafit.distributed import (
     DistInfo,
     DistributedReduce,
@@ -81,8 +81,13 @@ def make(kind: str, seed: int = 0, *, ranks: bool = False) -> tuple[Trainer, Any
         sampler = ImageTasks(g, tasks=5, side=16)
     else:
         raise ValueError(kind)
-    trainer = Trainer(algo, model, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), path="loop",
-                      callbacks=distributed_callbacks() if ranks else None)
+    trainer = Trainer(
+        algo,
+        model,
+        optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+        path="loop",
+        callbacks=distributed_callbacks() if ranks else None,
+    )
     return trainer, sampler, g
 
 
@@ -131,8 +136,12 @@ def _train_kinds(kinds: tuple[str, ...], steps: int) -> dict[str, Any]:
                 for p in parameters_of(trainer.meta_params):
                     p.add_(1.0)
         results = trainer.fit(sampler, steps)
-        out[kind] = {"params": flat(trainer), "losses": [r.metrics["loss"] for r in results],
-                     "n_tasks": [r.metrics["n_tasks"] for r in results], "sync": in_sync(trainer)}
+        out[kind] = {
+            "params": flat(trainer),
+            "losses": [r.metrics["loss"] for r in results],
+            "n_tasks": [r.metrics["n_tasks"] for r in results],
+            "sync": in_sync(trainer),
+        }
     return out
 
 
@@ -355,9 +364,28 @@ def test_cli_train_nproc_2_matches_one_process(tmp_path) -> None:
     from safetensors.torch import load_file
 
     def run(d, *extra):
-        cmd = [sys.executable, "-m", "metafit", "train", "--dataset", "sinusoid", "--algo", "maml", "--steps", "6",
-               "--path", "loop", "--run-dir", str(d), "--quiet", "--set", "train.checkpoint_every=6",
-               "--set", "data.eval_tasks=5", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "metafit",
+            "train",
+            "--dataset",
+            "sinusoid",
+            "--algo",
+            "maml",
+            "--steps",
+            "6",
+            "--path",
+            "loop",
+            "--run-dir",
+            str(d),
+            "--quiet",
+            "--set",
+            "train.checkpoint_every=6",
+            "--set",
+            "data.eval_tasks=5",
+            *extra,
+        ]
         subprocess.run(cmd, check=True, timeout=240, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
         return load_file(str(d / "checkpoints" / "step_000006.safetensors"))
 

@@ -56,7 +56,10 @@ def test_divergence_guard_raises_before_touching_parameters() -> None:
     batch = SinusoidTasks(k_shot=5, generator=generator(0)).sample_batch(2)
     tr.step(batch)
     before = {k: v.detach().clone() for k, v in tr.meta_params["model"].items()}
-    state_before = {k: {kk: vv.clone() if torch.is_tensor(vv) else vv for kk, vv in v.items()} for k, v in tr.optimizer.state_dict()["state"].items()}
+    state_before = {
+        k: {kk: vv.clone() if torch.is_tensor(vv) else vv for kk, vv in v.items()}
+        for k, v in tr.optimizer.state_dict()["state"].items()
+    }
     # finite data whose squared error overflows float32: the loss is inf
     bad = type(batch)(batch.support_x, batch.support_y, batch.query_x, batch.query_y * 1e30)
     with pytest.raises(DivergenceError, match="step 2"):
@@ -146,14 +149,19 @@ def _assert_compiled_path_matches_loop(algo, model: nn.Module, batch, path: str)
     assert m_comp["loss"] == pytest.approx(m_loop["loss"], rel=1e-12)
 
 
-@pytest.mark.parametrize(("make_algo", "norm"), [
-    (lambda: MetaSGD(inner_lr=0.1, inner_steps=2), "task"),  # 2nd order through 2 steps, learned rates
-    pytest.param(lambda: MetaSGD(inner_lr=0.1, inner_steps=2), "batchnorm", marks=pytest.mark.slow),
-    pytest.param(lambda: MAML(inner_lr=0.1, inner_steps=2), "batchnorm", marks=pytest.mark.slow),
-    pytest.param(lambda: MAML(inner_lr=0.1, first_order=True), "task", marks=pytest.mark.slow),
-], ids=["metasgd2-tasknorm", "metasgd2-batchnorm", "maml2-batchnorm", "fomaml-tasknorm"])
+@pytest.mark.parametrize(
+    ("make_algo", "norm"),
+    [
+        (lambda: MetaSGD(inner_lr=0.1, inner_steps=2), "task"),  # 2nd order through 2 steps, learned rates
+        pytest.param(lambda: MetaSGD(inner_lr=0.1, inner_steps=2), "batchnorm", marks=pytest.mark.slow),
+        pytest.param(lambda: MAML(inner_lr=0.1, inner_steps=2), "batchnorm", marks=pytest.mark.slow),
+        pytest.param(lambda: MAML(inner_lr=0.1, first_order=True), "task", marks=pytest.mark.slow),
+    ],
+    ids=["metasgd2-tasknorm", "metasgd2-batchnorm", "maml2-batchnorm", "fomaml-tasknorm"],
+)
 def test_compile_path_gives_the_loop_meta_gradient(make_algo, norm: str) -> None:
-    # Each compile takes ~1 min on 2 cores, so only Meta-SGD runs by default. The torch.compile path traces the inner gradients with torch.func.grad: the meta-gradient,
+    # Each compile takes ~1 min on 2 cores, so only Meta-SGD runs by default. The torch.compile
+    # path traces the inner gradients with torch.func.grad: the meta-gradient,
     # second order included, must equal the eager loop's (float64; metafit's TaskBatchNorm or
     # torch's BatchNorm2d inside).
     model = seeded(0, lambda: TinyConv(norm=norm)).double()
@@ -168,10 +176,13 @@ def test_compile_path_through_batch_norm_relu_max_pool_gives_the_loop_meta_gradi
     _assert_compiled_path_matches_loop(MAML(inner_lr=0.1, inner_steps=1), model, image_tasks(2, side=16), "compile")
 
 
-@pytest.mark.parametrize("case", [
-    "mlp-maml2",  # the sinusoid MLP, second order through 2 inner steps
-    pytest.param("conv-maml2-tasknorm", marks=pytest.mark.slow),  # ~3 min to compile on 2 cores
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "mlp-maml2",  # the sinusoid MLP, second order through 2 inner steps
+        pytest.param("conv-maml2-tasknorm", marks=pytest.mark.slow),  # ~3 min to compile on 2 cores
+    ],
+)
 def test_vmap_compile_path_gives_the_loop_meta_gradient(case: str) -> None:
     # One torch.compile graph of the vmapped batch loss: the meta-gradient must equal the eager
     # loop's in float64, with no graph break.
@@ -195,7 +206,9 @@ def test_trainer_accepts_the_compile_paths_and_names_bad_ones() -> None:
     model = MLP(1, (8,), 1)
     assert Trainer(MAML(criterion="mse"), model, path="compile").path == "compile"
     assert Trainer(MAML(criterion="mse"), model, path="vmap_compile").path == "vmap_compile"
-    with pytest.raises(ValueError, match=r"path must be 'vmap', 'loop', 'compile', 'vmap_compile' or 'auto', got 'fast'"):
+    with pytest.raises(
+        ValueError, match=r"path must be 'vmap', 'loop', 'compile', 'vmap_compile' or 'auto', got 'fast'"
+    ):
         Trainer(MAML(criterion="mse"), model, path="fast")
 
 

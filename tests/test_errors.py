@@ -7,16 +7,18 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 import metafit.app.runs as runs
-from metafit.checkpoint import latest_checkpoint, load_checkpoint
 from metafit.app.cli import main
 from metafit.app.config import RunConfig
+from metafit.checkpoint import latest_checkpoint, load_checkpoint
 from metafit.data.task import TaskBatch
 
-TINY = {"data": {"eval_tasks": 4, "tasks_per_batch": 2}, "model": {"hidden": [8]},
-        "train": {"steps": 6, "checkpoint_every": 3, "num_threads": 1}}
+TINY = {
+    "data": {"eval_tasks": 4, "tasks_per_batch": 2},
+    "model": {"hidden": [8]},
+    "train": {"steps": 6, "checkpoint_every": 3, "num_threads": 1},
+}
 
 
 def _err(capsys: pytest.CaptureFixture[str]) -> str:
@@ -45,7 +47,9 @@ def test_nan_in_training_data_names_the_step_and_keeps_checkpoints(run: Path, mo
     monkeypatch.setattr(runs, "train_batches", poisoned)
     before = load_checkpoint(run)
     with pytest.raises(ValueError, match=r"task batch for step 8: query_y contains 1 non-finite value"):
-        runs.train(RunConfig.from_dict({**TINY, "train": {**TINY["train"], "steps": 12}}), run, resume=True, progress=False)
+        runs.train(
+            RunConfig.from_dict({**TINY, "train": {**TINY["train"], "steps": 12}}), run, resume=True, progress=False
+        )
     assert load_checkpoint(run).meta["tensors_sha256"] == before.meta["tensors_sha256"]
 
 
@@ -104,8 +108,13 @@ def test_unknown_config_key_in_file(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def _omniglot_cfg(data_root: Path, **data: object) -> RunConfig:
-    return RunConfig.from_dict({"data": {"dataset": "omniglot", "data_root": str(data_root), "eval_tasks": 2, **data},
-                                "model": {"width": 4}, "train": {"steps": 1, "num_threads": 1}})
+    return RunConfig.from_dict(
+        {
+            "data": {"dataset": "omniglot", "data_root": str(data_root), "eval_tasks": 2, **data},
+            "model": {"width": 4},
+            "train": {"steps": 1, "num_threads": 1},
+        }
+    )
 
 
 def test_omniglot_n_way_larger_than_classes(data_root: Path, tmp_path: Path) -> None:
@@ -123,8 +132,18 @@ def test_omniglot_shots_plus_queries_larger_than_class(data_root: Path, tmp_path
 
 def test_omniglot_missing_or_damaged_zip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "data" / "omniglot").mkdir(parents=True)
-    argv = ["train", "--dataset", "omniglot", "--data-root", str(tmp_path / "data"), "--steps", "1", "--quiet",
-            "--run-dir", str(tmp_path / "r")]
+    argv = [
+        "train",
+        "--dataset",
+        "omniglot",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--steps",
+        "1",
+        "--quiet",
+        "--run-dir",
+        str(tmp_path / "r"),
+    ]
     pytest.importorskip("metafit.data.omniglot")
     assert main(argv) == 2
     assert "images_background" in _err(capsys)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from metafit import MAML, MetaSGD, ProtoNet, evaluate, seeded, sinusoid_eval_tasks, summarize
+from metafit import MetaSGD, ProtoNet, evaluate, seeded, sinusoid_eval_tasks, summarize
 from metafit.models import MLP, Conv4
 from tests.conftest import image_tasks
 

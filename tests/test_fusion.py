@@ -66,7 +66,9 @@ def test_fusion_weights_are_learned_and_help() -> None:
         trainer.step(_tasks(8, k=1, seed=100 + i))
     learned = trainer.meta_params["model"]
     assert not torch.allclose(learned["log_scale"], init["log_scale"])
-    assert float(learned["log_scale"][0].detach()) > float(learned["log_scale"][2].detach())  # trusts the good model more
+    assert float(learned["log_scale"][0].detach()) > float(
+        learned["log_scale"][2].detach()
+    )  # trusts the good model more
     assert not torch.equal(learned["attention.2.weight"], init["attention.2.weight"])
 
 
@@ -128,9 +130,12 @@ def test_baselines_shapes_and_sanity(k: int) -> None:
 
 
 def test_fuse_raw_inputs_and_embed_tasks() -> None:
-    nets = [seeded(i, lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 4 + i))).double() for i in range(2)]
+    nets = [seeded(i, lambda i=i: nn.Sequential(nn.Flatten(), nn.Linear(16, 4 + i))).double() for i in range(2)]
     g = torch.Generator().manual_seed(0)
-    sx, qx = torch.randn(6, 1, 4, 4, generator=g, dtype=torch.float64), torch.randn(4, 1, 4, 4, generator=g, dtype=torch.float64)
+    sx, qx = (
+        torch.randn(6, 1, 4, 4, generator=g, dtype=torch.float64),
+        torch.randn(4, 1, 4, 4, generator=g, dtype=torch.float64),
+    )
     sy = torch.arange(3).repeat(2)
     head = FusionHead(2).double()
     logits = fuse(nets, head, None, sx, sy, qx, n_way=3)
@@ -164,10 +169,13 @@ def test_meta_train_and_compare_on_embedded_tasks() -> None:
     from metafit.fusion import FUSION_METHOD, compare_fusion, meta_train_fusion
 
     pool = list(_tasks(24, k=2, seed=11))
-    head, mp, losses = meta_train_fusion(pool, 3, steps=15, generator=generator(0), tasks_per_batch=8, lr=5e-2,
-                                         head=FusionHead(3).double())
+    head, mp, losses = meta_train_fusion(
+        pool, 3, steps=15, generator=generator(0), tasks_per_batch=8, lr=5e-2, head=FusionHead(3).double()
+    )
     assert len(losses) == 15 and losses[-1] < losses[0]
-    torch.testing.assert_close(head.log_scale.detach(), mp["model"]["log_scale"].detach())  # head holds the trained values
+    torch.testing.assert_close(
+        head.log_scale.detach(), mp["model"]["log_scale"].detach()
+    )  # head holds the trained values
     cmp = compare_fusion(FusionLearner(), head, mp, _tasks(10, k=2, seed=12))
     assert len(cmp.best_single_choice) == 10 and len(cmp.fusion_nll) == 10
     s = cmp.summary()
@@ -180,8 +188,8 @@ def test_meta_train_and_compare_on_embedded_tasks() -> None:
 
 
 def test_load_fusion_refuses_other_checkpoints(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from metafit.checkpoint import save_checkpoint
     from metafit.app.fuse import load_fusion
+    from metafit.checkpoint import save_checkpoint
 
     path = save_checkpoint(tmp_path, 1, {"meta/model/w": torch.zeros(2)}, {"config": {}})
     with pytest.raises(ValueError, match="is not a fusion checkpoint: expected kind 'metafit-fusion-1'"):

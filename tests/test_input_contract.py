@@ -54,16 +54,27 @@ def test_adapt_refuses_a_non_positive_lr(sine) -> None:
 def test_inner_loop_settings_for_a_learner_without_one_are_refused() -> None:
     model = seeded(0, lambda: Conv4(1, None, width=4, image_size=16))
     algo = ProtoNet()
-    t = TaskBatch(torch.rand(2, 3, 1, 16, 16), torch.arange(3).expand(2, 3), torch.rand(2, 3, 1, 16, 16),
-                  torch.arange(3).expand(2, 3), n_way=3)
-    with pytest.raises(ValueError, match="steps, lr and curve_steps are inner-loop settings, but ProtoNet has no inner loop"):
+    t = TaskBatch(
+        torch.rand(2, 3, 1, 16, 16),
+        torch.arange(3).expand(2, 3),
+        torch.rand(2, 3, 1, 16, 16),
+        torch.arange(3).expand(2, 3),
+        n_way=3,
+    )
+    with pytest.raises(
+        ValueError, match="steps, lr and curve_steps are inner-loop settings, but ProtoNet has no inner loop"
+    ):
         evaluate(algo, model, algo.init(model), t, steps=3)
 
 
 @pytest.mark.parametrize("where", ["support_x", "support_y", "query_x", "query_y"])
 def test_non_finite_values_are_refused_when_a_task_is_built(where: str) -> None:
-    parts = {"support_x": torch.zeros(4, 1), "support_y": torch.zeros(4, 1), "query_x": torch.zeros(3, 1),
-             "query_y": torch.zeros(3, 1)}
+    parts = {
+        "support_x": torch.zeros(4, 1),
+        "support_y": torch.zeros(4, 1),
+        "query_x": torch.zeros(3, 1),
+        "query_y": torch.zeros(3, 1),
+    }
     parts[where][1, 0] = float("nan")
     with pytest.raises(ValueError, match=rf"^{where} contains 1 non-finite value\(s\) \(NaN or inf\); expected finite"):
         Task(**parts)
@@ -90,8 +101,11 @@ def test_an_input_that_does_not_fit_a_metafit_backbone_names_both_shapes() -> No
     model = seeded(0, lambda: MLP(1, (8,), 1))
     algo = MAML(inner_lr=0.01, criterion="mse")
     task = Task(torch.zeros(5, 3), torch.zeros(5, 1), torch.zeros(4, 3), torch.zeros(4, 1))
-    with pytest.raises(ValueError, match=r"input of per-example shape \(3,\) does not fit MLP, which expects per-example "
-                                         r"shape \(1,\) \(full input shape \(5, 3\)\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"input of per-example shape \(3,\) does not fit MLP, which expects per-example "
+        r"shape \(1,\) \(full input shape \(5, 3\)\)",
+    ):
         meta_gradients(algo, model, algo.init(model), {}, [task])
 
 
@@ -107,8 +121,11 @@ def test_an_input_that_does_not_fit_any_plain_module_names_the_shape() -> None:
     model = Net()
     algo = MAML(inner_lr=0.01, criterion="mse")
     task = Task(torch.zeros(5, 7), torch.zeros(5, 1), torch.zeros(4, 7), torch.zeros(4, 1))
-    with pytest.raises(ValueError, match=r"input of per-example shape \(7,\) does not fit Net \(full input shape \(5, 7\)\): "
-                                         r"mat1 and mat2 shapes cannot be multiplied"):
+    with pytest.raises(
+        ValueError,
+        match=r"input of per-example shape \(7,\) does not fit Net \(full input shape \(5, 7\)\): "
+        r"mat1 and mat2 shapes cannot be multiplied",
+    ):
         meta_gradients(algo, model, algo.init(model), {}, [task])
 
 
@@ -116,8 +133,11 @@ def test_regression_targets_that_do_not_match_the_output_are_refused() -> None:
     model = seeded(0, lambda: MLP(1, (8,), 1))
     algo = MAML(inner_lr=0.01, criterion="mse")
     task = Task(torch.zeros(5, 1), torch.zeros(5, 2), torch.zeros(4, 1), torch.zeros(4, 2))
-    with pytest.raises(ValueError, match=r"targets must match the model's output shape \(5, 1\) \(one target per output\), "
-                                         r"got shape \(5, 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"targets must match the model's output shape \(5, 1\) \(one target per output\), "
+        r"got shape \(5, 2\)",
+    ):
         meta_gradients(algo, model, algo.init(model), {}, [task])
 
 
@@ -125,21 +145,31 @@ def test_class_labels_outside_the_head_are_refused() -> None:
     model = seeded(0, lambda: MLP(2, (8,), 5))
     algo = MAML(inner_lr=0.1)
     task = Task(torch.zeros(6, 2), torch.tensor([0, 1, 2, 3, 4, 7]), torch.zeros(2, 2), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match=r"labels must hold class labels in 0..4 \(the model's output has 5 classes\), "
-                                         r"got labels in 0..7"):
+    with pytest.raises(
+        ValueError,
+        match=r"labels must hold class labels in 0..4 \(the model's output has 5 classes\), "
+        r"got labels in 0..7",
+    ):
         meta_gradients(algo, model, algo.init(model), {}, [task])
 
 
 def test_protonet_labels_outside_the_task_are_refused() -> None:
     model = seeded(0, lambda: Conv4(1, None, width=4, image_size=16))
-    task = Task(torch.rand(3, 1, 16, 16), torch.tensor([0, 1, 5]), torch.rand(3, 1, 16, 16), torch.tensor([0, 1, 2]), n_way=3)
-    with pytest.raises(ValueError, match=r"support_y must hold class labels in 0..2 \(the task has 3 classes\), got labels in 0..5"):
+    task = Task(
+        torch.rand(3, 1, 16, 16), torch.tensor([0, 1, 5]), torch.rand(3, 1, 16, 16), torch.tensor([0, 1, 2]), n_way=3
+    )
+    with pytest.raises(
+        ValueError, match=r"support_y must hold class labels in 0..2 \(the task has 3 classes\), got labels in 0..5"
+    ):
         ProtoNet().loss(model, ProtoNet().init(model), {}, task)
 
 
 def test_reptile_refuses_zero_inner_steps() -> None:
-    with pytest.raises(ValueError, match=r"inner_steps must be >= 1 for Reptile, got 0: with no inner step phi = theta and "
-                                         r"the meta-gradient theta - phi is exactly zero forever"):
+    with pytest.raises(
+        ValueError,
+        match=r"inner_steps must be >= 1 for Reptile, got 0: with no inner step phi = theta and "
+        r"the meta-gradient theta - phi is exactly zero forever",
+    ):
         Reptile(inner_steps=0)
 
 
@@ -149,8 +179,22 @@ def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_bad_inputs_exit_2_with_one_line_and_write_nothing(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    ok = _cli("train", "--dataset", "sinusoid", "--algo", "maml", "--steps", "2", "--run-dir", str(run), "--quiet",
-              "--set", "data.eval_tasks=3", "--path", "loop")
+    ok = _cli(
+        "train",
+        "--dataset",
+        "sinusoid",
+        "--algo",
+        "maml",
+        "--steps",
+        "2",
+        "--run-dir",
+        str(run),
+        "--quiet",
+        "--set",
+        "data.eval_tasks=3",
+        "--path",
+        "loop",
+    )
     assert ok.returncode == 0, ok.stderr
     before = sorted(p.name for p in run.rglob("*"))
     cases = [

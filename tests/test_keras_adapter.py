@@ -19,8 +19,14 @@ pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="Kera
 
 def _pair() -> tuple[KerasModule, MLP]:
     keras.utils.set_random_seed(0)
-    net = keras.Sequential([keras.Input((1,)), keras.layers.Dense(16, activation="relu"),
-                            keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    net = keras.Sequential(
+        [
+            keras.Input((1,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(1),
+        ]
+    )
     km = KerasModule(net)
     tm = MLP(1, (16, 16), 1)
     kv = [p.detach() for p in km.parameters()]  # kernel (in, out), bias, ...
@@ -40,7 +46,10 @@ def test_keras_model_meta_gradient_equals_torch_mlp(first_order: bool) -> None:
     gt, mt = meta_gradients(algo, tm, algo.init(tm), {}, batch, path="loop")
     assert mk["loss"] == pytest.approx(mt["loss"], rel=1e-5)
     names_k = list(gk["model"])
-    grads_t = [gt["model"][n] for n in ("body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias", "head.weight", "head.bias")]
+    grads_t = [
+        gt["model"][n]
+        for n in ("body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias", "head.weight", "head.bias")
+    ]
     for nk, g_t in zip(names_k, grads_t):
         g_k = gk["model"][nk]
         torch.testing.assert_close(g_k.T if g_k.dim() == 2 else g_k, g_t, rtol=1e-4, atol=1e-6)

@@ -10,7 +10,8 @@ import sys
 import metafit
 
 CORE = sorted(
-    m.name for m in pkgutil.walk_packages(metafit.__path__, "metafit.")
+    m.name
+    for m in pkgutil.walk_packages(metafit.__path__, "metafit.")
     if not m.name.startswith("metafit.app") and m.name != "metafit.__main__"
 )
 

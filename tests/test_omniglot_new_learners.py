@@ -59,7 +59,9 @@ def test_mamlpp_beats_chance_on_small_omniglot_slice(slices: tuple) -> None:
     model = seeded(0, lambda: Conv4(1, 5, width=16, downsample="stride"))
     algo = MAMLPlusPlus(inner_lr=0.4, inner_steps=2, msl_iterations=10, first_order_iterations=10, eval_inner_steps=3)
     tr = Trainer(algo, model, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), path="loop")
-    tr.fit(EpisodeSampler(train, 5, 1, 5, tasks_per_batch=2, generator=generator(1)), 30, callbacks=[iteration_callback()])
+    tr.fit(
+        EpisodeSampler(train, 5, 1, 5, tasks_per_batch=2, generator=generator(1)), 30, callbacks=[iteration_callback()]
+    )
     assert tr.algorithm.iteration == 10  # type: ignore[attr-defined]
     _check(evaluate(tr.algorithm, model, tr.meta_params, episodes).metrics["accuracy"], "mamlpp")
 
@@ -76,7 +78,8 @@ def pretrained(slices: tuple) -> tuple:
 
 
 @pytest.mark.parametrize(
-    "head", [LogisticRegressionHead(), CosineClassifierHead(), NearestCentroidHead(), FineTune()],
+    "head",
+    [LogisticRegressionHead(), CosineClassifierHead(), NearestCentroidHead(), FineTune()],
     ids=lambda h: type(h).__name__,
 )
 def test_pretrain_heads_beat_chance_on_small_omniglot_slice(head: object, slices: tuple, pretrained: tuple) -> None:

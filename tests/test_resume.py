@@ -13,16 +13,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from metafit.checkpoint import latest_checkpoint, load_checkpoint
 from metafit.app.config import RunConfig, save_config
 from metafit.app.runs import read_metrics, train
+from metafit.checkpoint import latest_checkpoint, load_checkpoint
 
 TINY = {
     "data": {"dataset": "sinusoid", "k_shot": 5, "n_query": 5, "tasks_per_batch": 2, "eval_tasks": 4, "val_tasks": 4},
     "model": {"hidden": [8, 8]},
     "algo": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1},
-    "train": {"steps": 200, "checkpoint_every": 7, "log_every": 5, "keep_last": 2, "path": "loop",
-              "num_threads": 1, "seed": 3, "scheduler": "cosine"},
+    "train": {
+        "steps": 200,
+        "checkpoint_every": 7,
+        "log_every": 5,
+        "keep_last": 2,
+        "path": "loop",
+        "num_threads": 1,
+        "seed": 3,
+        "scheduler": "cosine",
+    },
 }
 
 
@@ -84,8 +92,18 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path) -> None:
 
 
 def test_resume_in_process_extends_run_exactly(tmp_path: Path) -> None:
-    base = RunConfig.from_dict({**TINY, "train": {**TINY["train"], "steps": 30, "eval_every": 10, "scheduler": "step",
-                                                  "scheduler_kwargs": {"step_size": 7, "gamma": 0.9}}})
+    base = RunConfig.from_dict(
+        {
+            **TINY,
+            "train": {
+                **TINY["train"],
+                "steps": 30,
+                "eval_every": 10,
+                "scheduler": "step",
+                "scheduler_kwargs": {"step_size": 7, "gamma": 0.9},
+            },
+        }
+    )
     longer = base.replace(train={"steps": 50})
     train(base, tmp_path / "a", progress=False)
     r = train(longer, tmp_path / "a", resume=True, progress=False)

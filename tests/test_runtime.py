@@ -25,7 +25,9 @@ print(applied, round(rss_mb() - before))
 
 
 def _freed_mb_kept(mode: str) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True
+    ).stdout.split()
     return out[0], int(out[1])
 
 

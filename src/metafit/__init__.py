@@ -5,7 +5,15 @@ The public API is re-exported here; implementation lives in the submodules.
 
 from metafit.algorithms import ANIL, MAML, Algorithm, MetaParams, MetaSGD, ProtoNet, Reptile
 from metafit.data import SinusoidTasks, Task, TaskBatch, sinusoid_eval_tasks, stack_tasks
-from metafit.engine import Callback, DivergenceError, DivergenceGuard, Trainer, choose_path, meta_backward, meta_gradients
+from metafit.engine import (
+    Callback,
+    DivergenceError,
+    DivergenceGuard,
+    Trainer,
+    choose_path,
+    meta_backward,
+    meta_gradients,
+)
 from metafit.evaluation import EvalResult, Summary, evaluate, summarize
 from metafit.functional import apply, buffers_of, params_of
 from metafit.seeding import generator, seeded

@@ -22,6 +22,7 @@ golden-section search over ``log T``, on which the NLL is unimodal because it is
 
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import asdict, dataclass
 
@@ -200,8 +201,15 @@ def calibration_metrics(
     else:
         nll, brier, ece, acc = _metrics(logp.reshape(-1, logp.shape[-1]), y.reshape(-1), n_bins)
     return CalibrationResult(
-        nll=nll, brier=brier, ece=ece, accuracy=acc, n_bins=n_bins, binning="equal-width",
-        pooling="per-episode" if per_episode else "pooled", n_queries=int(y.numel()), n_episodes=n_ep,
+        nll=nll,
+        brier=brier,
+        ece=ece,
+        accuracy=acc,
+        n_bins=n_bins,
+        binning="equal-width",
+        pooling="per-episode" if per_episode else "pooled",
+        n_queries=int(y.numel()),
+        n_episodes=n_ep,
         diagram=reliability_diagram(scores, labels, n_bins=n_bins, from_logits=from_logits),
     )
 
@@ -265,8 +273,11 @@ def fit_temperature(validation_logits: Tensor, validation_labels: Tensor, *, tol
     log_t = (a + b) / 2.0
     at_bound = min(log_t - LOG_T_BOUNDS[0], LOG_T_BOUNDS[1] - log_t) < 1e-3
     return TemperatureFit(
-        temperature=math.exp(log_t), nll_before=_nll_at(z, y, 0.0), nll_after=_nll_at(z, y, log_t),
-        at_bound=bool(at_bound), n_queries=int(y.numel()),
+        temperature=math.exp(log_t),
+        nll_before=_nll_at(z, y, 0.0),
+        nll_after=_nll_at(z, y, log_t),
+        at_bound=bool(at_bound),
+        n_queries=int(y.numel()),
     )
 
 
@@ -294,7 +305,9 @@ def calibrate_with_temperature(
     """
     fit = fit_temperature(validation_logits, validation_labels)
     before = calibration_metrics(test_logits, test_labels, n_bins=n_bins, per_episode=per_episode)
-    after = calibration_metrics(apply_temperature(test_logits, fit), test_labels, n_bins=n_bins, per_episode=per_episode)
+    after = calibration_metrics(
+        apply_temperature(test_logits, fit), test_labels, n_bins=n_bins, per_episode=per_episode
+    )
     return fit, before, after
 
 
@@ -334,13 +347,19 @@ def query_logits(
             assert isinstance(algorithm, GradientLearner)
             settings = algorithm.eval_settings()
             mp = clone_meta_params(meta_params, requires_grad=True)
-            params = None
-            for params in algorithm.adapt_steps(
-                model, mp, buffers, task.support_x, task.support_y,
-                steps=settings.steps if steps is None else steps, lr=settings.lr if lr is None else lr,
-                create_graph=False,
-            ):
-                pass
+            params = collections.deque(
+                algorithm.adapt_steps(
+                    model,
+                    mp,
+                    buffers,
+                    task.support_x,
+                    task.support_y,
+                    steps=settings.steps if steps is None else steps,
+                    lr=settings.lr if lr is None else lr,
+                    create_graph=False,
+                ),
+                maxlen=1,
+            )[0]  # the last step's parameters
             with torch.no_grad():
                 logits = algorithm.predict(model, mp, buffers, params, task.query_x)
         else:

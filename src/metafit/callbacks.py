@@ -114,8 +114,17 @@ class JsonlLog(Callback):
         s = result.step
         if s % self.every == 0 or s == self.total_steps:
             metrics = {k: v for k, v in result.metrics.items() if k != "n_tasks"}
-            self.write({"kind": "train", "step": s, **metrics, "lr": result.lr, "seconds": result.seconds,
-                        "train_seconds": trainer.train_seconds, "path": trainer.resolved_path})
+            self.write(
+                {
+                    "kind": "train",
+                    "step": s,
+                    **metrics,
+                    "lr": result.lr,
+                    "seconds": result.seconds,
+                    "train_seconds": trainer.train_seconds,
+                    "path": trainer.resolved_path,
+                }
+            )
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self.close()
@@ -190,13 +199,21 @@ class Validation(Callback):
         else:
             res = evaluate(trainer.algorithm, trainer.model, trainer.meta_params, self.tasks, buffers=trainer.buffers)
         s = res.metrics[self.metric]
-        row = {"kind": self.kind, "step": trainer.step_count, "train_seconds": trainer.train_seconds,
-               self.metric: s.mean, f"{self.metric}_ci95": s.ci95, "episodes": s.n}
+        row = {
+            "kind": self.kind,
+            "step": trainer.step_count,
+            "train_seconds": trainer.train_seconds,
+            self.metric: s.mean,
+            f"{self.metric}_ci95": s.ci95,
+            "episodes": s.n,
+        }
         self.history.append(row)
         if self.sink is not None:
             self.sink(row)
-        if self.select and math.isfinite(s.mean) and (
-            self.best_value is None or (s.mean > self.best_value if self.higher else s.mean < self.best_value)
+        if (
+            self.select
+            and math.isfinite(s.mean)
+            and (self.best_value is None or (s.mean > self.best_value if self.higher else s.mean < self.best_value))
         ):
             self.best_step, self.best_value = trainer.step_count, s.mean
 
@@ -267,8 +284,13 @@ class Checkpointing(Callback):
         extra = self.meta() if callable(self.meta) else dict(self.meta or {})
         best_step = self.best.best_step if self.best is not None else None
         meta.update(extra)
-        meta.update({"metrics": self.metrics, "best_step": best_step,
-                     "best_value": self.best.best_value if self.best is not None else None})
+        meta.update(
+            {
+                "metrics": self.metrics,
+                "best_step": best_step,
+                "best_value": self.best.best_value if self.best is not None else None,
+            }
+        )
         if self.best is not None:
             meta["callbacks"][type(self.best).__name__] = self.best.state_dict()
         self.last = save_checkpoint(self.folder, trainer.step_count, tensors, meta)
@@ -289,7 +311,12 @@ class TimeBudget(Callback):
     """Stops training once :attr:`Trainer.train_seconds` reaches ``seconds`` (all ranks together)."""
 
     def __init__(self, seconds: float) -> None:
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, (int, float))
+            or not math.isfinite(seconds)
+            or seconds <= 0
+        ):
             raise ValueError(f"seconds must be a finite number > 0, got {seconds!r}")
         self.seconds = float(seconds)
 
@@ -311,7 +338,9 @@ class ProgressBar(Callback):
         if is_main_process():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.total, initial=trainer.step_count, desc=self.desc, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(
+                total=self.total, initial=trainer.step_count, desc=self.desc, unit="step", dynamic_ncols=True
+            )
 
     def on_step_end(self, trainer: Trainer, result: StepResult) -> None:
         if self.bar is not None:
@@ -375,7 +404,9 @@ class LearnerSchedule(Callback):
     def on_batch(self, trainer: Trainer, batch: Any) -> Any:
         at = getattr(trainer.algorithm, "at_iteration", None)
         if at is None:
-            raise TypeError(f"LearnerSchedule needs a learner with at_iteration(i), got {type(trainer.algorithm).__name__}")
+            raise TypeError(
+                f"LearnerSchedule needs a learner with at_iteration(i), got {type(trainer.algorithm).__name__}"
+            )
         trainer.algorithm = at(trainer.step_count)
         return batch
 
@@ -389,5 +420,3 @@ class StepHook(Callback):
     def on_batch(self, trainer: Trainer, batch: Any) -> Any:
         self.fn(trainer)
         return batch
-
-

@@ -78,7 +78,7 @@ class Checkpoint:
     def group(self, prefix: str) -> dict[str, Tensor]:
         """Tensors whose key starts with ``prefix + "/"``, with the prefix stripped."""
         p = prefix + "/"
-        return {k[len(p):]: v for k, v in self.tensors.items() if k.startswith(p)}
+        return {k[len(p) :]: v for k, v in self.tensors.items() if k.startswith(p)}
 
 
 # -- fingerprints --------------------------------------------------------------------------
@@ -109,9 +109,7 @@ def check_fingerprint(expected: list[list[Any]], actual: list[list[Any]], *, whe
     for k in sorted(e.keys() & a.keys()):
         if e[k] != a[k] and len(problems) < 6:
             problems.append(f"{k}: expected shape {list(e[k][0])} {e[k][1]}, checkpoint has {list(a[k][0])} {a[k][1]}")
-    raise ValueError(
-        f"checkpoint {where} was written for a different architecture: " + "; ".join(problems)
-    )
+    raise ValueError(f"checkpoint {where} was written for a different architecture: " + "; ".join(problems))
 
 
 # -- packing nested state ----------------------------------------------------------------------
@@ -288,8 +286,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     sha = _sha256(data)
     if sha != meta["tensors_sha256"]:
         raise ValueError(
-            f"checkpoint tensor file {tp} was modified or damaged: expected sha256 {meta['tensors_sha256']}, "
-            f"got {sha}"
+            f"checkpoint tensor file {tp} was modified or damaged: expected sha256 {meta['tensors_sha256']}, got {sha}"
         )
     try:
         tensors = st_load(data)
@@ -303,7 +300,11 @@ def _is_valid(jp: Path) -> bool:
         meta = json.loads(jp.read_text(encoding="utf-8"))
         tp = jp.with_name(meta["tensors_file"])
         data = tp.read_bytes()
-        return meta.get("format") == FORMAT and len(data) == meta["tensors_bytes"] and _sha256(data) == meta["tensors_sha256"]
+        return (
+            meta.get("format") == FORMAT
+            and len(data) == meta["tensors_bytes"]
+            and _sha256(data) == meta["tensors_sha256"]
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -333,9 +334,7 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
     d = Path(folder)
     if not d.is_dir():
         return None
-    candidates = sorted(
-        ((int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name))), reverse=True
-    )
+    candidates = sorted(((int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name))), reverse=True)
     for _, p in candidates:
         if _is_valid(p):
             return p
@@ -377,7 +376,9 @@ def prune_checkpoints(folder: str | Path, keep_last: int, keep: set[int] | None 
 # -- trainer state ---------------------------------------------------------------------------------
 
 
-def trainer_state(trainer: Any, *, generator: torch.Generator | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def trainer_state(
+    trainer: Any, *, generator: torch.Generator | None = None
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Tensors and JSON of everything needed to resume a :class:`metafit.engine.Trainer` exactly.
 
     The state does not depend on the number of processes that produced it: meta-parameters
@@ -398,7 +399,9 @@ def trainer_state(trainer: Any, *, generator: torch.Generator | None = None) -> 
         "path": trainer.resolved_path,
         "path_report": {k: v for k, v in trainer.path_report.items() if isinstance(v, (str, int, float, bool))},
         "optimizer": pack_state(trainer.optimizer.state_dict(), "optim", tensors),
-        "scheduler": pack_state(trainer.scheduler.state_dict(), "sched", tensors) if trainer.scheduler is not None else None,
+        "scheduler": pack_state(trainer.scheduler.state_dict(), "sched", tensors)
+        if trainer.scheduler is not None
+        else None,
         "train_seconds": trainer.train_seconds,
         "fingerprint": fingerprint(flat),
         "callbacks": {type(cb).__name__: cb.state_dict() for cb in trainer.callbacks if cb.state_dict()},
@@ -407,8 +410,9 @@ def trainer_state(trainer: Any, *, generator: torch.Generator | None = None) -> 
     return tensors, meta
 
 
-def restore_trainer(ck: Checkpoint, trainer: Any, *, generator: torch.Generator | None = None,
-                    callbacks: Any = ()) -> None:
+def restore_trainer(
+    ck: Checkpoint, trainer: Any, *, generator: torch.Generator | None = None, callbacks: Any = ()
+) -> None:
     """Restores what :func:`trainer_state` saved into ``trainer`` (and ``generator``, ``callbacks``).
 
     Raises:

@@ -241,7 +241,7 @@ def _paired_tests(d: np.ndarray) -> tuple[float, float, float, float]:
         # A constant non-zero difference (up to float rounding): the t statistic is infinite and
         # its p-value meaningless for few episodes; use the exact two-sided sign test instead,
         # p = 2 * 0.5^n (1 for one episode).
-        t_stat, t_p = math.copysign(math.inf, float(d.mean())), min(1.0, 2.0 * 0.5 ** d.size)
+        t_stat, t_p = math.copysign(math.inf, float(d.mean())), min(1.0, 2.0 * 0.5**d.size)
     else:
         r = st.ttest_rel(d, np.zeros_like(d))
         t_stat, t_p = float(r.statistic), float(r.pvalue)
@@ -254,8 +254,20 @@ def _fmt(x: float, scale: float) -> str:
 
 
 def _verdict(
-    run: str, reference: str, mean: float, low: float, high: float, significant: bool, alpha: float,
-    p_holm: float, test_name: str, scale: float, unit: str, higher_is_better: bool, level: float, extra: str = "",
+    run: str,
+    reference: str,
+    mean: float,
+    low: float,
+    high: float,
+    significant: bool,
+    alpha: float,
+    p_holm: float,
+    test_name: str,
+    scale: float,
+    unit: str,
+    higher_is_better: bool,
+    level: float,
+    extra: str = "",
 ) -> str:
     ci = f"{round(level * 100):d}% CI {_fmt(low, scale)} to {_fmt(high, scale)}"
     if not significant:
@@ -328,9 +340,7 @@ def compare_runs(
     arrays = {str(k): _as_1d(f"values[{k!r}]", v) for k, v in values.items()}
     lengths = {k: v.size for k, v in arrays.items()}
     if len(set(lengths.values())) != 1:
-        raise ValueError(
-            f"every run must be evaluated on the same episodes (same number of values), got {lengths}"
-        )
+        raise ValueError(f"every run must be evaluated on the same episodes (same number of values), got {lengths}")
     runs = []
     for name, v in arrays.items():
         m, lo, hi = t_interval(v, level)
@@ -354,13 +364,40 @@ def compare_runs(
     diffs = []
     for (k, m, lo, hi, t_s, t_p, w_s, w_p), p, pa in zip(raw, p_test, p_adj):
         sig = bool(pa <= alpha)
-        diffs.append(PairedDifference(
-            run=k, reference=ref, mean=m, low=lo, high=hi, n=int(arrays[k].size),
-            t_statistic=t_s, t_p=t_p, wilcoxon_statistic=w_s, wilcoxon_p=w_p, test=test, p_value=p,
-            p_holm=pa, significant=sig,
-            verdict=_verdict(k, ref, m, lo, hi, sig, alpha, pa, _TEST_NAMES[test], scale, unit, higher_is_better,
-                             level, f", {arrays[k].size} shared episodes"),
-        ))
+        diffs.append(
+            PairedDifference(
+                run=k,
+                reference=ref,
+                mean=m,
+                low=lo,
+                high=hi,
+                n=int(arrays[k].size),
+                t_statistic=t_s,
+                t_p=t_p,
+                wilcoxon_statistic=w_s,
+                wilcoxon_p=w_p,
+                test=test,
+                p_value=p,
+                p_holm=pa,
+                significant=sig,
+                verdict=_verdict(
+                    k,
+                    ref,
+                    m,
+                    lo,
+                    hi,
+                    sig,
+                    alpha,
+                    pa,
+                    _TEST_NAMES[test],
+                    scale,
+                    unit,
+                    higher_is_better,
+                    level,
+                    f", {arrays[k].size} shared episodes",
+                ),
+            )
+        )
     return Comparison(ref, rule, runs, diffs, alpha, level, test, "holm", float(scale), unit)
 
 
@@ -519,11 +556,20 @@ def compare_seeds(
         means = np.array([s.mean() for s in lst])
         m, lo, hi = t_interval(means, level)
         _, elo, ehi = t_interval(_episode_average(lst), level)
-        summaries.append(SeedGroupSummary(
-            name=name, n_seeds=len(lst), seed_means=means.tolist(), mean=m,
-            seed_std=float(means.std(ddof=1)) if means.size > 1 else 0.0, seed_low=lo, seed_high=hi,
-            episode_low=elo, episode_high=ehi, n_episodes=min(s.size for s in lst),
-        ))
+        summaries.append(
+            SeedGroupSummary(
+                name=name,
+                n_seeds=len(lst),
+                seed_means=means.tolist(),
+                mean=m,
+                seed_std=float(means.std(ddof=1)) if means.size > 1 else 0.0,
+                seed_low=lo,
+                seed_high=hi,
+                episode_low=elo,
+                episode_high=ehi,
+                n_episodes=min(s.size for s in lst),
+            )
+        )
     by_name = {s.name: s for s in summaries}
     if baseline is not None:
         if baseline not in seeds:
@@ -547,8 +593,9 @@ def compare_seeds(
                 raw.append((k, "seeds-paired", m, lo, hi, t_s, t_p, f"paired t-test over {a.size} matched seeds"))
             else:
                 m, lo, hi, t_s, t_p = _welch(a, b, level)
-                raw.append((k, "seeds-welch", m, lo, hi, t_s, t_p,
-                            f"Welch t-test over seeds, {a.size} vs {b.size} seeds"))
+                raw.append(
+                    (k, "seeds-welch", m, lo, hi, t_s, t_p, f"Welch t-test over seeds, {a.size} vs {b.size} seeds")
+                )
         else:
             ea, eb = _episode_average(seeds[k]), _episode_average(seeds[ref])
             if ea.shape != eb.shape:
@@ -559,19 +606,53 @@ def compare_seeds(
             d = ea - eb
             m, lo, hi = t_interval(d, level)
             t_s, t_p, _, _ = _paired_tests(d)
-            raw.append((k, "episodes-paired", m, lo, hi, t_s, t_p,
-                        f"paired t-test over {d.size} episodes; single seed, training-seed variance NOT measured"))
+            raw.append(
+                (
+                    k,
+                    "episodes-paired",
+                    m,
+                    lo,
+                    hi,
+                    t_s,
+                    t_p,
+                    f"paired t-test over {d.size} episodes; single seed, training-seed variance NOT measured",
+                )
+            )
     p_adj = holm([r[6] for r in raw])
     diffs = []
     for (k, how, m, lo, hi, t_s, t_p, words), pa in zip(raw, p_adj):
         sig = bool(pa <= alpha)
         test_name, _, extra = words.partition(",")
-        diffs.append(SeedDifference(
-            run=k, reference=ref, level_of_test=how, mean=m, low=lo, high=hi, statistic=t_s, p_value=t_p,
-            p_holm=pa, significant=sig,
-            verdict=_verdict(k, ref, m, lo, hi, sig, alpha, pa, test_name, scale, unit, higher_is_better, level,
-                             f",{extra}" if extra else ""),
-        ))
+        diffs.append(
+            SeedDifference(
+                run=k,
+                reference=ref,
+                level_of_test=how,
+                mean=m,
+                low=lo,
+                high=hi,
+                statistic=t_s,
+                p_value=t_p,
+                p_holm=pa,
+                significant=sig,
+                verdict=_verdict(
+                    k,
+                    ref,
+                    m,
+                    lo,
+                    hi,
+                    sig,
+                    alpha,
+                    pa,
+                    test_name,
+                    scale,
+                    unit,
+                    higher_is_better,
+                    level,
+                    f",{extra}" if extra else "",
+                ),
+            )
+        )
     return SeedComparison(ref, rule, summaries, diffs, alpha, level, bool(matched_seeds), float(scale), unit)
 
 
@@ -698,10 +779,8 @@ def class_bootstrap_ci(
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 100:
         raise ValueError(f"n_boot must be an int >= 100, got {n_boot!r}")
     level = _check_level(level)
-    x = torch.as_tensor(np.asarray(values.detach().cpu() if isinstance(values, Tensor) else values,
-                                   dtype=np.float64))
-    cls = torch.as_tensor(np.asarray(episode_classes.cpu() if isinstance(episode_classes, Tensor)
-                                     else episode_classes))
+    x = torch.as_tensor(np.asarray(values.detach().cpu() if isinstance(values, Tensor) else values, dtype=np.float64))
+    cls = torch.as_tensor(np.asarray(episode_classes.cpu() if isinstance(episode_classes, Tensor) else episode_classes))
     if x.dim() != 2:
         raise ValueError(
             f"values must be (E, N) per-(episode, class) values (see per_class_values), got shape {tuple(x.shape)}"
@@ -746,7 +825,17 @@ def class_bootstrap_ci(
     z = float(_stats().norm.ppf(0.5 + level / 2))
     _, plo, phi = t_interval(x.mean(1).numpy(), level)
     return ClassBootstrap(
-        mean=mean, low=float(low), high=float(high), pigeonhole_low=float(p_low), pigeonhole_high=float(p_high),
-        cluster_low=mean - z * math.sqrt(var), cluster_high=mean + z * math.sqrt(var),
-        plain_low=plo, plain_high=phi, n_episodes=e_n, n_classes=c_n, n_boot=n_boot, level=level,
+        mean=mean,
+        low=float(low),
+        high=float(high),
+        pigeonhole_low=float(p_low),
+        pigeonhole_high=float(p_high),
+        cluster_low=mean - z * math.sqrt(var),
+        cluster_high=mean + z * math.sqrt(var),
+        plain_low=plo,
+        plain_high=phi,
+        n_episodes=e_n,
+        n_classes=c_n,
+        n_boot=n_boot,
+        level=level,
     )

@@ -118,7 +118,9 @@ def _env_int(environ: Mapping[str, str], name: str) -> int:
     try:
         return int(environ[name])
     except KeyError:
-        raise RuntimeError(f"environment variable {name} is not set (start the job with torchrun or metafit.distributed.launch)") from None
+        raise RuntimeError(
+            f"environment variable {name} is not set (start the job with torchrun or metafit.distributed.launch)"
+        ) from None
     except ValueError:
         raise RuntimeError(f"environment variable {name} must be an integer, got {environ[name]!r}") from None
 
@@ -334,7 +336,9 @@ def allreduce_metrics(
         out.update({k: float(metrics[k]) for k in keys})
         out["n_tasks"] = float(n_local)
         return out
-    buf = torch.tensor([float(metrics[k]) * n_local for k in keys] + [float(n_local)], dtype=torch.float64, device=device)
+    buf = torch.tensor(
+        [float(metrics[k]) * n_local for k in keys] + [float(n_local)], dtype=torch.float64, device=device
+    )
     dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
     total = float(buf[-1])
     out.update({k: float(buf[i]) / total for i, k in enumerate(keys)})
@@ -399,7 +403,9 @@ class DistributedReduce(Callback):
     def on_gradients(self, trainer: Trainer, grads: list[Tensor], metrics: dict[str, float]) -> None:
         allreduce_sum(grads, self.group)
         device = grads[0].device if grads else torch.device("cpu")
-        reduced = allreduce_metrics(metrics, self._n_local or int(metrics.get("n_tasks", 0)), device=device, group=self.group)
+        reduced = allreduce_metrics(
+            metrics, self._n_local or int(metrics.get("n_tasks", 0)), device=device, group=self.group
+        )
         metrics.clear()
         metrics.update(reduced)
 
@@ -479,13 +485,22 @@ def launch(
         raise ValueError(f"nproc must be an int >= 1, got {nproc!r}")
     threads = threads or max(1, (os.cpu_count() or 1) // nproc)
     config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=nproc, rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0",
-        max_restarts=0, monitor_interval=0.1, start_method="spawn", rdzv_configs={"timeout": int(pg_timeout) + 30},
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",
+        max_restarts=0,
+        monitor_interval=0.1,
+        start_method="spawn",
+        rdzv_configs={"timeout": int(pg_timeout) + 30},
     )
     try:
         out = elastic_launch(config, _entry)(fn, threads, backend, pg_timeout, args)
     except ChildFailedError as e:
-        failures = [RankFailure(rank, f.exitcode, (f.message or "").strip() if isinstance(f.message, str)
-                                else str(f.message)) for rank, f in sorted(e.failures.items())]
+        failures = [
+            RankFailure(rank, f.exitcode, (f.message or "").strip() if isinstance(f.message, str) else str(f.message))
+            for rank, f in sorted(e.failures.items())
+        ]
         raise LaunchError(failures) from None
     return [out[r] for r in range(nproc)]

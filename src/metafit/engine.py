@@ -138,7 +138,9 @@ def _inductor_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -
         return compile_fx(gm, example_inputs, decompositions=table)
 
 
-def _compiled(algorithm: Algorithm, model: nn.Module, kind: str, build: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
+def _compiled(
+    algorithm: Algorithm, model: nn.Module, kind: str, build: Callable[[], Callable[..., Any]]
+) -> Callable[..., Any]:
     """``torch.compile(build())`` cached per (model, algorithm, kind), with ``model`` bound first."""
     per_model = _COMPILED.setdefault(model, {})
     entry = per_model.get((id(algorithm), kind))
@@ -160,8 +162,14 @@ def compiled_task_loss(algorithm: Algorithm, model: nn.Module) -> Callable[..., 
 
     def build() -> Callable[..., Any]:
         def task_loss(
-            net: nn.Module, meta_params: MetaParams, buffers: Buffers,
-            sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, n_way: int | None,
+            net: nn.Module,
+            meta_params: MetaParams,
+            buffers: Buffers,
+            sx: Tensor,
+            sy: Tensor,
+            qx: Tensor,
+            qy: Tensor,
+            n_way: int | None,
         ) -> tuple[Tensor, dict[str, Tensor]]:
             return algorithm.loss(net, meta_params, buffers, Task(sx, sy, qx, qy, n_way=n_way))
 
@@ -171,8 +179,15 @@ def compiled_task_loss(algorithm: Algorithm, model: nn.Module) -> Callable[..., 
 
 
 def _vmapped_loss(
-    algorithm: Algorithm, net: nn.Module, meta_params: MetaParams, buffers: Buffers,
-    sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, n_way: int | None,
+    algorithm: Algorithm,
+    net: nn.Module,
+    meta_params: MetaParams,
+    buffers: Buffers,
+    sx: Tensor,
+    sy: Tensor,
+    qx: Tensor,
+    qy: Tensor,
+    n_way: int | None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Per-task losses ``(T,)`` and metrics ``{name: (T,)}`` of a task batch by ``vmap``."""
 
@@ -225,10 +240,14 @@ def meta_backward(
     denom = float(n if denominator is None else denominator)
     if path in ("vmap", "vmap_compile"):
         batch = tasks if isinstance(tasks, TaskBatch) else stack_tasks(list(tasks))
-        loss_fn = (compiled_batch_loss(algorithm, model) if path == "vmap_compile"
-                   else functools.partial(_vmapped_loss, algorithm, model))
-        losses, metrics = loss_fn(meta_params, buffers, batch.support_x, batch.support_y,
-                                  batch.query_x, batch.query_y, batch.n_way)
+        loss_fn = (
+            compiled_batch_loss(algorithm, model)
+            if path == "vmap_compile"
+            else functools.partial(_vmapped_loss, algorithm, model)
+        )
+        losses, metrics = loss_fn(
+            meta_params, buffers, batch.support_x, batch.support_y, batch.query_x, batch.query_y, batch.n_way
+        )
         (losses.sum() / denom).backward()
         out = {k: float(v.detach().mean()) for k, v in metrics.items()}
     else:
@@ -236,8 +255,9 @@ def meta_backward(
         compiled = compiled_task_loss(algorithm, model) if path == "compile" else None
         for task in _as_list(tasks):
             if compiled is not None:
-                loss, metrics = compiled(meta_params, buffers, task.support_x, task.support_y,
-                                         task.query_x, task.query_y, task.n_way)
+                loss, metrics = compiled(
+                    meta_params, buffers, task.support_x, task.support_y, task.query_x, task.query_y, task.n_way
+                )
             else:
                 loss, metrics = algorithm.loss(model, meta_params, buffers, task)
             (loss / denom).backward()
@@ -265,8 +285,7 @@ def meta_gradients(
     leaves = {g: {k: v.detach().clone().requires_grad_(True) for k, v in d.items()} for g, d in meta_params.items()}
     metrics = meta_backward(algorithm, model, leaves, buffers, tasks, path=path)
     grads = {
-        g: {k: (v.grad if v.grad is not None else torch.zeros_like(v)) for k, v in d.items()}
-        for g, d in leaves.items()
+        g: {k: (v.grad if v.grad is not None else torch.zeros_like(v)) for k, v in d.items()} for g, d in leaves.items()
     }
     return grads, metrics
 
@@ -346,8 +365,10 @@ def make_optimizer(name: str, params: list[Tensor], lr: float, **kwargs: Any) ->
     cls = getattr(torch.optim, name, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or name == "Optimizer":
         options = sorted(
-            n for n in dir(torch.optim)
-            if isinstance(getattr(torch.optim, n), type) and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
+            n
+            for n in dir(torch.optim)
+            if isinstance(getattr(torch.optim, n), type)
+            and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
             and n != "Optimizer"
         )
         raise ValueError(f"optimizer must be a torch.optim optimizer name, one of {options}; got {name!r}")

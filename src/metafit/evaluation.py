@@ -17,7 +17,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metafit.algorithms.base import Algorithm, GradientLearner, MetaParams, check_inner_lr, check_steps, clone_meta_params
+from metafit.algorithms.base import (
+    Algorithm,
+    GradientLearner,
+    MetaParams,
+    check_inner_lr,
+    check_steps,
+    clone_meta_params,
+)
 from metafit.data.task import Task, TaskBatch
 from metafit.functional import Buffers
 
@@ -184,13 +191,16 @@ def _curves(
 ) -> dict[str, Tensor]:
     rows: list[dict[str, Tensor]] = []
     if chunk and isinstance(tasks, TaskBatch):
+
         def one(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> dict[str, Tensor]:
             return algorithm.adaptation_curve(
                 model, mp, buffers, Task(sx, sy, qx, qy, n_way=tasks.n_way), steps=steps, lr=lr
             )
 
         for part in tasks.chunks(chunk):
-            rows.append(torch.func.vmap(one, randomness="different")(part.support_x, part.support_y, part.query_x, part.query_y))
+            rows.append(
+                torch.func.vmap(one, randomness="different")(part.support_x, part.support_y, part.query_x, part.query_y)
+            )
         return {k: torch.cat([r[k] for r in rows]) for k in rows[0]}
     for task in task_list:
         rows.append(algorithm.adaptation_curve(model, mp, buffers, task, steps=steps, lr=lr))

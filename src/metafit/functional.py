@@ -45,9 +45,7 @@ def params_of(model: nn.Module, *, requires_grad: bool = True) -> Params:
     Returns:
         ``{name: tensor}``.
     """
-    return {
-        k: v.detach().clone().requires_grad_(requires_grad) for k, v in model.named_parameters()
-    }
+    return {k: v.detach().clone().requires_grad_(requires_grad) for k, v in model.named_parameters()}
 
 
 def buffers_of(model: nn.Module) -> Buffers:
@@ -61,10 +59,7 @@ def writes_buffers(model: nn.Module) -> bool:
     This is the case for ``nn.BatchNorm*`` / ``nn.InstanceNorm*`` layers that track running
     statistics.
     """
-    return any(
-        isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
-        for m in model.modules()
-    )
+    return any(isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats for m in model.modules())
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -121,7 +116,14 @@ def _fits(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
 
 
 # Fragments of torch's messages for inputs whose shape does not fit a layer.
-_SHAPE_ERRORS = ("shapes cannot be multiplied", "to have", "size mismatch", "Given groups", "Expected size", "must match the size")
+_SHAPE_ERRORS = (
+    "shapes cannot be multiplied",
+    "to have",
+    "size mismatch",
+    "Given groups",
+    "Expected size",
+    "must match the size",
+)
 
 
 def under_transform(*tensors: Tensor | None) -> bool:

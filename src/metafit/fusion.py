@@ -246,8 +246,9 @@ class FusionHead(nn.Module):
         log_inner_lr: ``()`` log of the inner step size.
     """
 
-    def __init__(self, n_models: int, *, hidden: int = 16, init_scale: float | None = None,
-                 init_inner_lr: float = 0.5) -> None:
+    def __init__(
+        self, n_models: int, *, hidden: int = 16, init_scale: float | None = None, init_inner_lr: float = 0.5
+    ) -> None:
         super().__init__()
         if n_models < 1:
             raise ValueError(f"n_models must be >= 1, got {n_models}")
@@ -329,8 +330,11 @@ class FusionLearner:
     def spec(self) -> LearnerSpec:
         """A classifier of embedded tasks; its few inner steps are not a model inner loop."""
         return LearnerSpec(
-            tasks="classification", inner_loop=False, second_order=not self.first_order and self.inner_steps > 0,
-            head="none", embeds=False,
+            tasks="classification",
+            inner_loop=False,
+            second_order=not self.first_order and self.inner_steps > 0,
+            head="none",
+            embeds=False,
         )
 
     def init(self, model: nn.Module, *, generator: torch.Generator | None = None) -> MetaParams:
@@ -392,9 +396,7 @@ class FusionLearner:
         logits = model_logits(adapted.support_e, adapted.support_y, x, adapted.n_way)
         return _fused(logits / adapted.unit[:, None, None], adapted.log_weights)
 
-    def loss(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task
-    ) -> tuple[Tensor, Metrics]:
+    def loss(self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task) -> tuple[Tensor, Metrics]:
         """Query cross-entropy of the adapted fusion; metrics ``loss``, ``nll``, ``accuracy``."""
         if task.n_way is None:
             raise ValueError("FusionLearner needs classification tasks with n_way set")
@@ -463,7 +465,9 @@ def best_single(task: Task) -> tuple[Tensor, int]:
     stats = support_stats(loo, task.support_y, torch.zeros(m, dtype=loo.dtype))
     ce, acc = stats[:, 0], stats[:, 1]
     best = int(torch.argmax(acc * 1e6 - ce))  # accuracy first, then cross-entropy
-    logits = model_logits(task.support_x[:, best : best + 1], task.support_y, task.query_x[:, best : best + 1], task.n_way)
+    logits = model_logits(
+        task.support_x[:, best : best + 1], task.support_y, task.query_x[:, best : best + 1], task.n_way
+    )
     return logits[0], best
 
 
@@ -471,8 +475,9 @@ def _fit_logreg(x: Tensor, y: Tensor, n_classes: int, c: float, steps: int) -> t
     """Multinomial logistic regression, scikit-learn objective ``C * sum CE + ||W||^2 / 2``."""
     w = torch.zeros(x.shape[1], n_classes, dtype=x.dtype, requires_grad=True)
     b = torch.zeros(n_classes, dtype=x.dtype, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, tolerance_grad=1e-7, tolerance_change=1e-10,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b], lr=1.0, max_iter=steps, tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> Tensor:
         opt.zero_grad()
@@ -561,9 +566,9 @@ def load_base_model(path: str | Path, model: nn.Module, *, group: str = "model")
         i = key.find(suffix)
         while i != -1:
             if i == 0 or key[i - 1] == "/":
-                candidates.setdefault(key[: i + len(suffix)], {})[key[i + len(suffix):]] = t
+                candidates.setdefault(key[: i + len(suffix)], {})[key[i + len(suffix) :]] = t
             i = key.find(suffix, i + 1)
-    for prefix, tensors in sorted(candidates.items(), key=lambda kv: len(kv[0])):
+    for _prefix, tensors in sorted(candidates.items(), key=lambda kv: len(kv[0])):
         if wanted <= set(tensors) and all(tuple(tensors[k].shape) == shapes[k] for k in wanted):
             state = {k: v for k, v in tensors.items() if k in wanted}
             model.load_state_dict(state, strict=False)
@@ -733,8 +738,10 @@ def summarize_comparison(
     for name, values in per_task.items():
         s = summarize(list(values))
         d = None if name == reference else summarize(ref - torch.tensor(list(values), dtype=torch.float64))
-        out[name] = {"mean": s.mean, "ci95": s.ci95, "n": s.n,
-                     "diff_vs_fusion": None if d is None else {"mean": d.mean, "ci95": d.ci95}}
+        out[name] = {
+            "mean": s.mean,
+            "ci95": s.ci95,
+            "n": s.n,
+            "diff_vs_fusion": None if d is None else {"mean": d.mean, "ci95": d.ci95},
+        }
     return out
-
-

@@ -148,19 +148,33 @@ class Predictor:
             assert isinstance(self.algorithm, GradientLearner)
             s = self.algorithm.eval_settings()
             adapted = self.algorithm.adapt(
-                self.model, self.meta_params, self.buffers, support_x, support_y, n_way=n_way,
+                self.model,
+                self.meta_params,
+                self.buffers,
+                support_x,
+                support_y,
+                n_way=n_way,
                 steps=s.steps if steps is None else check_steps("steps", steps),
-                lr=s.lr if lr is None else check_inner_lr("lr", lr), create_graph=False,
+                lr=s.lr if lr is None else check_inner_lr("lr", lr),
+                create_graph=False,
             )
         else:
             if steps is not None or lr is not None:
                 raise ValueError(f"steps and lr are inner-loop settings, but {type(self.algorithm).__name__} has none")
-            adapted = self.algorithm.adapt(self.model, self.meta_params, self.buffers, support_x, support_y, n_way=n_way)
+            adapted = self.algorithm.adapt(
+                self.model, self.meta_params, self.buffers, support_x, support_y, n_way=n_way
+            )
         if isinstance(adapted, dict):
             adapted = {k: v.detach() for k, v in adapted.items()}
         return AdaptedPredictor(
-            self.algorithm, self.model, self.meta_params, self.buffers, adapted, n_way,
-            list(classes) if classes else None, self.input_shape,
+            self.algorithm,
+            self.model,
+            self.meta_params,
+            self.buffers,
+            adapted,
+            n_way,
+            list(classes) if classes else None,
+            self.input_shape,
         )
 
     @property

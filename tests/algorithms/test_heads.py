@@ -27,7 +27,9 @@ HEADS = [
 ]
 
 
-def _toy(s: int = 7, q: int = 5, d: int = 4, n: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _toy(
+    s: int = 7, q: int = 5, d: int = 4, n: int = 3, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     xs = torch.randn(s, d, generator=g, dtype=torch.float64)
     xq = torch.randn(q, d, generator=g, dtype=torch.float64)
@@ -114,9 +116,7 @@ def test_head_gradcheck_float64(head: object) -> None:
     assert torch.autograd.gradcheck(f, inputs)
 
 
-@pytest.mark.parametrize(
-    ("scale", "distance", "joint"), [(1.0, "squared_euclidean", True), (0.5, "euclidean", False)]
-)
+@pytest.mark.parametrize(("scale", "distance", "joint"), [(1.0, "squared_euclidean", True), (0.5, "euclidean", False)])
 def test_metric_learner_euclidean_equals_protonet_exactly(scale: float, distance: str, joint: bool) -> None:
     model = seeded(0, lambda: Conv4(1, None, width=4, image_size=16)).double()
     batch = image_tasks(3, side=16)
@@ -170,7 +170,9 @@ def test_metric_learner_predict_agrees_with_loss_metrics() -> None:
 
 
 def test_build_metric_refuses_unknown_head() -> None:
-    with pytest.raises(ValueError, match=r"head must be one of \['cosine', 'euclidean', 'mahalanobis', 'ridge'\], got 'l1'"):
+    with pytest.raises(
+        ValueError, match=r"head must be one of \['cosine', 'euclidean', 'mahalanobis', 'ridge'\], got 'l1'"
+    ):
         build_metric("cross_entropy", head="l1")
     with pytest.raises(ValueError, match="criterion must be 'cross_entropy'"):
         build_metric("mse")

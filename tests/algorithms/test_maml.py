@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from metafit import MAML, MetaSGD, SinusoidTasks, Trainer, generator, meta_gradients, seeded
-from metafit.data.task import TaskBatch
 from metafit.algorithms import EvalSettings
+from metafit.data.task import TaskBatch
 from metafit.functional import apply, buffers_of
 from metafit.models import MLP, Conv4
 from tests.conftest import TinyConv, image_tasks

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from metafit.engine import Callback
 import torch.nn.functional as F
 
 from metafit import MAML, Trainer, meta_gradients, seeded
@@ -18,6 +16,7 @@ from metafit.algorithms.mamlpp import (
     second_order_at,
 )
 from metafit.data.task import Task, TaskBatch
+from metafit.engine import Callback
 from metafit.functional import apply
 from metafit.models import MLP
 from tests.conftest import TinyConv, image_tasks
@@ -129,8 +128,10 @@ def test_mamlpp_lslr_updates_with_per_step_per_tensor_rates() -> None:
     assert sorted(mp) == ["inner_lr", "model"]
     assert all(v.shape == (2,) for v in mp["inner_lr"].values())
     names = list(mp["model"])
-    mp["inner_lr"] = {k: torch.tensor([0.05 * (i + 1), 0.3 / (i + 1)], dtype=torch.float64, requires_grad=True)
-                      for i, k in enumerate(names)}
+    mp["inner_lr"] = {
+        k: torch.tensor([0.05 * (i + 1), 0.3 / (i + 1)], dtype=torch.float64, requires_grad=True)
+        for i, k in enumerate(names)
+    }
     rates = [{k: float(mp["inner_lr"][k][j].detach()) for k in names} for j in range(2)]
     fast = algo.adapt(model, mp, {}, task.support_x, task.support_y)
     path = _hand_inner(model, mp["model"], task, rates, create_graph=False)
@@ -164,8 +165,10 @@ def test_mamlpp_bnwb_selects_the_steps_norm_parameters() -> None:
     assert sorted(mp) == ["model", "norm"]
     assert "norm1.weight" not in mp["model"] and mp["norm"]["norm1.weight"].shape == (2, 4)
     g = torch.Generator().manual_seed(3)
-    mp["norm"] = {k: (v.detach() + torch.randn(v.shape, generator=g, dtype=v.dtype)).requires_grad_()
-                  for k, v in mp["norm"].items()}
+    mp["norm"] = {
+        k: (v.detach() + torch.randn(v.shape, generator=g, dtype=v.dtype)).requires_grad_()
+        for k, v in mp["norm"].items()
+    }
     steps = list(algo.adapt_steps(model, mp, {}, task.support_x, task.support_y, create_graph=False))
     # hand-written: support forward of step j with row j; the norm parameters are not adapted
     p = {k: v.detach() for k, v in mp["model"].items()}

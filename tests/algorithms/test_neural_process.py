@@ -35,8 +35,9 @@ def _anp() -> AttentiveNP:
 
 
 def _tnp() -> TransformerNP:
-    return seeded(0, lambda: TransformerNP(d_model=16, n_heads=4, n_layers=2, d_ff=16, embed_depth=2,
-                                           decoder_hidden=(16,))).double()
+    return seeded(
+        0, lambda: TransformerNP(d_model=16, n_heads=4, n_layers=2, d_ff=16, embed_depth=2, decoder_hidden=(16,))
+    ).double()
 
 
 def _cnp() -> CNPAdapter:
@@ -44,8 +45,9 @@ def _cnp() -> CNPAdapter:
 
 
 def _icl() -> InContextClassifier:
-    return seeded(0, lambda: InContextClassifier(MLP(8, (16,), 16), 16, max_way=5, d_model=16, n_heads=2,
-                                                 n_layers=2, d_ff=32)).double()
+    return seeded(
+        0, lambda: InContextClassifier(MLP(8, (16,), 16), 16, max_way=5, d_model=16, n_heads=2, n_layers=2, d_ff=32)
+    ).double()
 
 
 NETS = {"anp": _anp, "tnp": _tnp, "cnp": _cnp}
@@ -203,8 +205,9 @@ def test_neural_process_beats_context_mean_on_lines(name: str) -> None:
 @pytest.mark.usefixtures("one_thread")
 def test_in_context_learner_beats_chance_on_blobs() -> None:
     g = G().manual_seed(0)
-    net = seeded(0, lambda: InContextClassifier(MLP(4, (32,), 32), 32, max_way=5, d_model=32, n_heads=4,
-                                                n_layers=2, d_ff=64))
+    net = seeded(
+        0, lambda: InContextClassifier(MLP(4, (32,), 32), 32, max_way=5, d_model=32, n_heads=4, n_layers=2, d_ff=64)
+    )
     algo = InContextLearner()
     tr = Trainer(algo, net, optimizer=lambda p: torch.optim.Adam(p, lr=3e-3), path="vmap")
     for _ in range(150):
@@ -222,8 +225,9 @@ def test_padded_predict_returns_a_row_per_input() -> None:
     state = algo.adapt(net, mp, {}, t.support_x, t.support_y)
     plain = _unpadded(_gp_batch(1))[0]
     mean = algo.predict(net, mp, {}, state, t.query_x)
-    expected = NeuralProcess().predict(net, mp, {}, NeuralProcess().adapt(net, mp, {}, plain.support_x,
-                                                                            plain.support_y), plain.query_x)
+    expected = NeuralProcess().predict(
+        net, mp, {}, NeuralProcess().adapt(net, mp, {}, plain.support_x, plain.support_y), plain.query_x
+    )
     _, qm = split_mask(t.query_x)
     assert mean.shape[0] == t.query_x.shape[0]
     torch.testing.assert_close(mean[qm], expected)
@@ -246,8 +250,9 @@ def test_in_context_learner_with_conv4_backbone_vmap_equals_loop(frozen: bool) -
 
     def build() -> InContextClassifier:
         conv = Conv4(1, None, width=4, image_size=16)
-        return InContextClassifier(Detached(conv) if frozen else conv, conv.feature_dim, max_way=5, d_model=8,
-                                   n_heads=2, n_layers=1, d_ff=16)
+        return InContextClassifier(
+            Detached(conv) if frozen else conv, conv.feature_dim, max_way=5, d_model=8, n_heads=2, n_layers=1, d_ff=16
+        )
 
     net, algo = seeded(0, build).double(), InContextLearner()
     mp = algo.init(net)

@@ -41,8 +41,17 @@ def test_builder_options_are_keyword_only_with_defaults(name: str) -> None:
 
 
 def test_mamlpp_builder_passes_every_option() -> None:
-    algo = build_mamlpp("mse", inner_lr=0.2, inner_steps=3, msl_iterations=7, first_order_iterations=4,
-                        learn_inner_lr=False, per_step_norm=False, eval_inner_lr=0.1, eval_inner_steps=6)
+    algo = build_mamlpp(
+        "mse",
+        inner_lr=0.2,
+        inner_steps=3,
+        msl_iterations=7,
+        first_order_iterations=4,
+        learn_inner_lr=False,
+        per_step_norm=False,
+        eval_inner_lr=0.1,
+        eval_inner_steps=6,
+    )
     assert (algo.inner_lr, algo.inner_steps, algo.msl_iterations, algo.first_order_iterations) == (0.2, 3, 7, 4)
     assert (algo.learn_inner_lr, algo.per_step_norm, algo.criterion) == (False, False, "mse")
     assert algo.eval_settings().steps == 6 and algo.eval_settings().lr == 0.1

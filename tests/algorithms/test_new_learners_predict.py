@@ -16,8 +16,14 @@ from tests.conftest import TinyConv, image_tasks
 CASES = {
     "ridge": (lambda: MetricLearner(RidgeHead()), lambda: TinyConv(n_way=6)),
     "mamlpp": (lambda: MAMLPlusPlus(inner_lr=0.2, inner_steps=2), lambda: TinyConv(n_way=3)),
-    "pretrain_lr": (lambda: Pretrain(n_classes=4, head=LogisticRegressionHead(), feature_dim=6), lambda: TinyConv(n_way=6)),
-    "pretrain_finetune": (lambda: Pretrain(n_classes=4, head=FineTune(steps=2), feature_dim=6), lambda: TinyConv(n_way=6)),
+    "pretrain_lr": (
+        lambda: Pretrain(n_classes=4, head=LogisticRegressionHead(), feature_dim=6),
+        lambda: TinyConv(n_way=6),
+    ),
+    "pretrain_finetune": (
+        lambda: Pretrain(n_classes=4, head=FineTune(steps=2), feature_dim=6),
+        lambda: TinyConv(n_way=6),
+    ),
 }
 
 

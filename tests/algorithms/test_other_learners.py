@@ -78,7 +78,7 @@ def test_protonet_vmap_equals_loop_and_loss_matches_manual() -> None:
     emb = model(torch.cat([t.support_x, t.query_x])).flatten(1)
     es, eq = emb[: len(t.support_x)], emb[len(t.support_x) :]
     p = torch.stack([es[t.support_y == c].mean(0) for c in range(3)])
-    manual = F.cross_entropy(-torch.cdist(eq, p) ** 2, t.query_y)
+    manual = F.cross_entropy(-(torch.cdist(eq, p) ** 2), t.query_y)
     loss, _ = algo.loss(model, mp, {}, t)
     torch.testing.assert_close(loss, manual)
 
@@ -99,4 +99,9 @@ def test_protonet_needs_n_way() -> None:
     from metafit.data.task import Task
 
     with pytest.raises(ValueError, match="n_way"):
-        ProtoNet().loss(TinyConv(), ProtoNet().init(TinyConv()), {}, Task(t.support_x.float(), t.support_y, t.query_x.float(), t.query_y))
+        ProtoNet().loss(
+            TinyConv(),
+            ProtoNet().init(TinyConv()),
+            {},
+            Task(t.support_x.float(), t.support_y, t.query_x.float(), t.query_y),
+        )

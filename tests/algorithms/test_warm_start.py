@@ -32,7 +32,9 @@ def test_init_from_prefix_map_renames_source_names() -> None:
     target = {"model": {"head.weight": torch.zeros(2, 3), "head.bias": torch.zeros(2)}}
     src = {"net.head.weight": torch.ones(2, 3), "net.head.bias": torch.full((2,), 2.0)}
     out = init_from(target, src, prefix_map={"net.": ""})
-    assert float(out["model"]["head.bias"][0].detach()) == 2.0 and float(out["model"]["head.weight"].detach().sum()) == 6.0
+    assert (
+        float(out["model"]["head.bias"][0].detach()) == 2.0 and float(out["model"]["head.weight"].detach().sum()) == 6.0
+    )
 
 
 def test_init_from_casts_to_target_dtype() -> None:
@@ -62,5 +64,8 @@ def test_init_from_refuses_groups_and_unknown_target_group() -> None:
     with pytest.raises(ValueError, match=r"group must be one of the target's groups \['model'\], got 'head'"):
         init_from(target, target["model"], group="head")
     with pytest.raises(ValueError, match="renames both"):
-        init_from({"model": {"a": torch.zeros(1)}}, {"x.a": torch.zeros(1), "y.a": torch.zeros(1)},
-                  prefix_map={"x.": "", "y.": ""})
+        init_from(
+            {"model": {"a": torch.zeros(1)}},
+            {"x.a": torch.zeros(1), "y.a": torch.zeros(1)},
+            prefix_map={"x.": "", "y.": ""},
+        )

@@ -11,7 +11,9 @@ from metafit.data.datasets import LabelledDataset, from_tensors
 def _ds(sizes: list[int]) -> LabelledDataset:
     y = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
     x = torch.arange(len(y), dtype=torch.float32).view(-1, 1, 1, 1)
-    return LabelledDataset(x, y, tuple(f"c{i}" for i in range(len(sizes))), tuple("ab"[i % 2] for i in range(len(sizes))))
+    return LabelledDataset(
+        x, y, tuple(f"c{i}" for i in range(len(sizes))), tuple("ab"[i % 2] for i in range(len(sizes)))
+    )
 
 
 def test_labelled_dataset_class_indices_and_sizes() -> None:

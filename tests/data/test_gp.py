@@ -33,8 +33,12 @@ def test_kernel_matrix_known_values() -> None:
     torch.testing.assert_close(rbf[0], 4.0 * torch.tensor([1.0, math.exp(-0.5), math.exp(-2.0)], dtype=torch.float64))
     mat = kernel_matrix("matern52", x1, x2, lengthscale=0.3, scale=1.0)
     r5 = math.sqrt(5.0)
-    torch.testing.assert_close(mat[0], torch.tensor(
-        [1.0, (1 + r5 + 5 / 3) * math.exp(-r5), (1 + 2 * r5 + 20 / 3) * math.exp(-2 * r5)], dtype=torch.float64))
+    torch.testing.assert_close(
+        mat[0],
+        torch.tensor(
+            [1.0, (1 + r5 + 5 / 3) * math.exp(-r5), (1 + 2 * r5 + 20 / 3) * math.exp(-2 * r5)], dtype=torch.float64
+        ),
+    )
     per = kernel_matrix("periodic", x1, x2, lengthscale=0.5, scale=1.0, period=0.6)
     # one full period apart -> correlation 1; half a period -> exp(-2 / l^2)
     torch.testing.assert_close(per[0], torch.tensor([1.0, math.exp(-2 / 0.25), 1.0], dtype=torch.float64))
@@ -94,8 +98,15 @@ def test_gp_padded_targets_are_not_context_points() -> None:
 
 def test_pad_tasks_and_split_mask_roundtrip() -> None:
     g = G().manual_seed(0)
-    tasks = [Task(torch.randn(c, 2, generator=g), torch.randn(c, 1, generator=g),
-                  torch.randn(q, 2, generator=g), torch.randn(q, 1, generator=g)) for c, q in ((3, 5), (6, 2))]
+    tasks = [
+        Task(
+            torch.randn(c, 2, generator=g),
+            torch.randn(c, 1, generator=g),
+            torch.randn(q, 2, generator=g),
+            torch.randn(q, 1, generator=g),
+        )
+        for c, q in ((3, 5), (6, 2))
+    ]
     batch = pad_tasks(tasks)
     assert batch.support_x.shape == (2, 6, 3) and batch.query_x.shape == (2, 5, 3)
     for t, p in zip(tasks, batch):
@@ -111,8 +122,9 @@ def test_image_completion_points_read_the_image() -> None:
     g = G().manual_seed(0)
     imgs = torch.rand(5, 1, 6, 7, generator=g)
     ds = from_tensors(imgs, torch.arange(5))
-    batch = ImageCompletionTasks(ds, generator=G().manual_seed(1), tasks_per_batch=4, min_context=5,
-                                 max_context=10).sample_batch()
+    batch = ImageCompletionTasks(
+        ds, generator=G().manual_seed(1), tasks_per_batch=4, min_context=5, max_context=10
+    ).sample_batch()
     assert batch.query_x.shape == (4, 42, 2) and 5 <= batch.support_x.shape[1] <= 10
     coords = pixel_coordinates(6, 7)
     for t in batch:
@@ -129,16 +141,19 @@ def test_image_completion_points_read_the_image() -> None:
 
 
 def test_tabular_prior_tasks_are_balanced_and_support_standardised() -> None:
-    fam = TabularPriorTasks(n_features=5, n_way=4, k_shot=6, n_query=3, generator=G().manual_seed(0),
-                            dtype=torch.float64)
+    fam = TabularPriorTasks(
+        n_features=5, n_way=4, k_shot=6, n_query=3, generator=G().manual_seed(0), dtype=torch.float64
+    )
     for t in fam.sample_batch(5):
         assert torch.equal(torch.bincount(t.support_y, minlength=4), torch.full((4,), 6))
         assert torch.equal(torch.bincount(t.query_y, minlength=4), torch.full((4,), 3))
         torch.testing.assert_close(t.support_x.mean(0), torch.zeros(5, dtype=torch.float64), atol=1e-12, rtol=0)
         torch.testing.assert_close(t.support_x.std(0, unbiased=False), torch.ones(5, dtype=torch.float64))
     # the labels carry signal: logistic regression on the support beats chance on average
-    accs = [support_baselines(t, methods=("logistic_regression",))["logistic_regression"] for t in
-            TabularPriorTasks(k_shot=10, n_query=10, generator=G().manual_seed(1)).sample_batch(10)]
+    accs = [
+        support_baselines(t, methods=("logistic_regression",))["logistic_regression"]
+        for t in TabularPriorTasks(k_shot=10, n_query=10, generator=G().manual_seed(1)).sample_batch(10)
+    ]
     assert sum(accs) / len(accs) > 0.5  # chance 1/3
 
 
@@ -183,13 +198,18 @@ def test_gp_predictive_matches_sklearn(kernel: str) -> None:
     cx, tx = torch.rand(12, 1, generator=g, dtype=torch.float64) * 4 - 2, torch.linspace(-2, 2, 9).double()[:, None]
     cy = torch.randn(12, 1, generator=g, dtype=torch.float64)
     ls, s, p, noise = 0.4, 0.7, 0.5, 0.05
-    base = {"rbf": RBF(ls, "fixed"), "matern52": Matern(ls, "fixed", nu=2.5),
-            "periodic": ExpSineSquared(ls, p, "fixed", "fixed")}[kernel]
-    sk = GaussianProcessRegressor(ConstantKernel(s**2, "fixed") * base + WhiteKernel(noise**2, "fixed"),
-                                  optimizer=None, alpha=1e-9).fit(cx.numpy(), cy.numpy().ravel())
+    base = {
+        "rbf": RBF(ls, "fixed"),
+        "matern52": Matern(ls, "fixed", nu=2.5),
+        "periodic": ExpSineSquared(ls, p, "fixed", "fixed"),
+    }[kernel]
+    sk = GaussianProcessRegressor(
+        ConstantKernel(s**2, "fixed") * base + WhiteKernel(noise**2, "fixed"), optimizer=None, alpha=1e-9
+    ).fit(cx.numpy(), cy.numpy().ravel())
     mu, sd = sk.predict(tx.numpy(), return_std=True)
-    mean, var = gp_predictive(kernel, cx, cy, tx, lengthscale=ls, scale=s, period=p if kernel == "periodic" else None,
-                              noise_std=noise)
+    mean, var = gp_predictive(
+        kernel, cx, cy, tx, lengthscale=ls, scale=s, period=p if kernel == "periodic" else None, noise_std=noise
+    )
     torch.testing.assert_close(mean[:, 0], torch.as_tensor(mu), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(var[:, 0].sqrt(), torch.as_tensor(sd), rtol=1e-6, atol=1e-7)
 

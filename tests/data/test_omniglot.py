@@ -108,7 +108,9 @@ def test_omniglot_split_bad_arguments(data: om.OmniglotData) -> None:
 
 
 def test_episode_sampler_omniglot_episodes(val_rot: LabelledDataset) -> None:
-    batch = EpisodeSampler(val_rot, 5, 1, 15, tasks_per_batch=32, generator=torch.Generator().manual_seed(0)).sample_batch()
+    batch = EpisodeSampler(
+        val_rot, 5, 1, 15, tasks_per_batch=32, generator=torch.Generator().manual_seed(0)
+    ).sample_batch()
     assert batch.support_x.shape == (32, 5, 1, 28, 28) and batch.query_x.shape == (32, 75, 1, 28, 28)
     for task in list(batch)[:4]:
         assert task.support_y.tolist() == list(range(5))

@@ -133,8 +133,9 @@ def test_imbalanced_query_counts_follow_the_dirichlet_mean_and_variance() -> Non
     assert (huge == 6).all()
     with pytest.raises(ValueError, match="below n_way \\* min_per_class"):
         imbalanced_query_counts(5, 4, 1.0, generator=g)
-    capped = imbalanced_query_counts(3, 12, 0.05, generator=torch.Generator().manual_seed(2),
-                                     capacity=torch.tensor([5, 5, 5]))
+    capped = imbalanced_query_counts(
+        3, 12, 0.05, generator=torch.Generator().manual_seed(2), capacity=torch.tensor([5, 5, 5])
+    )
     assert capped.sum() == 12 and (capped <= 5).all()
 
 
@@ -213,8 +214,11 @@ def test_inductive_protonet_query_logits_do_not_depend_on_the_other_queries() ->
         permuted = learner.predict(model, mp, {}, adapted, task.query_x[perm])
         subset = learner.predict(model, mp, {}, adapted, task.query_x[[2, 7]])
         single = learner.predict(model, mp, {}, adapted, task.query_x[[7]])
-        same = [torch.allclose(permuted, full[perm], atol=1e-9), torch.allclose(subset, full[[2, 7]], atol=1e-9),
-                torch.allclose(single, full[[7]], atol=1e-9)]
+        same = [
+            torch.allclose(permuted, full[perm], atol=1e-9),
+            torch.allclose(subset, full[[2, 7]], atol=1e-9),
+            torch.allclose(single, full[[7]], atol=1e-9),
+        ]
         if independent:
             assert all(same)
         else:

@@ -99,12 +99,15 @@ def test_episode_sampler_shots_plus_queries_too_large() -> None:
         EpisodeSampler(_ds([6, 4, 5]), 2, 2, 3, generator=_g())
 
 
-@pytest.mark.parametrize(("args", "exc", "match"), [
-    ((0, 1, 1), ValueError, "n_way must be >= 1, got 0"),
-    ((2, 0, 1), ValueError, "k_shot must be >= 1, got 0"),
-    ((2, 1, -1), ValueError, "n_query must be >= 1, got -1"),
-    ((2, 1.5, 1), TypeError, "k_shot must be an int"),
-])
+@pytest.mark.parametrize(
+    ("args", "exc", "match"),
+    [
+        ((0, 1, 1), ValueError, "n_way must be >= 1, got 0"),
+        ((2, 0, 1), ValueError, "k_shot must be >= 1, got 0"),
+        ((2, 1, -1), ValueError, "n_query must be >= 1, got -1"),
+        ((2, 1.5, 1), TypeError, "k_shot must be an int"),
+    ],
+)
 def test_episode_sampler_invalid_sizes(args: tuple, exc: type, match: str) -> None:
     with pytest.raises(exc, match=match):
         EpisodeSampler(_ds([4] * 3), *args, generator=_g())
@@ -158,8 +161,14 @@ def test_variable_episode_sampler_property(sizes: list[int], data: st.DataObject
     max_support = data.draw(st.integers(min(max_ways, max(group_sizes)), 200))
     max_per_class = data.draw(st.integers(1, 30))
     sampler = VariableEpisodeSampler(
-        ds, generator=_g(seed), min_ways=min_ways, max_ways=max_ways, max_query=max_query,
-        max_support=max_support, max_support_per_class=max_per_class, by_group=by_group,
+        ds,
+        generator=_g(seed),
+        min_ways=min_ways,
+        max_ways=max_ways,
+        max_query=max_query,
+        max_support=max_support,
+        max_support_per_class=max_per_class,
+        by_group=by_group,
     )
     for _, task in zip(range(3), sampler):
         n = task.n_way
@@ -171,7 +180,7 @@ def test_variable_episode_sampler_property(sizes: list[int], data: st.DataObject
         q = min(max_query, min(sizes[c] for c in classes) // 2)
         assert q_counts == [q] * n
         assert sum(s_counts) <= max_support
-        label_class = {int(l): int(ds.y[int(i)]) for i, l in zip(task.support_x.flatten(), task.support_y)}
+        label_class = {int(lab): int(ds.y[int(i)]) for i, lab in zip(task.support_x.flatten(), task.support_y)}
         for lab, k in enumerate(s_counts):
             assert 1 <= k <= sizes[label_class[lab]] - q
         assert task.support_x.shape == (sum(s_counts), 1)

@@ -9,7 +9,13 @@ from metafit.data.task import Task, TaskBatch, stack_tasks
 
 
 def _task(s: int = 4, q: int = 6) -> Task:
-    return Task(torch.zeros(s, 2), torch.zeros(s, dtype=torch.long), torch.zeros(q, 2), torch.zeros(q, dtype=torch.long), n_way=2)
+    return Task(
+        torch.zeros(s, 2),
+        torch.zeros(s, dtype=torch.long),
+        torch.zeros(q, 2),
+        torch.zeros(q, dtype=torch.long),
+        n_way=2,
+    )
 
 
 def test_task_rejects_mismatched_lengths_naming_both_arguments() -> None:

@@ -25,23 +25,31 @@ G = torch.Generator
 
 
 def _anp(x_dim: int = 1, y_dim: int = 1) -> AttentiveNP:
-    return seeded(0, lambda: AttentiveNP(x_dim, y_dim, d_model=16, n_heads=4, d_ff=16,
-                                         decoder_hidden=(16,))).double()
+    return seeded(0, lambda: AttentiveNP(x_dim, y_dim, d_model=16, n_heads=4, d_ff=16, decoder_hidden=(16,))).double()
 
 
 def _tnp(x_dim: int = 1, y_dim: int = 1) -> TransformerNP:
-    return seeded(0, lambda: TransformerNP(x_dim, y_dim, d_model=16, n_heads=4, n_layers=2, d_ff=16,
-                                           embed_depth=2, decoder_hidden=(16,))).double()
+    return seeded(
+        0,
+        lambda: TransformerNP(
+            x_dim, y_dim, d_model=16, n_heads=4, n_layers=2, d_ff=16, embed_depth=2, decoder_hidden=(16,)
+        ),
+    ).double()
 
 
 def _cnp(x_dim: int = 1, y_dim: int = 1) -> CNPAdapter:
-    return seeded(0, lambda: CNPAdapter(CNPRegressor(x_dim, y_dim, r_dim=16, encoder_hidden=(16,),
-                                                     decoder_hidden=(16,)))).double()
+    return seeded(
+        0, lambda: CNPAdapter(CNPRegressor(x_dim, y_dim, r_dim=16, encoder_hidden=(16,), decoder_hidden=(16,)))
+    ).double()
 
 
 def _icl(max_way: int = 5, backbone: nn.Module | None = None) -> InContextClassifier:
-    return seeded(0, lambda: InContextClassifier(backbone or MLP(4, (16,), 16), 16, max_way=max_way,
-                                                 d_model=16, n_heads=2, n_layers=2, d_ff=32)).double()
+    return seeded(
+        0,
+        lambda: InContextClassifier(
+            backbone or MLP(4, (16,), 16), 16, max_way=max_way, d_model=16, n_heads=2, n_layers=2, d_ff=32
+        ),
+    ).double()
 
 
 NETS = {"anp": _anp, "tnp": _tnp, "cnp": _cnp}
@@ -49,16 +57,21 @@ NETS = {"anp": _anp, "tnp": _tnp, "cnp": _cnp}
 
 def _data(c: int, t: int, x_dim: int = 1, y_dim: int = 1, seed: int = 0) -> tuple[torch.Tensor, ...]:
     g = G().manual_seed(seed)
-    return (torch.randn(c, x_dim, generator=g, dtype=torch.float64),
-            torch.randn(c, y_dim, generator=g, dtype=torch.float64),
-            torch.randn(t, x_dim, generator=g, dtype=torch.float64))
+    return (
+        torch.randn(c, x_dim, generator=g, dtype=torch.float64),
+        torch.randn(c, y_dim, generator=g, dtype=torch.float64),
+        torch.randn(t, x_dim, generator=g, dtype=torch.float64),
+    )
 
 
 def test_multihead_attention_matches_direct_softmax() -> None:
     mha = seeded(0, lambda: MultiheadAttention(8, 2, d_key=3, d_value=5)).double()
     g = G().manual_seed(1)
-    q, k, v = (torch.randn(4, 8, generator=g, dtype=torch.float64), torch.randn(6, 3, generator=g, dtype=torch.float64),
-               torch.randn(6, 5, generator=g, dtype=torch.float64))
+    q, k, v = (
+        torch.randn(4, 8, generator=g, dtype=torch.float64),
+        torch.randn(6, 3, generator=g, dtype=torch.float64),
+        torch.randn(6, 5, generator=g, dtype=torch.float64),
+    )
     mask = torch.rand(4, 6, generator=g) > 0.4
     mask[:, 0] = True
     out = mha(q, k, v, mask)
@@ -79,13 +92,16 @@ def test_tnp_mask_known_answer() -> None:
 
 
 def test_icl_mask_known_answer() -> None:
-    expected = torch.tensor([
-        [1, 1, 0, 0, 0],
-        [1, 1, 0, 0, 0],
-        [1, 1, 1, 0, 0],
-        [1, 1, 0, 1, 0],
-        [1, 1, 0, 0, 1],
-    ], dtype=torch.bool)
+    expected = torch.tensor(
+        [
+            [1, 1, 0, 0, 0],
+            [1, 1, 0, 0, 0],
+            [1, 1, 1, 0, 0],
+            [1, 1, 0, 1, 0],
+            [1, 1, 0, 0, 1],
+        ],
+        dtype=torch.bool,
+    )
     assert torch.equal(icl_mask(2, 3), expected)
 
 
@@ -140,9 +156,11 @@ def net_min_variance(net: nn.Module) -> float:
 def test_regressor_vmap_equals_loop(name: str) -> None:
     net = NETS[name]()
     g = G().manual_seed(4)
-    cx, cy, tx = (torch.randn(3, 6, 1, generator=g, dtype=torch.float64),
-                  torch.randn(3, 6, 1, generator=g, dtype=torch.float64),
-                  torch.randn(3, 4, 1, generator=g, dtype=torch.float64))
+    cx, cy, tx = (
+        torch.randn(3, 6, 1, generator=g, dtype=torch.float64),
+        torch.randn(3, 6, 1, generator=g, dtype=torch.float64),
+        torch.randn(3, 4, 1, generator=g, dtype=torch.float64),
+    )
     mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3, [True] + [False] * 5])
     mv, vv = torch.func.vmap(net)(cx, cy, tx, mask)
     for i in range(3):
@@ -159,8 +177,11 @@ def test_regressor_refuses_wrong_mask_shape() -> None:
 
 def _cls_data(s: int = 9, q: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = G().manual_seed(seed)
-    return (torch.randn(s, 4, generator=g, dtype=torch.float64), torch.arange(s) % 3,
-            torch.randn(q, 4, generator=g, dtype=torch.float64))
+    return (
+        torch.randn(s, 4, generator=g, dtype=torch.float64),
+        torch.arange(s) % 3,
+        torch.randn(q, 4, generator=g, dtype=torch.float64),
+    )
 
 
 def test_classifier_invariant_to_support_order_equivariant_to_query_order() -> None:
@@ -221,8 +242,12 @@ def test_build_np_network_any_dims_and_padding(kind: str) -> None:
     net = seeded(0, lambda: build_np_network(kind, x_dim=2, y_dim=2, d_model=8, n_heads=2, n_layers=1, d_ff=8)).double()
     cx, cy, tx = _data(4, 3, 2, 2)
     mean, var = net(cx, cy, tx)
-    pm, pv = net(torch.cat([cx, torch.ones(2, 2, dtype=torch.float64)]), torch.cat([cy, torch.ones(2, 2,
-                 dtype=torch.float64)]), tx, torch.tensor([True] * 4 + [False] * 2))
+    pm, pv = net(
+        torch.cat([cx, torch.ones(2, 2, dtype=torch.float64)]),
+        torch.cat([cy, torch.ones(2, 2, dtype=torch.float64)]),
+        tx,
+        torch.tensor([True] * 4 + [False] * 2),
+    )
     torch.testing.assert_close(pm, mean)
     torch.testing.assert_close(pv, var)
     assert mean.shape == (3, 2)

@@ -23,8 +23,9 @@ def _classifier() -> CNPClassifier:
 
 
 def _sine_task(k: int, q: int = 7, seed: int = 0) -> Task:
-    return SinusoidTasks(k_shot=k, n_query=q, generator=torch.Generator().manual_seed(seed),
-                         dtype=torch.float64).sample_batch(1)[0]
+    return SinusoidTasks(
+        k_shot=k, n_query=q, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    ).sample_batch(1)[0]
 
 
 def test_regression_invariant_to_context_order() -> None:
@@ -83,8 +84,9 @@ def test_loss_metrics_and_nll_formula() -> None:
 def test_vmap_and_loop_give_the_same_meta_gradient(kind: str) -> None:
     if kind == "regression":
         model, algo = _regressor(), CNP()
-        batch = SinusoidTasks(k_shot=4, n_query=5, tasks_per_batch=3, generator=torch.Generator().manual_seed(3),
-                              dtype=torch.float64).sample_batch()
+        batch = SinusoidTasks(
+            k_shot=4, n_query=5, tasks_per_batch=3, generator=torch.Generator().manual_seed(3), dtype=torch.float64
+        ).sample_batch()
     else:
         model, algo = _classifier(), CNP("cross_entropy")
         batch = image_tasks(3, n_way=3, k_shot=2, n_query=2, side=16)
@@ -201,12 +203,14 @@ def test_cnp_runs_through_the_run_driver_and_loads_back(tmp_path) -> None:  # ty
     from metafit.app.config import RunConfig
     from metafit.app.runs import evaluate_checkpoint, load_trained, train
 
-    cfg = RunConfig.from_dict({
-        "data": {"dataset": "sinusoid", "k_shot": 5, "eval_tasks": 8},
-        "model": {"r_dim": 16},
-        "algo": {"name": "cnp"},
-        "train": {"steps": 12, "checkpoint_every": 6, "path": "vmap"},
-    })
+    cfg = RunConfig.from_dict(
+        {
+            "data": {"dataset": "sinusoid", "k_shot": 5, "eval_tasks": 8},
+            "model": {"r_dim": 16},
+            "algo": {"name": "cnp"},
+            "train": {"steps": 12, "checkpoint_every": 6, "path": "vmap"},
+        }
+    )
     res = train(cfg, tmp_path / "run", progress=False)
     assert res.step == 12
     t = load_trained(tmp_path / "run")

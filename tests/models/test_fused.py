@@ -18,8 +18,12 @@ def _plain_net(affine: bool = True, ceil_mode: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
     c = 1
     for _ in range(3):
-        layers += [nn.Conv2d(c, 4, 3, padding=1), nn.BatchNorm2d(4, affine=affine, track_running_stats=False),
-                   nn.ReLU(), nn.MaxPool2d(2, ceil_mode=ceil_mode)]
+        layers += [
+            nn.Conv2d(c, 4, 3, padding=1),
+            nn.BatchNorm2d(4, affine=affine, track_running_stats=False),
+            nn.ReLU(),
+            nn.MaxPool2d(2, ceil_mode=ceil_mode),
+        ]
         c = 4
     return nn.Sequential(*layers, nn.Flatten())
 
@@ -87,7 +91,9 @@ def test_maml_second_order_meta_gradient_is_unchanged_by_fusion_on_loop_and_vmap
         for path in ("loop", "vmap"):  # under vmap the fused op computes the elementary composition
             got, _ = meta_gradients(algo, net, algo.init(model), {}, batch, path=path)
             for k in ref["model"]:
-                torch.testing.assert_close(got["model"][k], ref["model"][k], rtol=1e-10, atol=1e-13, msg=f"{name} {path} {k}")
+                torch.testing.assert_close(
+                    got["model"][k], ref["model"][k], rtol=1e-10, atol=1e-13, msg=f"{name} {path} {k}"
+                )
 
 
 def test_fused_torch_batchnorm_network_is_exact_under_vmap_unlike_the_unfused_one() -> None:
@@ -198,15 +204,19 @@ def test_errors_name_the_problem() -> None:
         batch_norm_relu_max_pool(torch.zeros(2, 3, 4, 4), torch.ones(3), None)
 
 
-@pytest.mark.parametrize(("c_in", "k", "stride", "padding", "affine", "conv_bias"), [
-    (1, 3, 1, 1, True, True),   # the Omniglot first layer (K = 9)
-    (1, 3, 2, 1, True, True),   # the strided MAML first layer
-    (3, 3, 1, 0, False, False),  # K = 27, no affine, no conv bias
-    (1, 5, 2, 2, True, False),  # K = 25
-    (4, 3, 1, 1, True, True),   # K = 36 > THIN_CONV_MAX_K: the unfused composition
-])
-def test_conv_batch_norm_is_conv_then_batch_norm(c_in: int, k: int, stride: int, padding: int, affine: bool,
-                                                 conv_bias: bool) -> None:
+@pytest.mark.parametrize(
+    ("c_in", "k", "stride", "padding", "affine", "conv_bias"),
+    [
+        (1, 3, 1, 1, True, True),  # the Omniglot first layer (K = 9)
+        (1, 3, 2, 1, True, True),  # the strided MAML first layer
+        (3, 3, 1, 0, False, False),  # K = 27, no affine, no conv bias
+        (1, 5, 2, 2, True, False),  # K = 25
+        (4, 3, 1, 1, True, True),  # K = 36 > THIN_CONV_MAX_K: the unfused composition
+    ],
+)
+def test_conv_batch_norm_is_conv_then_batch_norm(
+    c_in: int, k: int, stride: int, padding: int, affine: bool, conv_bias: bool
+) -> None:
     from metafit.models.ops import conv_batch_norm
 
     g = torch.Generator().manual_seed(0)

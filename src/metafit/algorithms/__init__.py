@@ -14,15 +14,12 @@ from metafit.algorithms.base import (
     clone_meta_params,
     flat_meta_params,
 )
-from metafit.algorithms.cnp import CNP, CNPState, calibration, gaussian_nll, interval_coverage, recalibrate
-from metafit.algorithms.maml import MAML, inner_gradients
-from metafit.algorithms.meta_sgd import MetaSGD
-from metafit.algorithms.protonet import ProtoNet
-from metafit.algorithms.registry import LEARNERS, LearnerEntry, build_learner, learner_options
-from metafit.algorithms.reptile import Reptile
 from metafit.algorithms.baselines import RawNearestCentroid
+from metafit.algorithms.cnp import CNP, CNPState, calibration, gaussian_nll, interval_coverage, recalibrate
 from metafit.algorithms.heads import CosineHead, EuclideanHead, MahalanobisHead, RidgeHead
+from metafit.algorithms.maml import MAML, inner_gradients
 from metafit.algorithms.mamlpp import MAMLPlusPlus
+from metafit.algorithms.meta_sgd import MetaSGD
 from metafit.algorithms.metric import MetricLearner
 from metafit.algorithms.neural_process import InContextLearner, NeuralProcess, Padded
 from metafit.algorithms.pretrain import (
@@ -32,6 +29,9 @@ from metafit.algorithms.pretrain import (
     NearestCentroidHead,
     Pretrain,
 )
+from metafit.algorithms.protonet import ProtoNet
+from metafit.algorithms.registry import LEARNERS, LearnerEntry, build_learner, learner_options
+from metafit.algorithms.reptile import Reptile
 from metafit.algorithms.warm_start import init_from
 
 __all__ = [

@@ -147,7 +147,14 @@ class GradientLearner(Algorithm, Protocol):
     ) -> Iterator[Params]: ...
 
     def adaptation_curve(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task, *, steps: int, lr: float | None = None
+        self,
+        model: nn.Module,
+        meta_params: MetaParams,
+        buffers: Buffers,
+        task: Task,
+        *,
+        steps: int,
+        lr: float | None = None,
     ) -> Metrics: ...
 
     def eval_settings(self) -> EvalSettings: ...
@@ -245,6 +252,5 @@ def flat_meta_params(meta_params: MetaParams) -> dict[str, Tensor]:
 def clone_meta_params(meta_params: MetaParams, *, requires_grad: bool = True) -> MetaParams:
     """Detached leaf copies of every meta-parameter."""
     return {
-        g: {k: v.detach().clone().requires_grad_(requires_grad) for k, v in d.items()}
-        for g, d in meta_params.items()
+        g: {k: v.detach().clone().requires_grad_(requires_grad) for k, v in d.items()} for g, d in meta_params.items()
     }

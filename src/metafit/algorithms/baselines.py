@@ -62,8 +62,10 @@ class RawNearestCentroid:
             raise ValueError(
                 f"RawNearestCentroid is a classifier: criterion must be 'cross_entropy', got {self.criterion!r}"
             )
-        if isinstance(self.distance_scale, bool) or not isinstance(self.distance_scale, (int, float)) or not (
-            self.distance_scale > 0
+        if (
+            isinstance(self.distance_scale, bool)
+            or not isinstance(self.distance_scale, (int, float))
+            or not (self.distance_scale > 0)
         ):
             raise ValueError(f"distance_scale must be a number > 0, got {self.distance_scale!r}")
 

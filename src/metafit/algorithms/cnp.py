@@ -92,9 +92,7 @@ class CNPState(NamedTuple):
 def _call(model: nn.Module, meta_params: MetaParams, buffers: Buffers, method: str, *args: Any) -> Any:
     # One strict functional_call over every parameter (as metafit.functional.apply), running a
     # single stage of the network selected by the ``method`` keyword.
-    return functional_call(
-        model, (dict(meta_params["model"]), dict(buffers)), args, {"method": method}, strict=True
-    )
+    return functional_call(model, (dict(meta_params["model"]), dict(buffers)), args, {"method": method}, strict=True)
 
 
 @dataclass(frozen=True)
@@ -130,8 +128,12 @@ class CNP:
     def __post_init__(self) -> None:
         if self.criterion not in ("gaussian_nll", "cross_entropy"):
             raise ValueError(f"criterion must be 'gaussian_nll' or 'cross_entropy', got {self.criterion!r}")
-        if isinstance(self.variance_scale, bool) or not isinstance(self.variance_scale, (int, float)) \
-                or not math.isfinite(self.variance_scale) or self.variance_scale <= 0:
+        if (
+            isinstance(self.variance_scale, bool)
+            or not isinstance(self.variance_scale, (int, float))
+            or not math.isfinite(self.variance_scale)
+            or self.variance_scale <= 0
+        ):
             raise ValueError(f"variance_scale must be a finite number > 0, got {self.variance_scale!r}")
 
     @property
@@ -196,9 +198,7 @@ class CNP:
         out = self.predict_distribution(model, meta_params, buffers, adapted, x)
         return out[0] if not self.classification else out
 
-    def loss(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task
-    ) -> tuple[Tensor, Metrics]:
+    def loss(self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task) -> tuple[Tensor, Metrics]:
         """Query NLL given the support set as context (the CNP objective, eq. 4 of the paper)."""
         if self.classification and task.n_way is None:
             raise ValueError("CNP(criterion='cross_entropy') needs tasks with n_way set")

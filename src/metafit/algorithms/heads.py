@@ -226,7 +226,6 @@ class MahalanobisHead:
         dist = (diff * solved.transpose(1, 2)).sum(-1)  # (N, Q)
         return -0.5 * dist.transpose(0, 1)
 
-
     def _woodbury_distances(self, support_emb: Tensor, support_y: Tensor, n_way: int, query_emb: Tensor) -> Tensor:
         """``(Q, N)`` squared Mahalanobis distances by the Woodbury identity (see the class docstring)."""
         s = support_emb.shape[0]

@@ -8,6 +8,7 @@ filter, and Reptile (:mod:`metafit.algorithms.reptile`) reuses the same inner lo
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -180,9 +181,7 @@ class MAML:
 
         yield {**fixed, **adapted}
         for _ in range(steps):
-            grads = inner_gradients(
-                support_loss, adapted, create_graph=create_graph, data=support_x
-            )
+            grads = inner_gradients(support_loss, adapted, create_graph=create_graph, data=support_x)
             adapted = {k: v - rates[k] * grads[k] for k, v in adapted.items()}
             yield {**fixed, **adapted}
 
@@ -204,12 +203,10 @@ class MAML:
         ``n_way`` is accepted for the protocol; the head's size fixes the classes. ``steps``,
         ``lr`` and ``create_graph`` default to the training settings (see :meth:`adapt_steps`).
         """
-        params: Params = {}
-        for params in self.adapt_steps(
+        steps_iter = self.adapt_steps(
             model, meta_params, buffers, support_x, support_y, steps=steps, lr=lr, create_graph=create_graph
-        ):
-            pass
-        return params
+        )
+        return collections.deque(steps_iter, maxlen=1)[0]  # the last step's parameters, none kept before it
 
     def predict(
         self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: Params, x: Tensor
@@ -217,9 +214,7 @@ class MAML:
         """Model outputs ``(B, ...)`` at the adapted parameters."""
         return apply(model, adapted, buffers, x)
 
-    def loss(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task
-    ) -> tuple[Tensor, Metrics]:
+    def loss(self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task) -> tuple[Tensor, Metrics]:
         """Query loss after adaptation on the support set (the MAML meta-objective)."""
         fast = self.adapt(model, meta_params, buffers, task.support_x, task.support_y)
         out = apply(model, fast, buffers, task.query_x)

@@ -33,7 +33,8 @@ training loop calls :meth:`MAMLPlusPlus.at_iteration` before each step and uses 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import collections
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -314,12 +315,10 @@ class MAMLPlusPlus:
         create_graph: bool | None = None,
     ) -> Params:
         """Full parameters after ``steps`` inner updates (see :meth:`adapt_steps`)."""
-        params: Params = {}
-        for params in self.adapt_steps(
+        steps_iter = self.adapt_steps(
             model, meta_params, buffers, support_x, support_y, steps=steps, lr=lr, create_graph=create_graph
-        ):
-            pass
-        return params
+        )
+        return collections.deque(steps_iter, maxlen=1)[0]  # the last step's parameters, none kept before it
 
     def predict(
         self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: Params, x: Tensor
@@ -327,9 +326,7 @@ class MAMLPlusPlus:
         """Model outputs ``(B, ...)`` at the adapted parameters."""
         return apply(model, adapted, buffers, x)
 
-    def loss(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task
-    ) -> tuple[Tensor, Metrics]:
+    def loss(self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task) -> tuple[Tensor, Metrics]:
         """MSL: ``sum_k w_k * query_loss(after k steps)``; metrics of the last step.
 
         Metrics: ``loss`` (the weighted meta-loss), ``final_loss`` and ``accuracy``/``mse`` after the
@@ -423,7 +420,13 @@ def build_mamlpp(
 ) -> MAMLPlusPlus:
     """Registry builder for :class:`MAMLPlusPlus` (keyword options with their defaults)."""
     return MAMLPlusPlus(
-        inner_lr=inner_lr, inner_steps=inner_steps, criterion=criterion, msl_iterations=msl_iterations,
-        first_order_iterations=first_order_iterations, learn_inner_lr=learn_inner_lr,
-        per_step_norm=per_step_norm, eval_inner_lr=eval_inner_lr, eval_inner_steps=eval_inner_steps,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        criterion=criterion,
+        msl_iterations=msl_iterations,
+        first_order_iterations=first_order_iterations,
+        learn_inner_lr=learn_inner_lr,
+        per_step_norm=per_step_norm,
+        eval_inner_lr=eval_inner_lr,
+        eval_inner_steps=eval_inner_steps,
     )

@@ -42,10 +42,7 @@ class MetaSGD(MAML):
         """``{"model": params, "inner_lr": per-parameter rates}``."""
         mp = super().init(model, generator=generator)
         start = self.inner_lr if self.init_inner_lr is None else self.init_inner_lr
-        mp["inner_lr"] = {
-            k: torch.full_like(v, start).detach().requires_grad_(True)
-            for k, v in mp["model"].items()
-        }
+        mp["inner_lr"] = {k: torch.full_like(v, start).detach().requires_grad_(True) for k, v in mp["model"].items()}
         return mp
 
     def step_sizes(self, meta_params: MetaParams, lr: float) -> Mapping[str, Tensor | float]:

@@ -83,7 +83,9 @@ class MetricLearner:
 
     def __post_init__(self) -> None:
         if self.criterion != "cross_entropy":
-            raise ValueError(f"MetricLearner is a classifier: criterion must be 'cross_entropy', got {self.criterion!r}")
+            raise ValueError(
+                f"MetricLearner is a classifier: criterion must be 'cross_entropy', got {self.criterion!r}"
+            )
         if not isinstance(self.head, Head):
             raise TypeError(
                 "head must have init_params() and logits(support_emb, support_y, n_way, query_emb, head_params), "
@@ -101,7 +103,10 @@ class MetricLearner:
         """``{"model": params}`` plus ``{"head": head.init_params()}`` if the head learns anything."""
         mp: MetaParams = {"model": params_of(model)}
         dtype, device = _model_dtype(model)
-        hp = {k: v.detach().to(dtype=dtype, device=device).requires_grad_(True) for k, v in self.head.init_params().items()}
+        hp = {
+            k: v.detach().to(dtype=dtype, device=device).requires_grad_(True)
+            for k, v in self.head.init_params().items()
+        }
         if hp:
             mp["head"] = hp
         return mp
@@ -157,12 +162,12 @@ class MetricLearner:
         """Logits ``(B, n_way)`` of the head."""
         return self.logits(model, meta_params, buffers, adapted, x)
 
-    def loss(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task
-    ) -> tuple[Tensor, Metrics]:
+    def loss(self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task) -> tuple[Tensor, Metrics]:
         """Cross-entropy of the query set under the head fitted to the support set."""
         if task.n_way is None:
-            raise ValueError(f"MetricLearner({type(self.head).__name__}) needs tasks with n_way set (classification tasks)")
+            raise ValueError(
+                f"MetricLearner({type(self.head).__name__}) needs tasks with n_way set (classification tasks)"
+            )
         check_labels("support_y", task.support_y, task.n_way, what="the task")
         check_labels("query_y", task.query_y, task.n_way, what="the task")
         support = ProtoSupport(task.support_x, task.support_y, task.n_way)
@@ -202,16 +207,18 @@ def build_meta_baseline(
     criterion: str, *, scale: float = 10.0, learn_scale: bool = True, joint_embedding: bool = True
 ) -> MetricLearner:
     """Meta-Baseline's meta-stage: ``MetricLearner(CosineHead(scale))`` (start it with ``init_from``)."""
-    return MetricLearner(CosineHead(scale=scale, learn_scale=learn_scale), criterion=criterion,
-                         joint_embedding=joint_embedding)
+    return MetricLearner(
+        CosineHead(scale=scale, learn_scale=learn_scale), criterion=criterion, joint_embedding=joint_embedding
+    )
 
 
 def build_r2d2(
     criterion: str, *, init_lambda: float = 1.0, init_scale: float = 1.0, joint_embedding: bool = True
 ) -> MetricLearner:
     """R2D2: ``MetricLearner(RidgeHead(init_lambda, init_scale))``."""
-    return MetricLearner(RidgeHead(init_lambda=init_lambda, init_scale=init_scale), criterion=criterion,
-                         joint_embedding=joint_embedding)
+    return MetricLearner(
+        RidgeHead(init_lambda=init_lambda, init_scale=init_scale), criterion=criterion, joint_embedding=joint_embedding
+    )
 
 
 def build_simple_cnaps(criterion: str, *, beta: float = 1.0, joint_embedding: bool = True) -> MetricLearner:

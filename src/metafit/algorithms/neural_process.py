@@ -119,8 +119,9 @@ class NeuralProcess:
     @property
     def spec(self) -> LearnerSpec:
         """Regression, no inner loop, no classification head, no embedding."""
-        return LearnerSpec(tasks="regression", inner_loop=False, second_order=False, head="none", embeds=False,
-                           distribution=True)
+        return LearnerSpec(
+            tasks="regression", inner_loop=False, second_order=False, head="none", embeds=False, distribution=True
+        )
 
     def init(self, model: nn.Module, *, generator: torch.Generator | None = None) -> MetaParams:
         """``{"model": params}`` copied from the network."""
@@ -170,9 +171,7 @@ class NeuralProcess:
         mse = _masked_mse(mean.detach(), target_y, target_mask)
         return loss, {"loss": loss.detach(), "nll": loss.detach(), "mse": mse}
 
-    def loss(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task
-    ) -> tuple[Tensor, Metrics]:
+    def loss(self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task) -> tuple[Tensor, Metrics]:
         """Query Gaussian NLL given the support set as context."""
         context = self.adapt(model, meta_params, buffers, task.support_x, task.support_y)
         return self.masked_loss(model, meta_params, buffers, context, task.query_x, task.query_y, None)
@@ -241,9 +240,7 @@ class Padded:
         """The predictive mean ``(B, y_dim)``."""
         return self.predict_distribution(model, meta_params, buffers, adapted, x)[0]
 
-    def loss(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task
-    ) -> tuple[Tensor, Metrics]:
+    def loss(self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task) -> tuple[Tensor, Metrics]:
         """Mean NLL of the real query points given the real support points."""
         context = self.adapt(model, meta_params, buffers, task.support_x, task.support_y)
         qx, qmask = split_mask(task.query_x, "query_x")
@@ -308,9 +305,7 @@ class InContextLearner:
         """Logits ``(B, n_way)`` of the inputs ``x (B, *input_shape)``."""
         return _forward(model, meta_params, buffers, adapted.x, adapted.y, x, adapted.n_way)
 
-    def loss(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task
-    ) -> tuple[Tensor, Metrics]:
+    def loss(self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task) -> tuple[Tensor, Metrics]:
         """Query cross-entropy given the support set in context."""
         if task.n_way is None:
             raise ValueError("InContextLearner needs classification tasks with n_way set, got n_way=None")
@@ -334,8 +329,9 @@ def build_neural_process(criterion: str, *, variance_scale: float = 1.0) -> Neur
         variance_scale: See :class:`NeuralProcess`.
     """
     if criterion not in ("gaussian_nll", "mse"):
-        raise ValueError(f"a neural process is a regression learner: criterion must be 'gaussian_nll' or 'mse', "
-                         f"got {criterion!r}")
+        raise ValueError(
+            f"a neural process is a regression learner: criterion must be 'gaussian_nll' or 'mse', got {criterion!r}"
+        )
     return NeuralProcess(variance_scale=variance_scale)
 
 

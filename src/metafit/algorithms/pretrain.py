@@ -101,7 +101,9 @@ def _lr_objective(theta: Tensor, z1: Tensor, onehot: Tensor, l2: float, mask: Te
     return -(onehot * logp).sum((-1, -2)) + 0.5 * l2 * (theta * mask).pow(2).sum((-1, -2))
 
 
-def fit_logistic_regression(x: Tensor, y: Tensor, n_way: int, *, l2: float = 1.0, steps: int = 20) -> tuple[Tensor, Tensor]:
+def fit_logistic_regression(
+    x: Tensor, y: Tensor, n_way: int, *, l2: float = 1.0, steps: int = 20
+) -> tuple[Tensor, Tensor]:
     """Multinomial logistic regression with an L2 penalty on the weights, by Newton's method.
 
     Minimises ``sum_i CE(W x_i + b, y_i) + l2/2 ||W||_F^2`` (``b`` unpenalised), scikit-learn's
@@ -132,7 +134,9 @@ def fit_logistic_regression(x: Tensor, y: Tensor, n_way: int, *, l2: float = 1.0
     r1 = z.shape[1] + 1
     z1 = torch.cat([z, torch.ones(s, 1, dtype=x.dtype, device=x.device)], dim=1)  # (S, r+1)
     onehot = F.one_hot(y, n_way).to(x.dtype)
-    mask = torch.cat([torch.ones(r1 - 1, dtype=x.dtype, device=x.device), torch.zeros(1, dtype=x.dtype, device=x.device)])
+    mask = torch.cat(
+        [torch.ones(r1 - 1, dtype=x.dtype, device=x.device), torch.zeros(1, dtype=x.dtype, device=x.device)]
+    )
     pen = mask.repeat(n_way)  # flattened (N * (r+1)) order: class-major
     eye = torch.eye(n_way * r1, dtype=x.dtype, device=x.device)
     ts = torch.tensor(_LINE_SEARCH, dtype=x.dtype, device=x.device)
@@ -205,7 +209,9 @@ class CosineState(NamedTuple):
     log_scale: Tensor
 
 
-def cosine_classifier_gradients(weight: Tensor, log_scale: Tensor, emb: Tensor, onehot: Tensor) -> tuple[Tensor, Tensor]:
+def cosine_classifier_gradients(
+    weight: Tensor, log_scale: Tensor, emb: Tensor, onehot: Tensor
+) -> tuple[Tensor, Tensor]:
     """Closed-form gradients of the mean cross-entropy of ``exp(log_scale) * cos(emb, weight)``.
 
     Args:
@@ -401,7 +407,10 @@ class LinearClassifier:
 
     def init_params(self, n_classes: int, feature_dim: int, *, generator: torch.Generator) -> Params:
         """``{"weight", "bias"}``, float64 (cast by the learner)."""
-        return {"weight": _uniform(n_classes, feature_dim, generator), "bias": torch.zeros(n_classes, dtype=torch.float64)}
+        return {
+            "weight": _uniform(n_classes, feature_dim, generator),
+            "bias": torch.zeros(n_classes, dtype=torch.float64),
+        }
 
     def logits(self, emb: Tensor, params: Params) -> Tensor:
         """``(B, C)`` for features ``emb (B, D)``."""
@@ -478,9 +487,7 @@ class Pretrain:
 
     def __post_init__(self) -> None:
         if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, int) or self.n_classes < 2:
-            raise ValueError(
-                f"n_classes must be the number of training classes (an int >= 2), got {self.n_classes!r}"
-            )
+            raise ValueError(f"n_classes must be the number of training classes (an int >= 2), got {self.n_classes!r}")
         if self.feature_dim is not None and (
             isinstance(self.feature_dim, bool) or not isinstance(self.feature_dim, int) or self.feature_dim < 1
         ):
@@ -550,15 +557,11 @@ class Pretrain:
         check_labels("support_y", support_y, n_way, what="the task")
         return self.head.fit(model, meta_params["model"], buffers, support_x, support_y, n_way)
 
-    def predict(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: Any, x: Tensor
-    ) -> Tensor:
+    def predict(self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: Any, x: Tensor) -> Tensor:
         """``(B, n_way)`` logits of the fitted head."""
         return self.head.logits(model, meta_params["model"], buffers, adapted, x)
 
-    def loss(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task
-    ) -> tuple[Tensor, Metrics]:
+    def loss(self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task) -> tuple[Tensor, Metrics]:
         """Empty support: pretraining cross-entropy over the global labels; else the episode's query loss."""
         if task.n_way is None:
             raise ValueError("Pretrain needs tasks with n_way set (classification tasks)")
@@ -612,5 +615,10 @@ def build_pretrain(
     }
     if head not in heads:
         raise ValueError(f"head must be one of {sorted(heads)}, got {head!r}")
-    return Pretrain(n_classes=n_classes, head=heads[head](), feature_dim=feature_dim, criterion=criterion,
-                    classifier=classifiers[classifier]())
+    return Pretrain(
+        n_classes=n_classes,
+        head=heads[head](),
+        feature_dim=feature_dim,
+        criterion=criterion,
+        classifier=classifiers[classifier](),
+    )

@@ -132,9 +132,7 @@ class ProtoNet:
         """Logits ``(B, n_way)`` = ``-scale * ||f(x) - prototype||^2``."""
         return self.logits(model, meta_params, buffers, adapted, x)
 
-    def loss(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task
-    ) -> tuple[Tensor, Metrics]:
+    def loss(self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task) -> tuple[Tensor, Metrics]:
         """Cross-entropy of the query set against the support prototypes."""
         if task.n_way is None:
             raise ValueError("ProtoNet needs tasks with n_way set (classification tasks)")

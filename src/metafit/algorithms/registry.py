@@ -77,8 +77,12 @@ def _gradient(cls: Callable[..., Algorithm], **fixed: Any) -> Callable[..., Algo
         eval_inner_steps: int | None = None,
     ) -> Algorithm:
         return cls(
-            criterion=criterion, inner_lr=inner_lr, inner_steps=inner_steps,
-            eval_inner_lr=eval_inner_lr, eval_inner_steps=eval_inner_steps, **fixed,
+            criterion=criterion,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            eval_inner_lr=eval_inner_lr,
+            eval_inner_steps=eval_inner_steps,
+            **fixed,
         )
 
     return build
@@ -94,15 +98,21 @@ def _metasgd(
     init_inner_lr: float | None = None,
 ) -> Algorithm:
     return MetaSGD(
-        criterion=criterion, inner_lr=inner_lr, inner_steps=inner_steps, eval_inner_lr=eval_inner_lr,
-        eval_inner_steps=eval_inner_steps, init_inner_lr=init_inner_lr,
+        criterion=criterion,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        eval_inner_lr=eval_inner_lr,
+        eval_inner_steps=eval_inner_steps,
+        init_inner_lr=init_inner_lr,
     )
 
 
 def _protonet(
     criterion: str, *, distance_scale: float = 1.0, distance: str = "squared_euclidean", joint_embedding: bool = True
 ) -> Algorithm:
-    return ProtoNet(criterion=criterion, distance_scale=distance_scale, distance=distance, joint_embedding=joint_embedding)
+    return ProtoNet(
+        criterion=criterion, distance_scale=distance_scale, distance=distance, joint_embedding=joint_embedding
+    )
 
 
 def _cnp(criterion: str) -> Algorithm:
@@ -110,41 +120,98 @@ def _cnp(criterion: str) -> Algorithm:
 
 
 _ENTRIES = (
-    LearnerEntry("maml", "Finn, Abbeel & Levine, ICML 2017 (arXiv 1703.03400)",
-                 "MAML, second order", _gradient(MAML)),
-    LearnerEntry("fomaml", "Finn, Abbeel & Levine, ICML 2017, section 5.2",
-                 "first-order MAML", _gradient(MAML, first_order=True)),
-    LearnerEntry("metasgd", "Li, Zhou, Chen & Li 2017 (arXiv 1707.09835)",
-                 "MAML with learned per-parameter step sizes", _metasgd),
-    LearnerEntry("anil", "Raghu, Raghu, Bengio & Vinyals, ICLR 2020 (arXiv 1909.09157)",
-                 "MAML adapting only the head", _gradient(ANIL)),
-    LearnerEntry("reptile", "Nichol, Achiam & Schulman 2018 (arXiv 1803.02999)",
-                 "first-order: move the initialisation towards adapted weights", _gradient(Reptile)),
-    LearnerEntry("protonet", "Snell, Swersky & Zemel, NeurIPS 2017 (arXiv 1703.05175)",
-                 "Prototypical Networks: nearest class mean in an embedding", _protonet),
-    LearnerEntry("cnp", "Garnelo et al., ICML 2018 (arXiv 1807.01613)",
-                 "Conditional Neural Process: context encoding, no inner loop", _cnp, network="cnp"),
-    LearnerEntry("mamlpp", "Antoniou, Edwards & Storkey, ICLR 2019 (arXiv 1810.09502)",
-                 "MAML++: multi-step loss, per-layer per-step rates, per-step norm weights, order annealing",
-                 build_mamlpp, scheduled=True),
-    LearnerEntry("metric", "Snell, Swersky & Zemel, NeurIPS 2017 (arXiv 1703.05175)",
-                 "ProtoNet family with a chosen metric head (euclidean, cosine, mahalanobis, ridge)", build_metric),
-    LearnerEntry("metabaseline", "Chen, Liu, Xu, Darrell & Wang, ICCV 2021 (arXiv 2003.04390)",
-                 "cosine ProtoNet with a learned temperature (start it from a pretrain run)", build_meta_baseline),
-    LearnerEntry("r2d2", "Bertinetto, Henriques, Torr & Vedaldi, ICLR 2019 (arXiv 1805.08136)",
-                 "differentiable closed-form ridge-regression head (Woodbury form)", build_r2d2),
-    LearnerEntry("simple_cnaps", "Bateni, Goyal, Masrani, Wood & Sigal, CVPR 2020 (arXiv 1912.03432)",
-                 "Mahalanobis head with shrunk class covariances (no FiLM adaptation network)", build_simple_cnaps),
-    LearnerEntry("pretrain", "Chen et al., ICLR 2019 (arXiv 1904.04232); Tian et al., ECCV 2020 (arXiv 2003.11539)",
-                 "supervised pretraining on all training classes, a head fitted on the support set", build_pretrain,
-                 batches="classes", data_options=("n_classes",)),
-    LearnerEntry("anp", "Kim et al., ICLR 2019 (arXiv 1901.05761)",
-                 "Attentive Neural Process (deterministic path)", build_neural_process, network="np"),
-    LearnerEntry("tnp", "Nguyen & Grover, ICML 2022 (arXiv 2207.04179)",
-                 "Transformer Neural Process (TNP-D)", build_neural_process, network="np"),
-    LearnerEntry("caml", "Fifty et al., ICLR 2024 (arXiv 2310.10971)",
-                 "in-context transformer classifier over (embedding, label) tokens", build_in_context,
-                 network="in_context"),
+    LearnerEntry("maml", "Finn, Abbeel & Levine, ICML 2017 (arXiv 1703.03400)", "MAML, second order", _gradient(MAML)),
+    LearnerEntry(
+        "fomaml", "Finn, Abbeel & Levine, ICML 2017, section 5.2", "first-order MAML", _gradient(MAML, first_order=True)
+    ),
+    LearnerEntry(
+        "metasgd", "Li, Zhou, Chen & Li 2017 (arXiv 1707.09835)", "MAML with learned per-parameter step sizes", _metasgd
+    ),
+    LearnerEntry(
+        "anil",
+        "Raghu, Raghu, Bengio & Vinyals, ICLR 2020 (arXiv 1909.09157)",
+        "MAML adapting only the head",
+        _gradient(ANIL),
+    ),
+    LearnerEntry(
+        "reptile",
+        "Nichol, Achiam & Schulman 2018 (arXiv 1803.02999)",
+        "first-order: move the initialisation towards adapted weights",
+        _gradient(Reptile),
+    ),
+    LearnerEntry(
+        "protonet",
+        "Snell, Swersky & Zemel, NeurIPS 2017 (arXiv 1703.05175)",
+        "Prototypical Networks: nearest class mean in an embedding",
+        _protonet,
+    ),
+    LearnerEntry(
+        "cnp",
+        "Garnelo et al., ICML 2018 (arXiv 1807.01613)",
+        "Conditional Neural Process: context encoding, no inner loop",
+        _cnp,
+        network="cnp",
+    ),
+    LearnerEntry(
+        "mamlpp",
+        "Antoniou, Edwards & Storkey, ICLR 2019 (arXiv 1810.09502)",
+        "MAML++: multi-step loss, per-layer per-step rates, per-step norm weights, order annealing",
+        build_mamlpp,
+        scheduled=True,
+    ),
+    LearnerEntry(
+        "metric",
+        "Snell, Swersky & Zemel, NeurIPS 2017 (arXiv 1703.05175)",
+        "ProtoNet family with a chosen metric head (euclidean, cosine, mahalanobis, ridge)",
+        build_metric,
+    ),
+    LearnerEntry(
+        "metabaseline",
+        "Chen, Liu, Xu, Darrell & Wang, ICCV 2021 (arXiv 2003.04390)",
+        "cosine ProtoNet with a learned temperature (start it from a pretrain run)",
+        build_meta_baseline,
+    ),
+    LearnerEntry(
+        "r2d2",
+        "Bertinetto, Henriques, Torr & Vedaldi, ICLR 2019 (arXiv 1805.08136)",
+        "differentiable closed-form ridge-regression head (Woodbury form)",
+        build_r2d2,
+    ),
+    LearnerEntry(
+        "simple_cnaps",
+        "Bateni, Goyal, Masrani, Wood & Sigal, CVPR 2020 (arXiv 1912.03432)",
+        "Mahalanobis head with shrunk class covariances (no FiLM adaptation network)",
+        build_simple_cnaps,
+    ),
+    LearnerEntry(
+        "pretrain",
+        "Chen et al., ICLR 2019 (arXiv 1904.04232); Tian et al., ECCV 2020 (arXiv 2003.11539)",
+        "supervised pretraining on all training classes, a head fitted on the support set",
+        build_pretrain,
+        batches="classes",
+        data_options=("n_classes",),
+    ),
+    LearnerEntry(
+        "anp",
+        "Kim et al., ICLR 2019 (arXiv 1901.05761)",
+        "Attentive Neural Process (deterministic path)",
+        build_neural_process,
+        network="np",
+    ),
+    LearnerEntry(
+        "tnp",
+        "Nguyen & Grover, ICML 2022 (arXiv 2207.04179)",
+        "Transformer Neural Process (TNP-D)",
+        build_neural_process,
+        network="np",
+    ),
+    LearnerEntry(
+        "caml",
+        "Fifty et al., ICLR 2024 (arXiv 2310.10971)",
+        "in-context transformer classifier over (embedding, label) tokens",
+        build_in_context,
+        network="in_context",
+    ),
 )
 
 LEARNERS: Mapping[str, LearnerEntry] = MappingProxyType({e.name: e for e in _ENTRIES})

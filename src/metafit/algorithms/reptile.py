@@ -44,9 +44,7 @@ class Reptile(MAML):
                 "meta-gradient theta - phi is exactly zero forever"
             )
 
-    def loss(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task
-    ) -> tuple[Tensor, Metrics]:
+    def loss(self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task) -> tuple[Tensor, Metrics]:
         """Surrogate ``0.5 * sum ||theta - stopgrad(phi)||^2`` plus query metrics at ``phi``."""
         theta = meta_params["model"]
         phi = self.adapt(model, meta_params, buffers, task.support_x, task.support_y, create_graph=False)

@@ -28,7 +28,7 @@ def _rename(name: str, prefix_map: Mapping[str, str]) -> str:
     # longest matching source prefix wins
     for src in sorted(prefix_map, key=len, reverse=True):
         if name.startswith(src):
-            return prefix_map[src] + name[len(src):]
+            return prefix_map[src] + name[len(src) :]
     return name
 
 

@@ -100,11 +100,22 @@ def _relaunch_with_torchrun(argv: Sequence[str], nproc: int) -> int:
     threads = max(1, (os.cpu_count() or 1) // nproc)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     try:
-        torchrun_main(["--standalone", f"--nproc-per-node={nproc}", "--max-restarts=0", "--monitor-interval=0.1",
-                       "-m", "metafit", *rest])
+        torchrun_main(
+            [
+                "--standalone",
+                f"--nproc-per-node={nproc}",
+                "--max-restarts=0",
+                "--monitor-interval=0.1",
+                "-m",
+                "metafit",
+                *rest,
+            ]
+        )
     except ChildFailedError as e:
         failed = "; ".join(f"rank {r}: exit code {f.exitcode}" for r, f in sorted(e.failures.items()))
-        raise RunError(f"the {nproc}-process run failed ({failed}); the last checkpoint is intact, resume with --resume") from None
+        raise RunError(
+            f"the {nproc}-process run failed ({failed}); the last checkpoint is intact, resume with --resume"
+        ) from None
     return 0
 
 
@@ -117,7 +128,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.nproc > 1 and not under_torchrun:
         if config.train.path == "auto":
-            raise ValueError("--nproc needs an explicit engine path (--path loop or --path vmap), got train.path='auto'")
+            raise ValueError(
+                "--nproc needs an explicit engine path (--path loop or --path vmap), got train.path='auto'"
+            )
         return _relaunch_with_torchrun(args.argv, args.nproc)
     run_dir = Path(args.run_dir or Path("runs") / f"{config.data.dataset}-{config.algo.name}-seed{config.train.seed}")
     apply_process_settings(config)  # the CLI owns its process
@@ -163,13 +176,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from metafit.app.runs import eval_markdown, evaluate_checkpoint
     from metafit.checkpoint import atomic_write_bytes
 
-    _check_flags(args, {"--inner-steps": 0, "--episodes": 1, "--n-way": 2, "--k-shot": 1, "--n-query": 1, "--seed": 0},
-                 ["--inner-lr"])
+    _check_flags(
+        args,
+        {"--inner-steps": 0, "--episodes": 1, "--n-way": 2, "--k-shot": 1, "--n-query": 1, "--seed": 0},
+        ["--inner-lr"],
+    )
 
     out = evaluate_checkpoint(
-        args.target, shots=args.k_shot, n_way=args.n_way, n_query=args.n_query, episodes=args.episodes,
-        inner_steps=args.inner_steps, inner_lr=args.inner_lr, seed=args.seed, data_root=args.data_root,
-        recalibrate=args.recalibrate, dataset=args.dataset, label_column=args.label_column,
+        args.target,
+        shots=args.k_shot,
+        n_way=args.n_way,
+        n_query=args.n_query,
+        episodes=args.episodes,
+        inner_steps=args.inner_steps,
+        inner_lr=args.inner_lr,
+        seed=args.seed,
+        data_root=args.data_root,
+        recalibrate=args.recalibrate,
+        dataset=args.dataset,
+        label_column=args.label_column,
     )
     target = Path(args.target)
     default = (target if target.is_dir() else target.parent.parent) / "eval_cli.json"
@@ -207,9 +232,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.imbalanced_query is not None and not args.imbalanced_query > 0:
         raise ValueError(f"--imbalanced-query must be a Dirichlet concentration > 0, got {args.imbalanced_query}")
     settings = [_setting(s) for s in args.setting] if args.setting else None
-    out = compare(args.runs, settings=settings, episodes=args.episodes, seed=args.seed, baseline=args.baseline,
-                  protocol=args.protocol, dataset=args.dataset, n_query=args.n_query, imbalanced=args.imbalanced_query,
-                  inductive=args.inductive, alpha=args.alpha, test=args.test)
+    out = compare(
+        args.runs,
+        settings=settings,
+        episodes=args.episodes,
+        seed=args.seed,
+        baseline=args.baseline,
+        protocol=args.protocol,
+        dataset=args.dataset,
+        n_query=args.n_query,
+        imbalanced=args.imbalanced_query,
+        inductive=args.inductive,
+        alpha=args.alpha,
+        test=args.test,
+    )
     md = compare_markdown(out)
     if args.out:
         p = Path(args.out)
@@ -223,8 +259,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 if "calibration" in sc:
                     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
                     png = p.parent / f"{p.stem}_reliability_{s['n_way']}w{s['k_shot']}s_{safe}.png"
-                    plot_reliability(sc["calibration"]["diagram"], png, ece=sc["calibration"]["ece"],
-                                     title=f"{name}, {s['n_way']}-way {s['k_shot']}-shot")
+                    plot_reliability(
+                        sc["calibration"]["diagram"],
+                        png,
+                        ece=sc["calibration"]["ece"],
+                        title=f"{name}, {s['n_way']}-way {s['k_shot']}-shot",
+                    )
     _out(json.dumps(out, indent=1) if args.json else md)
     if args.out:
         _out(f"written: {args.out} and {Path(args.out).with_suffix('.md')}")
@@ -258,16 +298,26 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
     out_dir = Path(args.out_dir or Path("runs") / f"fuse-{args.n_way}way{args.k_shot}shot-seed{args.seed}")
     run = run_fusion(
-        args.base or [], data_root=args.data_root, n_way=args.n_way, k_shot=args.k_shot, n_query=args.n_query,
-        steps=args.steps, episodes=args.episodes, train_tasks=args.train_tasks, seed=args.seed,
-        out_dir=out_dir, force=args.force,
+        args.base or [],
+        data_root=args.data_root,
+        n_way=args.n_way,
+        k_shot=args.k_shot,
+        n_query=args.n_query,
+        steps=args.steps,
+        episodes=args.episodes,
+        train_tasks=args.train_tasks,
+        seed=args.seed,
+        out_dir=out_dir,
+        force=args.force,
     )
     if args.json:
         _out(json.dumps({k: v for k, v in run.results.items() if k != "per_task_accuracy"}, indent=1))
         return 0
     s = run.results["settings"]
-    _out(f"{s['n_way']}-way {s['k_shot']}-shot, {s['episodes']} test episodes ({s['n_query']} queries/class), "
-         f"{len(run.bases)} base models: " + ", ".join(b.name for b in run.bases))
+    _out(
+        f"{s['n_way']}-way {s['k_shot']}-shot, {s['episodes']} test episodes ({s['n_query']} queries/class), "
+        f"{len(run.bases)} base models: " + ", ".join(b.name for b in run.bases)
+    )
     _out(run.markdown())
     _out(f"written: {run.json_path}, {out_dir / 'fusion.md'} and {run.checkpoint}")
     return 0
@@ -308,8 +358,9 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
     root = args.data_root or os.environ.get("METAFIT_DATA")
     channels = args.channels if args.channels == "auto" else int(args.channels)
-    src = resolve_dataset(args.dataset, root=root, image_size=args.image_size, channels=channels,
-                          label_column=args.label_column)
+    src = resolve_dataset(
+        args.dataset, root=root, image_size=args.image_size, channels=channels, label_column=args.label_column
+    )
     info = src.info()
     if args.json:
         _out(json.dumps(info, indent=1, default=str))
@@ -318,8 +369,10 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     for split, v in info["splits"].items():
         e = v["examples_per_class"]
         groups = f", {v['groups']} groups" if v["groups"] else ""
-        _out(f"  {split:5s} {v['classes']:6d} classes  {v['examples']:8d} examples  per class min {e['min']} / "
-             f"median {e['median']:g} / max {e['max']}{groups}")
+        _out(
+            f"  {split:5s} {v['classes']:6d} classes  {v['examples']:8d} examples  per class min {e['min']} / "
+            f"median {e['median']:g} / max {e['max']}{groups}"
+        )
     for split in info["empty_splits"]:
         _out(f"  {split:5s} declared but empty")
     pre = {k: v for k, v in info["preprocessing"].items() if k not in ("columns", "categories")}
@@ -332,16 +385,26 @@ def cmd_data(args: argparse.Namespace) -> int:
         root = args.data_root or os.environ.get("METAFIT_DATA")
         _out("sinusoid   built in (synthetic, MAML §5.1)")
         if root:
-            found = [z for z in ("images_background.zip", "images_evaluation.zip") if (Path(root) / "omniglot" / z).exists()]
-            state = f"found under {Path(root) / 'omniglot'}: {', '.join(found)}" if found else f"not found under {Path(root) / 'omniglot'}"
+            found = [
+                z for z in ("images_background.zip", "images_evaluation.zip") if (Path(root) / "omniglot" / z).exists()
+            ]
+            state = (
+                f"found under {Path(root) / 'omniglot'}: {', '.join(found)}"
+                if found
+                else f"not found under {Path(root) / 'omniglot'}"
+            )
         else:
             state = "data root not set (METAFIT_DATA / --data-root)"
         _out(f"omniglot   {state}")
         for name, sub in (("fashion-mnist", "fashion-mnist"), ("kuzushiji-kanji", "kuzushiji-kanji")):
             here = bool(root) and (Path(root) / sub).is_dir()
-            _out(f"{name:<15s}{'found under ' + str(Path(root) / sub) if here else 'not found (data root / ' + sub + ')'}")
+            _out(
+                f"{name:<15s}{'found under ' + str(Path(root) / sub) if here else 'not found (data root / ' + sub + ')'}"
+            )
         _out("digits         built in (scikit-learn's 8x8 digits; a test domain)")
-        _out("any path       image folder, .npz/.npy, .csv/.parquet table, Meta-Dataset source (metafit data info PATH)")
+        _out(
+            "any path       image folder, .npz/.npy, .csv/.parquet table, Meta-Dataset source (metafit data info PATH)"
+        )
         return 0
     root = _root(args)
     from metafit.data import omniglot as om
@@ -355,8 +418,10 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     fetch = getattr(om, "fetch_omniglot", None) or getattr(om, "download_omniglot", None)
     if fetch is None:
-        raise ValueError("this metafit build has no Omniglot downloader; place images_background.zip and "
-                         f"images_evaluation.zip in {root / 'omniglot'}")
+        raise ValueError(
+            "this metafit build has no Omniglot downloader; place images_background.zip and "
+            f"images_evaluation.zip in {root / 'omniglot'}"
+        )
     _out(str(fetch(root)))
     return 0
 
@@ -366,40 +431,71 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``metafit`` command."""
-    p = argparse.ArgumentParser(prog="metafit", description="Functional meta-learning on PyTorch: train, evaluate, predict, plot.")
+    p = argparse.ArgumentParser(
+        prog="metafit", description="Functional meta-learning on PyTorch: train, evaluate, predict, plot."
+    )
     p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one-line errors")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details (resume, skipped checkpoints)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, help="what to do")
 
-    t = sub.add_parser("train", help="meta-train a learner into a run folder",
-                       description="Meta-train. Settings come from CONFIG (JSON/YAML/TOML), then the flags, then --set.")
+    t = sub.add_parser(
+        "train",
+        help="meta-train a learner into a run folder",
+        description="Meta-train. Settings come from CONFIG (JSON/YAML/TOML), then the flags, then --set.",
+    )
     t.add_argument("config", nargs="?", help="config file (.json, .yaml, .toml); default: built-in defaults")
-    t.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                   help="override one config field, e.g. --set train.steps=100 (repeatable)")
+    t.add_argument(
+        "--set",
+        action="append",
+        metavar="SECTION.KEY=VALUE",
+        help="override one config field, e.g. --set train.steps=100 (repeatable)",
+    )
     t.add_argument("--algo", choices=ALGORITHMS, help="learner (algo.name)")
-    t.add_argument("--dataset", help="sinusoid, a built-in dataset (omniglot, fashion-mnist, kuzushiji-kanji, digits) "
-                                     "or a path: image folder, .npz/.npy, .csv/.parquet table, Meta-Dataset source (data.dataset)")
+    t.add_argument(
+        "--dataset",
+        help="sinusoid, a built-in dataset (omniglot, fashion-mnist, kuzushiji-kanji, digits) "
+        "or a path: image folder, .npz/.npy, .csv/.parquet table, Meta-Dataset source (data.dataset)",
+    )
     t.add_argument("--label-column", help="tables: the class column (data.label_column)")
     t.add_argument("--steps", type=int, help="meta-training steps (train.steps)")
     t.add_argument("--seed", type=int, help="random seed of model and task sampler (train.seed)")
     t.add_argument("--data-root", help="folder holding omniglot/images_*.zip (data.data_root; default $METAFIT_DATA)")
-    t.add_argument("--path", choices=PATHS, help="engine path (train.path; compile: torch.compile per-task loss; vmap_compile: of the vmapped batch loss; both opt-in)")
+    t.add_argument(
+        "--path",
+        choices=PATHS,
+        help="engine path (train.path; compile: torch.compile per-task loss; vmap_compile: of the vmapped batch loss; both opt-in)",
+    )
     t.add_argument("--run-dir", help="output folder (default runs/<dataset>-<algo>-seed<seed>)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest valid checkpoint")
-    t.add_argument("--force", action="store_true", help="delete the outputs of a run already in --run-dir and start over")
+    t.add_argument(
+        "--resume", action="store_true", help="continue the run in --run-dir from its newest valid checkpoint"
+    )
+    t.add_argument(
+        "--force", action="store_true", help="delete the outputs of a run already in --run-dir and start over"
+    )
     t.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    t.add_argument("--max-minutes", type=float, help="stop after this many minutes of training time (train.max_minutes)")
+    t.add_argument(
+        "--max-minutes", type=float, help="stop after this many minutes of training time (train.max_minutes)"
+    )
     t.add_argument("--tensorboard", action="store_true", help="also write TensorBoard event files (train.tensorboard)")
-    t.add_argument("--nproc", type=int, default=1,
-                   help="processes on this machine, started by torch.distributed.run (torchrun): each meta-batch is "
-                        "sharded, gradients all-reduced; needs --path loop or vmap. Several machines: torchrun ... "
-                        "-m metafit train, see docs/distributed.md")
+    t.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="processes on this machine, started by torch.distributed.run (torchrun): each meta-batch is "
+        "sharded, gradients all-reduced; needs --path loop or vmap. Several machines: torchrun ... "
+        "-m metafit train, see docs/distributed.md",
+    )
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a trained run/checkpoint with 95%% confidence intervals",
-                       description="Evaluate on fixed seeded episodes; writes JSON and a Markdown table.")
+    e = sub.add_parser(
+        "eval",
+        help="evaluate a trained run/checkpoint with 95%% confidence intervals",
+        description="Evaluate on fixed seeded episodes; writes JSON and a Markdown table.",
+    )
     e.add_argument("target", help="run folder, checkpoints folder or checkpoint file (step_*.json)")
-    e.add_argument("--k-shot", type=int, nargs="+", help="shots per class at evaluation (several values: accuracy vs shots)")
+    e.add_argument(
+        "--k-shot", type=int, nargs="+", help="shots per class at evaluation (several values: accuracy vs shots)"
+    )
     e.add_argument("--n-way", type=int, help="classes per episode (protonet only may change it)")
     e.add_argument("--n-query", type=int, help="query examples per class (per task for sinusoid)")
     e.add_argument("--episodes", type=int, help="number of evaluation episodes/tasks")
@@ -407,62 +503,108 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--inner-lr", type=float, help="inner step size (gradient-based learners)")
     e.add_argument("--seed", type=int, help="seed of the evaluation episodes (default: the config's eval_seed)")
     e.add_argument("--data-root", help="dataset folder if it moved since training")
-    e.add_argument("--dataset", help="evaluate on the test classes of another dataset (built-in name or path), "
-                                     "converted to the checkpoint's input format (cross-domain)")
+    e.add_argument(
+        "--dataset",
+        help="evaluate on the test classes of another dataset (built-in name or path), "
+        "converted to the checkpoint's input format (cross-domain)",
+    )
     e.add_argument("--label-column", help="with a table --dataset: its class column")
-    e.add_argument("--recalibrate", choices=("nll", "quantile"),
-                   help="Gaussian learners (CNP): fit the predictive variance scale on validation tasks first")
+    e.add_argument(
+        "--recalibrate",
+        choices=("nll", "quantile"),
+        help="Gaussian learners (CNP): fit the predictive variance scale on validation tasks first",
+    )
     e.add_argument("--out", help="output JSON (default <run>/eval_cli.json; a .md table is written next to it)")
     e.add_argument("--json", action="store_true", help="print the JSON instead of the Markdown table")
     e.set_defaults(func=cmd_eval)
 
-    c = sub.add_parser("compare", help="compare trained runs on the same fixed episodes (paired tests, seeds, calibration)",
-                       description="Evaluate every run on identical fixed episodes; print each run's mean ± 95%% CI, the "
-                                   "class-bootstrap interval, calibration, the paired difference to the reference with a paired "
-                                   "t-test and a Wilcoxon test (Holm-corrected), and one-line verdicts. Runs of one config with "
-                                   "different train.seed are grouped: their seed spread decides.")
+    c = sub.add_parser(
+        "compare",
+        help="compare trained runs on the same fixed episodes (paired tests, seeds, calibration)",
+        description="Evaluate every run on identical fixed episodes; print each run's mean ± 95%% CI, the "
+        "class-bootstrap interval, calibration, the paired difference to the reference with a paired "
+        "t-test and a Wilcoxon test (Holm-corrected), and one-line verdicts. Runs of one config with "
+        "different train.seed are grouped: their seed spread decides.",
+    )
     c.add_argument("runs", nargs="+", help="run folders (or checkpoints)")
-    c.add_argument("--setting", action="append", metavar="N_WAY:K_SHOT", help="test setting, repeatable (default: the first run's)")
+    c.add_argument(
+        "--setting", action="append", metavar="N_WAY:K_SHOT", help="test setting, repeatable (default: the first run's)"
+    )
     c.add_argument("--episodes", type=int, default=600, help="fixed episodes per setting (default 600)")
     c.add_argument("--n-query", type=int, help="queries per class (default 15 for 5-way, else 5; 1 within-alphabet)")
     c.add_argument("--seed", type=int, default=2024, help="seed of the episodes, the same for every run")
     c.add_argument("--baseline", help="the reference run (its folder name; default: the best run)")
-    c.add_argument("--protocol", choices=("standard", "within-alphabet"), default="standard",
-                   help="within-alphabet: Lake et al.'s Omniglot one-shot task (one evaluation alphabet per episode, no rotations)")
-    c.add_argument("--dataset", help="test on another dataset's test classes (cross-domain), converted to each run's format")
-    c.add_argument("--imbalanced-query", type=float, metavar="ALPHA", help="class-imbalanced queries, Dirichlet(ALPHA) proportions")
-    c.add_argument("--inductive", action="store_true", help="batch statistics from the support set only (default: transductive)")
+    c.add_argument(
+        "--protocol",
+        choices=("standard", "within-alphabet"),
+        default="standard",
+        help="within-alphabet: Lake et al.'s Omniglot one-shot task (one evaluation alphabet per episode, no rotations)",
+    )
+    c.add_argument(
+        "--dataset", help="test on another dataset's test classes (cross-domain), converted to each run's format"
+    )
+    c.add_argument(
+        "--imbalanced-query", type=float, metavar="ALPHA", help="class-imbalanced queries, Dirichlet(ALPHA) proportions"
+    )
+    c.add_argument(
+        "--inductive", action="store_true", help="batch statistics from the support set only (default: transductive)"
+    )
     c.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts")
     c.add_argument("--test", choices=("t", "wilcoxon"), default="t", help="the paired test the verdicts use")
     c.add_argument("--out", help="JSON file (a .md table is written next to it)")
     c.add_argument("--json", action="store_true", help="print the JSON instead of the tables")
     c.set_defaults(func=cmd_compare)
 
-    pr = sub.add_parser("predict", help="adapt on a folder of labelled images and classify new images",
-                        description="Adapt to SUPPORT (one sub-folder per class) and score the images in QUERY.")
+    pr = sub.add_parser(
+        "predict",
+        help="adapt on a folder of labelled images and classify new images",
+        description="Adapt to SUPPORT (one sub-folder per class) and score the images in QUERY.",
+    )
     pr.add_argument("checkpoint", help="run folder or checkpoint file of an image classifier")
-    pr.add_argument("--support", required=True,
-                    help="images: a folder with one sub-folder per class; tables: a CSV with the label column; arrays: .npz with x, y")
+    pr.add_argument(
+        "--support",
+        required=True,
+        help="images: a folder with one sub-folder per class; tables: a CSV with the label column; arrays: .npz with x, y",
+    )
     pr.add_argument("--query", required=True, help="images: a folder; tables: a CSV; arrays: .npz/.npy with x")
     pr.add_argument("--out", help="CSV file: file,predicted_class,score_<class>... (default: stdout)")
     pr.set_defaults(func=cmd_predict)
 
-    fu = sub.add_parser("fuse", help="meta-learn a fusion of trained Omniglot runs; compare with averaging, best-single, stacking",
-                        description="Meta-train a fusion (metafit.fusion.FusionLearner) of trained runs on episodes of the "
-                                    "Omniglot val split and compare it with each base model, uniform averaging, best-single "
-                                    "and stacking on fixed test episodes (mean ± 95% CI, paired differences). Writes "
-                                    "fusion.json, fusion.md and the fusion head's checkpoint into --out-dir.")
-    fu.add_argument("--base", action="append", metavar="RUN_OR_CHECKPOINT",
-                    help="a trained Omniglot run folder or checkpoint file (metafit train; protonet or a MAML-family "
-                         "classifier, whose features before the head are used); repeat for each base model (at least 1)")
-    fu.add_argument("--data-root", help="folder holding omniglot/images_*.zip (default $METAFIT_DATA, then the first run's data.data_root)")
+    fu = sub.add_parser(
+        "fuse",
+        help="meta-learn a fusion of trained Omniglot runs; compare with averaging, best-single, stacking",
+        description="Meta-train a fusion (metafit.fusion.FusionLearner) of trained runs on episodes of the "
+        "Omniglot val split and compare it with each base model, uniform averaging, best-single "
+        "and stacking on fixed test episodes (mean ± 95% CI, paired differences). Writes "
+        "fusion.json, fusion.md and the fusion head's checkpoint into --out-dir.",
+    )
+    fu.add_argument(
+        "--base",
+        action="append",
+        metavar="RUN_OR_CHECKPOINT",
+        help="a trained Omniglot run folder or checkpoint file (metafit train; protonet or a MAML-family "
+        "classifier, whose features before the head are used); repeat for each base model (at least 1)",
+    )
+    fu.add_argument(
+        "--data-root",
+        help="folder holding omniglot/images_*.zip (default $METAFIT_DATA, then the first run's data.data_root)",
+    )
     fu.add_argument("--n-way", type=int, default=5, help="classes per episode (default 5)")
     fu.add_argument("--k-shot", type=int, default=1, help="support examples per class (default 1)")
-    fu.add_argument("--n-query", type=int, default=5, help="query examples per class, training and test episodes (default 5)")
+    fu.add_argument(
+        "--n-query", type=int, default=5, help="query examples per class, training and test episodes (default 5)"
+    )
     fu.add_argument("--steps", type=int, default=300, help="fusion meta-training steps (default 300)")
-    fu.add_argument("--train-tasks", type=int, default=300, help="size of the pool of fusion training tasks (default 300)")
+    fu.add_argument(
+        "--train-tasks", type=int, default=300, help="size of the pool of fusion training tasks (default 300)"
+    )
     fu.add_argument("--episodes", type=int, default=300, help="fixed test episodes (default 300)")
-    fu.add_argument("--seed", type=int, default=0, help="seed of the training tasks, the fusion's initialisation and the test episodes")
+    fu.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the training tasks, the fusion's initialisation and the test episodes",
+    )
     fu.add_argument("--out-dir", help="output folder (default runs/fuse-<n>way<k>shot-seed<seed>)")
     fu.add_argument("--force", action="store_true", help="overwrite the results of an earlier fusion in --out-dir")
     fu.add_argument("--json", action="store_true", help="print the JSON results instead of the Markdown table")
@@ -481,16 +623,24 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="datasets: list, verify, fetch")
     dsub = d.add_subparsers(dest="data_cmd", metavar="ACTION", required=True, help="list, verify or fetch")
     di = dsub.add_parser("info", help="classes per split, examples per class, shapes and preprocessing of a dataset")
-    di.add_argument("dataset", help="a built-in name or a path (image folder, .npz/.npy, .csv/.parquet, Meta-Dataset source)")
+    di.add_argument(
+        "dataset", help="a built-in name or a path (image folder, .npz/.npy, .csv/.parquet, Meta-Dataset source)"
+    )
     di.add_argument("--data-root", help="data folder of the built-ins (default $METAFIT_DATA)")
     di.add_argument("--label-column", help="tables: the class column")
-    di.add_argument("--image-size", type=int, default=None, help="images: the side they are resized to (default: the source's)")
-    di.add_argument("--channels", default="auto", choices=("auto", "1", "3"), help="image folders: grey (1), RGB (3) or auto")
+    di.add_argument(
+        "--image-size", type=int, default=None, help="images: the side they are resized to (default: the source's)"
+    )
+    di.add_argument(
+        "--channels", default="auto", choices=("auto", "1", "3"), help="image folders: grey (1), RGB (3) or auto"
+    )
     di.add_argument("--json", action="store_true", help="print the JSON summary")
     di.set_defaults(func=cmd_data_info)
-    for name, help_text in (("list", "list datasets and whether they are present"),
-                            ("verify", "check the Omniglot zips (presence, integrity, class counts)"),
-                            ("fetch", "download Omniglot into the data root")):
+    for name, help_text in (
+        ("list", "list datasets and whether they are present"),
+        ("verify", "check the Omniglot zips (presence, integrity, class counts)"),
+        ("fetch", "download Omniglot into the data root"),
+    ):
         dp = dsub.add_parser(name, help=help_text)
         dp.add_argument("--data-root", help="data folder (default $METAFIT_DATA)")
         dp.set_defaults(func=cmd_data)
@@ -503,7 +653,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args) or 0)
     except RunError as e:
@@ -511,7 +663,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _err(str(e))
         return EXIT_FAILED
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, TypeError, ImportError) as e:
+    except (
+        ValueError,
+        FileNotFoundError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
+        TypeError,
+        ImportError,
+    ) as e:
         if args.debug:
             raise
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -56,8 +56,16 @@ def _convert(tasks: TaskBatch, shape: tuple[int, ...]) -> tuple[TaskBatch, str |
     return TaskBatch(sx, tasks.support_y, qx, tasks.query_y, n_way=tasks.n_way), f"{have} -> {shape}"
 
 
-def _episodes(first: Any, setting: tuple[int, int], n: int, seed: int, protocol: str, dataset: str | None,
-              n_query: int | None, imbalanced: float | None) -> tuple[Any, dict[str, Any]]:
+def _episodes(
+    first: Any,
+    setting: tuple[int, int],
+    n: int,
+    seed: int,
+    protocol: str,
+    dataset: str | None,
+    n_query: int | None,
+    imbalanced: float | None,
+) -> tuple[Any, dict[str, Any]]:
     from metafit.data import protocols as pr
 
     n_way, k_shot = setting
@@ -69,8 +77,14 @@ def _episodes(first: Any, setting: tuple[int, int], n: int, seed: int, protocol:
             raise ValueError("protocol='within-alphabet' is Omniglot's one-shot task: the runs must be Omniglot runs")
         from metafit.data import omniglot as om
 
-        test = om.omniglot_split(cfg.data.data_root or _root(), "test", protocol="lake", rotations=False,
-                                 image_size=cfg.data.image_size, cache_dir=cfg.data.cache_dir)
+        test = om.omniglot_split(
+            cfg.data.data_root or _root(),
+            "test",
+            protocol="lake",
+            rotations=False,
+            image_size=cfg.data.image_size,
+            cache_dir=cfg.data.cache_dir,
+        )
         es = pr.within_alphabet_episodes(test, n, seed=seed, n_way=n_way, k_shot=k_shot, n_query=n_query or 1)
         info.update(split="Lake evaluation alphabets, no rotations", n_query=n_query or 1)
         return es, info
@@ -98,18 +112,30 @@ def _root() -> str:
     return root
 
 
-def _score(learner: Any, model: Any, meta_params: Any, buffers: Any, tasks: Any, classes: Tensor_, seed: int
-           ) -> dict[str, Any]:
+def _score(
+    learner: Any, model: Any, meta_params: Any, buffers: Any, tasks: Any, classes: Tensor_, seed: int
+) -> dict[str, Any]:
     logits, labels = query_logits(learner, model, meta_params, tasks, buffers=buffers)
     correct = (logits.argmax(-1) == labels).double()
     acc = correct.mean(1)
     cal = calibration_metrics(logits, labels, n_bins=15, per_episode=False)
     n_way = int(logits.shape[-1])
-    boot = class_bootstrap_ci(per_class_values(correct, labels, n_way), classes,
-                              generator=torch.Generator().manual_seed(seed), n_boot=1000)
-    return {"per_episode": acc.tolist(), "bootstrap": boot.to_dict(),
-            "calibration": {"nll": cal.nll, "brier": cal.brier, "ece": cal.ece, "n_bins": cal.n_bins,
-                            "binning": cal.binning, "pooling": cal.pooling, "diagram": _diagram(cal.diagram)}}
+    boot = class_bootstrap_ci(
+        per_class_values(correct, labels, n_way), classes, generator=torch.Generator().manual_seed(seed), n_boot=1000
+    )
+    return {
+        "per_episode": acc.tolist(),
+        "bootstrap": boot.to_dict(),
+        "calibration": {
+            "nll": cal.nll,
+            "brier": cal.brier,
+            "ece": cal.ece,
+            "n_bins": cal.n_bins,
+            "binning": cal.binning,
+            "pooling": cal.pooling,
+            "diagram": _diagram(cal.diagram),
+        },
+    }
 
 
 Tensor_ = torch.Tensor
@@ -179,19 +205,32 @@ def compare(
     groups: dict[str, list[str]] = {}
     for name, tr in loaded:
         groups.setdefault(_group_key(tr.config), []).append(name)
-    out: dict[str, Any] = {"runs": {n: {"checkpoint": str(tr.checkpoint.path), "step": tr.checkpoint.step,
-                                        "algo": tr.config.algo.name, "seed": tr.config.train.seed}
-                                    for n, tr in loaded},
-                           "inductive": inductive, "settings": []}
+    out: dict[str, Any] = {
+        "runs": {
+            n: {
+                "checkpoint": str(tr.checkpoint.path),
+                "step": tr.checkpoint.step,
+                "algo": tr.config.algo.name,
+                "seed": tr.config.train.seed,
+            }
+            for n, tr in loaded
+        },
+        "inductive": inductive,
+        "settings": [],
+    }
     for setting in settings:
         es, info = _episodes(first, setting, episodes, seed, protocol, dataset, n_query, imbalanced)
-        info["normalisation"] = "inductive (support statistics only)" if inductive else "transductive (support + query batch)"
+        info["normalisation"] = (
+            "inductive (support statistics only)" if inductive else "transductive (support + query batch)"
+        )
         scores: dict[str, Any] = {}
         for name, tr in loaded:
             if tr.algorithm.spec.head == "fixed" and tr.config.data.n_way != setting[0]:
                 scores[name] = {"skipped": f"a {tr.config.data.n_way}-way head cannot score {setting[0]}-way episodes"}
                 continue
-            shape = tuple(tr.checkpoint.meta.get("preprocessing", {}).get("input_shape") or es.tasks.support_x.shape[2:])
+            shape = tuple(
+                tr.checkpoint.meta.get("preprocessing", {}).get("input_shape") or es.tasks.support_x.shape[2:]
+            )
             tasks, converted = _convert(es.tasks, shape)
             learner = make_inductive(tr.algorithm) if inductive else tr.algorithm
             s = _score(learner, tr.model, tr.meta_params, tr.buffers, tasks, es.classes, seed)
@@ -228,12 +267,16 @@ def compare_markdown(out: dict[str, Any]) -> str:
     for s in out["settings"]:
         ds = s.get("dataset")
         where = ds if isinstance(ds, str) else (ds or {}).get("dataset", "")
-        lines.append(f"## {s['n_way']}-way {s['k_shot']}-shot, {s['episodes']} fixed episodes, {s['protocol']} protocol"
-                     f"{', ' + where if where else ''}; {s['normalisation']}\n")
+        lines.append(
+            f"## {s['n_way']}-way {s['k_shot']}-shot, {s['episodes']} fixed episodes, {s['protocol']} protocol"
+            f"{', ' + where if where else ''}; {s['normalisation']}\n"
+        )
         diffs = {d["run"]: d for d in s["comparison"]["differences"]}
         ref = s["comparison"]["reference"]
-        lines.append("| run | accuracy % ± 95% CI (episodes) | class-bootstrap 95% CI | diff to "
-                     f"{ref} (paired, points) | p t-test | p Wilcoxon | p Holm | NLL | Brier | ECE | input |")
+        lines.append(
+            "| run | accuracy % ± 95% CI (episodes) | class-bootstrap 95% CI | diff to "
+            f"{ref} (paired, points) | p t-test | p Wilcoxon | p Holm | NLL | Brier | ECE | input |"
+        )
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         runs = {r["name"]: r for r in s["comparison"]["runs"]}
         for name, sc in s["scores"].items():
@@ -243,21 +286,27 @@ def compare_markdown(out: dict[str, Any]) -> str:
             r, b, c = runs[name], sc["bootstrap"], sc["calibration"]
             half = 100 * (r["high"] - r["low"]) / 2
             d = diffs.get(name)
-            diff = "reference" if d is None else f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+            diff = (
+                "reference" if d is None else f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
+            )
             pt = "-" if d is None else _p(d["t_p"])
             pw = "-" if d is None else _p(d["wilcoxon_p"])
             ph = "-" if d is None else _p(d["p_holm"])
-            lines.append(f"| {name} | {100 * r['mean']:.2f} ± {half:.2f} | [{100 * b['low']:.2f}, {100 * b['high']:.2f}] | "
-                         f"{diff} | {pt} | {pw} | {ph} | {c['nll']:.3f} | {c['brier']:.3f} | {c['ece']:.3f} | "
-                         f"{sc['format']} |")
+            lines.append(
+                f"| {name} | {100 * r['mean']:.2f} ± {half:.2f} | [{100 * b['low']:.2f}, {100 * b['high']:.2f}] | "
+                f"{diff} | {pt} | {pw} | {ph} | {c['nll']:.3f} | {c['brier']:.3f} | {c['ece']:.3f} | "
+                f"{sc['format']} |"
+            )
         lines.append("")
         if "seeds" in s:
             lines.append("Training seeds (spread over seeds, separate from the episode interval):\n")
             for g in s["seeds"]["groups"]:
-                lines.append(f"- {g['name']}: {g['n_seeds']} seeds, mean {100 * g['mean']:.2f}, sd over seeds "
-                             f"{100 * g['seed_std']:.2f}, 95% CI over seeds [{100 * g['seed_low']:.2f}, "
-                             f"{100 * g['seed_high']:.2f}], episode CI [{100 * g['episode_low']:.2f}, "
-                             f"{100 * g['episode_high']:.2f}]")
+                lines.append(
+                    f"- {g['name']}: {g['n_seeds']} seeds, mean {100 * g['mean']:.2f}, sd over seeds "
+                    f"{100 * g['seed_std']:.2f}, 95% CI over seeds [{100 * g['seed_low']:.2f}, "
+                    f"{100 * g['seed_high']:.2f}], episode CI [{100 * g['episode_low']:.2f}, "
+                    f"{100 * g['episode_high']:.2f}]"
+                )
             lines.append("")
         lines.append("Verdicts:\n")
         lines += [f"- {v}" for v in s["verdicts"]]

@@ -231,7 +231,11 @@ class ModelConfig:
         _check_choice(s, "downsample", self.downsample, ("pool", "stride"))
         _check_choice(s, "norm", self.norm, ("task", "batchnorm", "none"))
         _check_int(s, "r_dim", self.r_dim, 1)
-        if isinstance(self.min_variance, bool) or not isinstance(self.min_variance, (int, float)) or not 0.0 < self.min_variance < 1.0:
+        if (
+            isinstance(self.min_variance, bool)
+            or not isinstance(self.min_variance, (int, float))
+            or not 0.0 < self.min_variance < 1.0
+        ):
             _fail(s, "min_variance", "a number in (0, 1)", self.min_variance)
         _check_choice(s, "variance_bound", self.variance_bound, ("variance", "scale"))
 
@@ -274,7 +278,9 @@ class AlgoConfig:
                 self.options[key] = float(value)  # TOML/YAML ``1`` for a float option
         for key in ("inner_lr", "eval_inner_lr", "init_inner_lr", "distance_scale"):
             if key in self.options:
-                _check_pos_float("algo", key, self.options[key], allow_none=key != "inner_lr" and key != "distance_scale")
+                _check_pos_float(
+                    "algo", key, self.options[key], allow_none=key != "inner_lr" and key != "distance_scale"
+                )
         for key in ("inner_steps", "eval_inner_steps"):
             if key in self.options and not (key == "eval_inner_steps" and self.options[key] is None):
                 _check_int("algo", key, self.options[key], 0)
@@ -467,9 +473,7 @@ class RunConfig:
         top = {"name"} | set(_SECTIONS)
         unknown = sorted(set(d) - top)
         if unknown:
-            raise ValueError(
-                f"unknown config section {unknown[0]!r} at top level; valid keys are {sorted(top)}"
-            )
+            raise ValueError(f"unknown config section {unknown[0]!r} at top level; valid keys are {sorted(top)}")
         kwargs: dict[str, Any] = {}
         for key, sub in _SECTIONS.items():
             kwargs[key] = _section_from_dict(sub, key, d.get(key, {}) or {})
@@ -508,9 +512,7 @@ def _section_from_dict(cls: type, section: str, d: Any) -> Any:
 
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(
-                f"unknown config key {key!r} in section {section!r}{hint}; valid keys are {names}"
-            )
+            raise ValueError(f"unknown config key {key!r} in section {section!r}{hint}; valid keys are {names}")
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for key, value in d.items():
@@ -643,9 +645,11 @@ def apply_overrides(config: RunConfig, overrides: Sequence[str]) -> RunConfig:
             raise ValueError(
                 f"unknown config section {section!r} in override {item!r}; valid sections are {sorted(_SECTIONS)}"
             )
-        valid = ["name", *learner_options(d["algo"].get("name", "maml"))] if section == "algo" else [
-            f.name for f in fields(_SECTIONS[section])
-        ]
+        valid = (
+            ["name", *learner_options(d["algo"].get("name", "maml"))]
+            if section == "algo"
+            else [f.name for f in fields(_SECTIONS[section])]
+        )
         if key not in valid:
             raise ValueError(f"unknown config key {key!r} in section {section!r}; valid keys are {valid}")
         d[section][key] = _parse_value(raw)

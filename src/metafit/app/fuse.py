@@ -82,15 +82,17 @@ def load_base_run(path: str | Path) -> BaseRun:
             network trained on Omniglot (the message names the run, the expected and the
             actual value).
     """
-    from metafit.checkpoint import load_checkpoint
     from metafit.app.config import RunConfig
     from metafit.app.runs import load_trained
+    from metafit.checkpoint import load_checkpoint
 
     where = f"base run {path}"
     try:
         ck = load_checkpoint(path)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"{where}: expected a trained metafit run folder or checkpoint (step_*.json); {e}") from None
+        raise FileNotFoundError(
+            f"{where}: expected a trained metafit run folder or checkpoint (step_*.json); {e}"
+        ) from None
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     try:
@@ -311,8 +313,14 @@ def run_fusion(
     pool = [embed_task(loaded, t) for t in pool_batch]
     learner = FusionLearner(inner_steps=inner_steps)
     head, mp, losses = meta_train_fusion(
-        pool, len(loaded), steps=steps, generator=seeding.generator(seed + 1),
-        tasks_per_batch=min(tasks_per_batch, train_tasks), lr=lr, learner=learner, seed=seed,
+        pool,
+        len(loaded),
+        steps=steps,
+        generator=seeding.generator(seed + 1),
+        tasks_per_batch=min(tasks_per_batch, train_tasks),
+        lr=lr,
+        learner=learner,
+        seed=seed,
     )
     train_s = time.perf_counter() - t0
 
@@ -327,23 +335,45 @@ def run_fusion(
     results: dict[str, Any] = {
         "format": FUSION_FORMAT,
         "bases": [
-            {"index": i, "name": b.name, "checkpoint": str(b.path), "step": b.step, "algo": b.config.algo.name,
-             "width": b.config.model.width, "train_n_way": b.config.data.n_way, "train_k_shot": b.config.data.k_shot}
+            {
+                "index": i,
+                "name": b.name,
+                "checkpoint": str(b.path),
+                "step": b.step,
+                "algo": b.config.algo.name,
+                "width": b.config.model.width,
+                "train_n_way": b.config.data.n_way,
+                "train_k_shot": b.config.data.k_shot,
+            }
             for i, b in enumerate(loaded)
         ],
         "settings": {
-            "n_way": n_way, "k_shot": k_shot, "n_query": n_query, "steps": steps, "episodes": episodes,
-            "train_tasks": train_tasks, "tasks_per_batch": min(tasks_per_batch, train_tasks), "lr": lr,
-            "inner_steps": inner_steps, "seed": seed,
+            "n_way": n_way,
+            "k_shot": k_shot,
+            "n_query": n_query,
+            "steps": steps,
+            "episodes": episodes,
+            "train_tasks": train_tasks,
+            "tasks_per_batch": min(tasks_per_batch, train_tasks),
+            "lr": lr,
+            "inner_steps": inner_steps,
+            "seed": seed,
         },
         "data": {
-            "data_root": str(root), "protocol": first.protocol, "image_size": first.image_size,
-            "rotations": rotations, "fusion_split": "val", "test_split": "test",
-            "fusion_classes": train_ds.num_classes, "test_classes": test_ds.num_classes,
+            "data_root": str(root),
+            "protocol": first.protocol,
+            "image_size": first.image_size,
+            "rotations": rotations,
+            "fusion_split": "val",
+            "test_split": "test",
+            "fusion_classes": train_ds.num_classes,
+            "test_classes": test_ds.num_classes,
         },
         "accuracy": cmp.summary(),
         "fusion_nll": {"mean": nll.mean, "ci95": nll.ci95},
-        "best_single_choice_counts": torch.bincount(torch.tensor(cmp.best_single_choice), minlength=len(loaded)).tolist(),
+        "best_single_choice_counts": torch.bincount(
+            torch.tensor(cmp.best_single_choice), minlength=len(loaded)
+        ).tolist(),
         "learned_log_scale": mp["model"]["log_scale"].detach().tolist(),
         "learned_inner_lr": float(mp["model"]["log_inner_lr"].detach().exp()),
         "train_loss_first_last": [losses[0], losses[-1]] if losses else None,
@@ -365,8 +395,12 @@ def run_fusion(
             "kind": FUSION_FORMAT,
             "n_models": len(loaded),
             "hidden": int(head.attention[0].out_features),
-            "learner": {"inner_steps": learner.inner_steps, "first_order": learner.first_order,
-                        "use_attention": learner.use_attention, "normalize": learner.normalize},
+            "learner": {
+                "inner_steps": learner.inner_steps,
+                "first_order": learner.first_order,
+                "use_attention": learner.use_attention,
+                "normalize": learner.normalize,
+            },
             "bases": [str(b.path) for b in loaded],
             "settings": results["settings"],
             "data": results["data"],

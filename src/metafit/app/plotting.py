@@ -20,7 +20,12 @@ from metafit.algorithms.base import MetaParams
 from metafit.algorithms.cnp import _z
 
 __all__ = [
-    "plot_run", "plot_learning_curve", "plot_adaptation_curve", "plot_task_errors", "plot_shots", "load_evals",
+    "plot_run",
+    "plot_learning_curve",
+    "plot_adaptation_curve",
+    "plot_task_errors",
+    "plot_shots",
+    "load_evals",
     "plot_regression_tasks",
 ]
 
@@ -74,14 +79,22 @@ def plot_learning_curve(rows: Sequence[dict[str, Any]], path: str | Path, *, tit
     fig, axes = plt.subplots(1, 2 if second else 1, figsize=(10 if second else 5, 3.6), squeeze=False)
     steps = [r["step"] for r in train]
     axes[0][0].plot(steps, [r["loss"] for r in train], lw=1)
-    axes[0][0].set(xlabel="step", ylabel="meta-training loss", yscale="log" if min(r["loss"] for r in train) > 0 else "linear")
+    axes[0][0].set(
+        xlabel="step", ylabel="meta-training loss", yscale="log" if min(r["loss"] for r in train) > 0 else "linear"
+    )
     if second:
         ax = axes[0][1]
         ax.plot(steps, [r[second] for r in train], lw=1, label="train (query)")
         vs = [r for r in val if second in r]
         if vs:
-            ax.errorbar([r["step"] for r in vs], [r[second] for r in vs], yerr=[r.get(f"{second}_ci95", 0) for r in vs],
-                        fmt="o", ms=3, label="validation ± 95% CI")
+            ax.errorbar(
+                [r["step"] for r in vs],
+                [r[second] for r in vs],
+                yerr=[r.get(f"{second}_ci95", 0) for r in vs],
+                fmt="o",
+                ms=3,
+                label="validation ± 95% CI",
+            )
         ax.set(xlabel="step", ylabel=second)
         ax.legend()
     fig.suptitle(title or "learning curve")
@@ -99,7 +112,11 @@ def plot_adaptation_curve(result: dict[str, Any], path: str | Path, *, title: st
     fig, ax = plt.subplots(figsize=(5, 3.6))
     ax.plot(x, mean, marker="o")
     ax.fill_between(x, [m - c for m, c in zip(mean, ci)], [m + c for m, c in zip(mean, ci)], alpha=0.25)
-    ax.set(xlabel="inner steps", ylabel="query error (1 - accuracy)" if acc else f"query {key}", title=title or "adaptation curve")
+    ax.set(
+        xlabel="inner steps",
+        ylabel="query error (1 - accuracy)" if acc else f"query {key}",
+        title=title or "adaptation curve",
+    )
     return _save(fig, Path(path))
 
 
@@ -110,8 +127,11 @@ def plot_task_errors(result: dict[str, Any], path: str | Path, *, title: str = "
     vals = [(1 - v) if acc else v for v in result["per_task"][key]]
     fig, ax = plt.subplots(figsize=(5, 3.6))
     ax.hist(vals, bins=min(30, max(5, len(vals) // 5)))
-    ax.set(xlabel="per-task error (1 - accuracy)" if acc else f"per-task {key}", ylabel="tasks",
-           title=title or f"per-task error ({len(vals)} tasks)")
+    ax.set(
+        xlabel="per-task error (1 - accuracy)" if acc else f"per-task {key}",
+        ylabel="tasks",
+        title=title or f"per-task error ({len(vals)} tasks)",
+    )
     return _save(fig, Path(path))
 
 
@@ -121,8 +141,13 @@ def plot_shots(results: Sequence[dict[str, Any]], path: str | Path, *, title: st
     key, _ = _error_key(results[0]["metrics"])
     rs = sorted(results, key=lambda r: r["k_shot"])
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.errorbar([r["k_shot"] for r in rs], [r["metrics"][key]["mean"] for r in rs],
-                yerr=[r["metrics"][key]["ci95"] for r in rs], marker="o", capsize=3)
+    ax.errorbar(
+        [r["k_shot"] for r in rs],
+        [r["metrics"][key]["mean"] for r in rs],
+        yerr=[r["metrics"][key]["ci95"] for r in rs],
+        marker="o",
+        capsize=3,
+    )
     ax.set(xlabel="shots (k_shot)", ylabel=key, title=title or f"{key} vs shots")
     return _save(fig, Path(path))
 
@@ -206,8 +231,14 @@ def plot_regression_tasks(
         g = grid.squeeze(-1).numpy()
         ax.plot(g, truth(grid).squeeze(-1).numpy(), "k--", lw=1, label="true function")
         ax.plot(g, mean.squeeze(-1).numpy(), "C0", lw=1.5, label="predictive mean")
-        ax.fill_between(g, (mean - z * sd).squeeze(-1).numpy(), (mean + z * sd).squeeze(-1).numpy(),
-                        color="C0", alpha=0.25, label=f"{int(round(100 * level))}% interval")
+        ax.fill_between(
+            g,
+            (mean - z * sd).squeeze(-1).numpy(),
+            (mean + z * sd).squeeze(-1).numpy(),
+            color="C0",
+            alpha=0.25,
+            label=f"{int(round(100 * level))}% interval",
+        )
         ax.plot(cx.squeeze(-1).numpy(), cy.squeeze(-1).numpy(), "ko", ms=4, label="context")
         ax.set_title(titles[i] if titles else f"task {i}, {cx.shape[0]} context points")
         if i == 0:

@@ -82,7 +82,9 @@ def _image_folders(support_dir: str | Path, query_dir: str | Path, size: int, ch
     return sx, torch.tensor(labels), classes, qx, qfiles
 
 
-def _score(predictor, sx, sy, classes: list[str], qx, names: list[str]) -> tuple[list[tuple[str, str, list[float]]], list[str]]:  # noqa: ANN001
+def _score(
+    predictor, sx, sy, classes: list[str], qx, names: list[str]
+) -> tuple[list[tuple[str, str, list[float]]], list[str]]:  # noqa: ANN001
     adapted = predictor.adapt(sx, sy, n_way=len(classes), classes=classes)
     scores = adapted(qx)
     rows = []
@@ -145,7 +147,9 @@ def predict_files(
         sx = torch.as_tensor(sx_np, dtype=torch.float32) * scale
         qx = torch.as_tensor(qx_np, dtype=torch.float32) * (1.0 / 255.0 if qx_np.dtype == np.uint8 else 1.0)
         return _score(predictor, sx, sy, classes, qx, [str(i) for i in range(len(qx))])
-    raise ValueError(f"checkpoint {checkpoint} is not a classifier of images, tables or arrays (preprocessing kind {kind!r})")
+    raise ValueError(
+        f"checkpoint {checkpoint} is not a classifier of images, tables or arrays (preprocessing kind {kind!r})"
+    )
 
 
 def _read_csv(path: str | Path) -> list[dict[str, str]]:
@@ -175,4 +179,3 @@ def write_predictions_csv(
     finally:
         if close:
             handle.close()
-

@@ -43,12 +43,30 @@ def plot_reliability(diagram_data: Any, path: str | Path, *, title: str = "", ec
     centre = [(edges[i] + edges[i + 1]) / 2 for i in range(n)]
     full = [i for i in range(n) if d["count"][i]]
     fig, (ax, axc) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax.bar([left[i] for i in full], [d["accuracy"][i] for i in full], width=[width[i] for i in full], align="edge",
-           color="#4c72b0", edgecolor="black", linewidth=0.5, label="accuracy")
+    ax.bar(
+        [left[i] for i in full],
+        [d["accuracy"][i] for i in full],
+        width=[width[i] for i in full],
+        align="edge",
+        color="#4c72b0",
+        edgecolor="black",
+        linewidth=0.5,
+        label="accuracy",
+    )
     for i in full:
         acc, conf = d["accuracy"][i], d["confidence"][i]
-        ax.bar(left[i], conf - acc, bottom=acc, width=width[i], align="edge", color="#dd8452", alpha=0.35,
-               edgecolor="#dd8452", linewidth=0.5, label="gap" if i == full[0] else None)
+        ax.bar(
+            left[i],
+            conf - acc,
+            bottom=acc,
+            width=width[i],
+            align="edge",
+            color="#dd8452",
+            alpha=0.35,
+            edgecolor="#dd8452",
+            linewidth=0.5,
+            label="gap" if i == full[0] else None,
+        )
     ax.plot([centre[i] for i in full], [d["confidence"][i] for i in full], "k.", ms=5, label="mean confidence")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     ax.set_xlim(0, 1)

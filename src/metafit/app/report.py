@@ -33,15 +33,26 @@ def comparison_rows(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
             raise FileNotFoundError(f"not a metafit run folder (no config.json): {d}")
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         evals = load_evals(d)
-        base = {"run": d.name, "algo": cfg["algo"]["name"], "dataset": cfg["data"]["dataset"], "steps": cfg["train"]["steps"]}
+        base = {
+            "run": d.name,
+            "algo": cfg["algo"]["name"],
+            "dataset": cfg["data"]["dataset"],
+            "steps": cfg["train"]["steps"],
+        }
         if not evals:
             rows.append({**base, "setting": "not evaluated", "metrics": {}})
             continue
         for e in evals:
             for r in e["results"]:
                 way = f"{r['n_way']}-way " if r.get("n_way") else ""
-                rows.append({**base, "setting": f"{way}{r['k_shot']}-shot, {r['episodes']} tasks", "file": e["_file"],
-                             "metrics": {k: v for k, v in r["metrics"].items() if k != "loss" or len(r["metrics"]) == 1}})
+                rows.append(
+                    {
+                        **base,
+                        "setting": f"{way}{r['k_shot']}-shot, {r['episodes']} tasks",
+                        "file": e["_file"],
+                        "metrics": {k: v for k, v in r["metrics"].items() if k != "loss" or len(r["metrics"]) == 1},
+                    }
+                )
     return rows
 
 
@@ -58,7 +69,17 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> tuple[P
     rows = comparison_rows(run_dirs)
     metrics = sorted({k for r in rows for k in r["metrics"]})
     head = ["run", "algo", "dataset", "steps", "setting", *[f"{m} (mean ± 95% CI)" for m in metrics]]
-    table = [[str(r["run"]), r["algo"], r["dataset"], str(r["steps"]), r["setting"], *[_fmt(r["metrics"].get(m)) for m in metrics]] for r in rows]
+    table = [
+        [
+            str(r["run"]),
+            r["algo"],
+            r["dataset"],
+            str(r["steps"]),
+            r["setting"],
+            *[_fmt(r["metrics"].get(m)) for m in metrics],
+        ]
+        for r in rows
+    ]
     plots: list[tuple[str, Path]] = []
     for rd in run_dirs:
         d = Path(rd)
@@ -68,8 +89,14 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> tuple[P
             shutil.copyfile(p, dest)
             plots.append((f"{d.name}: {p.stem.replace('_', ' ')}", dest))
 
-    md = ["# metafit report", "", "Mean ± 95% confidence half-width over the evaluation tasks (1.96·std/√n).", "",
-          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    md = [
+        "# metafit report",
+        "",
+        "Mean ± 95% confidence half-width over the evaluation tasks (1.96·std/√n).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     md += ["| " + " | ".join(row) + " |" for row in table]
     md += ["", "## Plots", ""]
     md += [f"![{t}]({p.relative_to(out).as_posix()})" for t, p in plots]
@@ -77,16 +104,20 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> tuple[P
     md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
 
     e = html.escape
-    h = ["<!doctype html><html><head><meta charset='utf-8'><title>metafit report</title>",
-         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-         "padding:4px 8px}img{max-width:48%;margin:4px}</style></head><body>",
-         "<h1>metafit report</h1><p>Mean ± 95% confidence half-width over the evaluation tasks.</p><table>",
-         "<tr>" + "".join(f"<th>{e(c)}</th>" for c in head) + "</tr>"]
+    h = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>metafit report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+        "padding:4px 8px}img{max-width:48%;margin:4px}</style></head><body>",
+        "<h1>metafit report</h1><p>Mean ± 95% confidence half-width over the evaluation tasks.</p><table>",
+        "<tr>" + "".join(f"<th>{e(c)}</th>" for c in head) + "</tr>",
+    ]
     h += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in table]
     h.append("</table><h2>Plots</h2>")
     for t, p in plots:
         b64 = base64.b64encode(p.read_bytes()).decode()
-        h.append(f"<figure style='display:inline-block'><img alt='{e(t)}' src='data:image/png;base64,{b64}'><figcaption>{e(t)}</figcaption></figure>")
+        h.append(
+            f"<figure style='display:inline-block'><img alt='{e(t)}' src='data:image/png;base64,{b64}'><figcaption>{e(t)}</figcaption></figure>"
+        )
     h.append("</body></html>")
     html_path = out / "report.html"
     html_path.write_text("\n".join(h), encoding="utf-8")

@@ -164,16 +164,35 @@ def build_model(config: RunConfig, shape: Sequence[int] | None = None) -> nn.Mod
     if network == "np":
         from metafit.models.attentive import build_np_network
 
-        return seeding.seeded(config.train.seed, lambda: build_np_network(
-            config.algo.name, x_dim=1, y_dim=1, d_model=m.d_model, n_heads=m.n_heads, n_layers=m.n_layers or None,
-            d_ff=m.d_ff, min_variance=m.min_variance))
+        return seeding.seeded(
+            config.train.seed,
+            lambda: build_np_network(
+                config.algo.name,
+                x_dim=1,
+                y_dim=1,
+                d_model=m.d_model,
+                n_heads=m.n_heads,
+                n_layers=m.n_layers or None,
+                d_ff=m.d_ff,
+                min_variance=m.min_variance,
+            ),
+        )
     if network == "in_context":
         from metafit.models.attentive import InContextClassifier
 
         def icl() -> nn.Module:
-            conv = Conv4(1, None, width=m.width, image_size=config.data.image_size, downsample=m.downsample, norm=m.norm)  # type: ignore[arg-type]
-            return InContextClassifier(conv, conv.feature_dim, max_way=_max_way(config), d_model=m.d_model,
-                                       n_heads=m.n_heads, n_layers=m.n_layers or 2, d_ff=m.d_ff)
+            conv = Conv4(
+                1, None, width=m.width, image_size=config.data.image_size, downsample=m.downsample, norm=m.norm
+            )  # type: ignore[arg-type]
+            return InContextClassifier(
+                conv,
+                conv.feature_dim,
+                max_way=_max_way(config),
+                d_model=m.d_model,
+                n_heads=m.n_heads,
+                n_layers=m.n_layers or 2,
+                d_ff=m.d_ff,
+            )
 
         return seeding.seeded(config.train.seed, icl)
     fixed = _spec(config).head == "fixed"
@@ -181,7 +200,9 @@ def build_model(config: RunConfig, shape: Sequence[int] | None = None) -> nn.Mod
         if config.data.dataset == "sinusoid":
             return seeding.seeded(config.train.seed, lambda: MLP(1, m.hidden, 1))
         if len(shape) != 1:
-            raise ValueError(f"model.arch='mlp' needs flat examples (tables, arrays of vectors), got example shape {shape}")
+            raise ValueError(
+                f"model.arch='mlp' needs flat examples (tables, arrays of vectors), got example shape {shape}"
+            )
         out = config.data.n_way if fixed else m.hidden[-1]  # an embedding network's last layer is its head
         return seeding.seeded(config.train.seed, lambda: MLP(shape[0], m.hidden, out))
     if len(shape) != 3 or shape[1] != shape[2]:
@@ -190,7 +211,12 @@ def build_model(config: RunConfig, shape: Sequence[int] | None = None) -> nn.Mod
     model = seeding.seeded(
         config.train.seed,
         lambda: Conv4(
-            shape[0], out, width=m.width, image_size=shape[1], downsample=m.downsample, norm=m.norm  # type: ignore[arg-type]
+            shape[0],
+            out,
+            width=m.width,
+            image_size=shape[1],
+            downsample=m.downsample,
+            norm=m.norm,  # type: ignore[arg-type]
         ),
     )
     return model.to(memory_format=torch.channels_last) if m.channels_last else model
@@ -201,8 +227,13 @@ def _build_cnp(config: RunConfig) -> nn.Module:
     m = config.model
     if config.resolved_arch == "mlp":
         return CNPRegressor(
-            1, 1, r_dim=m.r_dim, encoder_hidden=(m.r_dim,) * 3, decoder_hidden=(m.r_dim,) * 2,
-            min_variance=m.min_variance, bound=m.variance_bound,
+            1,
+            1,
+            r_dim=m.r_dim,
+            encoder_hidden=(m.r_dim,) * 3,
+            decoder_hidden=(m.r_dim,) * 2,
+            min_variance=m.min_variance,
+            bound=m.variance_bound,
         )
     conv = Conv4(1, None, width=m.width, image_size=config.data.image_size, downsample=m.downsample, norm=m.norm)  # type: ignore[arg-type]
     return CNPClassifier(conv, conv.feature_dim, max_way=_max_way(config), r_dim=m.r_dim, hidden=m.r_dim)
@@ -246,10 +277,14 @@ def build_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer) -> Any:
             return torch.optim.lr_scheduler.StepLR(optimizer, step_size=kw.pop("step_size", max(1, t.steps // 3)), **kw)
         if t.scheduler == "linear":  # to zero over total_iters (default train.steps), as Reptile's outer step
             total = max(1, kw.pop("total_iters", t.steps))
-            return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=total, **kw)
+            return torch.optim.lr_scheduler.LinearLR(
+                optimizer, start_factor=1.0, end_factor=0.0, total_iters=total, **kw
+            )
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=kw.pop("gamma", 0.999), **kw)
     except TypeError as e:
-        raise ValueError(f"train.scheduler_kwargs {t.scheduler_kwargs} do not fit train.scheduler={t.scheduler!r}: {e}") from None
+        raise ValueError(
+            f"train.scheduler_kwargs {t.scheduler_kwargs} do not fit train.scheduler={t.scheduler!r}: {e}"
+        ) from None
 
 
 def _data_root(config: RunConfig) -> Path:
@@ -291,8 +326,14 @@ def data_source(config: RunConfig) -> Any:
     root = d.data_root or os.environ.get("METAFIT_DATA")
     key = (d.dataset, root, d.image_size, d.channels, d.cache_dir, d.label_column)
     if key not in _SOURCES:
-        _SOURCES[key] = resolve_dataset(d.dataset, root=root, image_size=d.image_size, channels=d.channels,
-                                        cache_dir=d.cache_dir, label_column=d.label_column)
+        _SOURCES[key] = resolve_dataset(
+            d.dataset,
+            root=root,
+            image_size=d.image_size,
+            channels=d.channels,
+            cache_dir=d.cache_dir,
+            label_column=d.label_column,
+        )
     return _SOURCES[key]
 
 
@@ -318,8 +359,9 @@ def _concat(parts: Sequence[Any]) -> Any:
         ys.append(ds.y + offset)
         offset += ds.num_classes
     groups = None if any(ds.groups is None for ds in parts) else tuple(g for ds in parts for g in ds.groups)
-    return LabelledDataset(torch.cat([ds.x for ds in parts]), torch.cat(ys),
-                           tuple(c for ds in parts for c in ds.class_names), groups)
+    return LabelledDataset(
+        torch.cat([ds.x for ds in parts]), torch.cat(ys), tuple(c for ds in parts for c in ds.class_names), groups
+    )
 
 
 def input_shape(config: RunConfig) -> tuple[int, ...]:
@@ -361,8 +403,15 @@ def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[Tas
     d = config.data
     if d.dataset == "sinusoid":
         if d.k_shot_max is not None:
-            return VariableShot({k: SinusoidTasks(k_shot=k, n_query=d.n_query, tasks_per_batch=d.tasks_per_batch,
-                                                  generator=generator) for k in range(d.k_shot, d.k_shot_max + 1)}, generator)
+            return VariableShot(
+                {
+                    k: SinusoidTasks(
+                        k_shot=k, n_query=d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator
+                    )
+                    for k in range(d.k_shot, d.k_shot_max + 1)
+                },
+                generator,
+            )
         return SinusoidTasks(k_shot=d.k_shot, n_query=d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator)
     dataset = _dataset(config, d.train_split)
     from metafit.data.sampling import EpisodeSampler
@@ -372,11 +421,16 @@ def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[Tas
 
         return ClassBatchSampler(dataset, d.batch_size, generator=generator)
     if d.k_shot_max is not None:
-        return VariableShot({k: EpisodeSampler(dataset, d.n_way, k, d.n_query, tasks_per_batch=d.tasks_per_batch,
-                                               generator=generator) for k in range(d.k_shot, d.k_shot_max + 1)}, generator)
-    return EpisodeSampler(
-        dataset, d.n_way, d.k_shot, d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator
-    )
+        return VariableShot(
+            {
+                k: EpisodeSampler(
+                    dataset, d.n_way, k, d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator
+                )
+                for k in range(d.k_shot, d.k_shot_max + 1)
+            },
+            generator,
+        )
+    return EpisodeSampler(dataset, d.n_way, d.k_shot, d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator)
 
 
 class VariableShot:
@@ -444,8 +498,12 @@ def preprocessing_info(config: RunConfig) -> dict[str, Any]:
     if config.data.dataset != "omniglot":
         src = data_source(config)
         return {**src.preprocessing, "dataset": src.name, "input_shape": list(src.example_shape)}
-    info: dict[str, Any] = {"kind": "image", "image_size": config.data.image_size, "channels": 1,
-                            "input_shape": [1, config.data.image_size, config.data.image_size]}
+    info: dict[str, Any] = {
+        "kind": "image",
+        "image_size": config.data.image_size,
+        "channels": 1,
+        "input_shape": [1, config.data.image_size, config.data.image_size],
+    }
     try:
         from metafit.data import omniglot as om
 
@@ -457,8 +515,9 @@ def preprocessing_info(config: RunConfig) -> dict[str, Any]:
     return info
 
 
-def cross_domain_dataset(config: RunConfig, other: str, preprocessing: dict[str, Any], *,
-                         label_column: str | None = None) -> tuple[Any, dict[str, Any]]:
+def cross_domain_dataset(
+    config: RunConfig, other: str, preprocessing: dict[str, Any], *, label_column: str | None = None
+) -> tuple[Any, dict[str, Any]]:
     """The test classes of another dataset, converted to a checkpoint's input format.
 
     Args:
@@ -475,13 +534,19 @@ def cross_domain_dataset(config: RunConfig, other: str, preprocessing: dict[str,
     from metafit.data.sources import convert_images, resolve_dataset
 
     d = config.data
-    src = resolve_dataset(other, root=d.data_root or os.environ.get("METAFIT_DATA"), cache_dir=d.cache_dir,
-                          label_column=label_column)
+    src = resolve_dataset(
+        other, root=d.data_root or os.environ.get("METAFIT_DATA"), cache_dir=d.cache_dir, label_column=label_column
+    )
     split = "test" if "test" in src.splits else list(src.splits)[-1]
     ds = src.splits[split]
     target = tuple(preprocessing.get("input_shape") or ())
-    conversion = {"dataset": src.name, "split": split, "classes": ds.num_classes,
-                  "source_shape": list(ds.example_shape), "checkpoint_shape": list(target)}
+    conversion = {
+        "dataset": src.name,
+        "split": split,
+        "classes": ds.num_classes,
+        "source_shape": list(ds.example_shape),
+        "checkpoint_shape": list(target),
+    }
     if ds.example_shape == target:
         conversion["converted"] = "none (same format)"
         return ds, conversion
@@ -491,8 +556,10 @@ def cross_domain_dataset(config: RunConfig, other: str, preprocessing: dict[str,
             "can be converted (resize, grey/RGB)"
         )
     x = convert_images(ds.x, image_size=int(target[1]), channels=int(target[0]))
-    conversion["converted"] = (f"{ds.example_shape[0]}x{ds.example_shape[1]}x{ds.example_shape[2]} -> "
-                               f"{target[0]}x{target[1]}x{target[2]} (metafit.data.sources.convert_images)")
+    conversion["converted"] = (
+        f"{ds.example_shape[0]}x{ds.example_shape[1]}x{ds.example_shape[2]} -> "
+        f"{target[0]}x{target[1]}x{target[2]} (metafit.data.sources.convert_images)"
+    )
     return LabelledDataset(x, ds.y, ds.class_names, ds.groups), conversion
 
 
@@ -554,7 +621,9 @@ def load_trained(path: str | Path) -> Trained:
 def load_predictor(path: str | Path) -> Predictor:
     """A :class:`metafit.predict.Predictor` of a trained run folder or checkpoint (verified, never unpickled)."""
     tr = load_trained(path)
-    return Predictor(tr.algorithm, tr.model, tr.meta_params, tr.buffers, dict(tr.checkpoint.meta.get("preprocessing", {})))
+    return Predictor(
+        tr.algorithm, tr.model, tr.meta_params, tr.buffers, dict(tr.checkpoint.meta.get("preprocessing", {}))
+    )
 
 
 # -- metrics file -------------------------------------------------------------------------------------
@@ -609,7 +678,9 @@ def _prepare_run_dir(config: RunConfig, run_dir: Path, *, resume: bool, force: b
                 and config.train.scheduler == "cosine"
                 and "T_max" not in config.train.scheduler_kwargs
             ):
-                diff.append("train.steps (the cosine schedule spans train.steps; set train.scheduler_kwargs.T_max to change steps)")
+                diff.append(
+                    "train.steps (the cosine schedule spans train.steps; set train.scheduler_kwargs.T_max to change steps)"
+                )
             if diff:
                 raise ValueError(
                     f"cannot resume {run_dir}: its run was started with a different config "
@@ -721,7 +792,9 @@ def train(
         torch.distributed.broadcast(flag, 0)
         resuming = bool(flag.item())
     if resuming and main_rank:  # keep resumable changes (e.g. more steps) in config.json
-        atomic_write_bytes(run_dir / "config.json", (json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_bytes(
+            run_dir / "config.json", (json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+        )
     optimizer = make_optimizer(t.optimizer, parameters_of(meta_params), t.outer_lr, **t.optimizer_kwargs)
     scheduler = build_scheduler(config, optimizer)
     gen = seeding.generator(t.seed)
@@ -733,8 +806,15 @@ def train(
     else:
         own = [DivergenceGuard()]
     trainer = Trainer(
-        algorithm, model, optimizer=optimizer, meta_params=meta_params, path=t.path,  # type: ignore[arg-type]
-        scheduler=scheduler, grad_clip=t.grad_clip, buffers=buffers_of(model), callbacks=own,
+        algorithm,
+        model,
+        optimizer=optimizer,
+        meta_params=meta_params,
+        path=t.path,  # type: ignore[arg-type]
+        scheduler=scheduler,
+        grad_clip=t.grad_clip,
+        buffers=buffers_of(model),
+        callbacks=own,
     )
 
     log = cbk.JsonlLog(run_dir / "metrics.jsonl", every=t.log_every, total_steps=t.steps)
@@ -752,15 +832,34 @@ def train(
     val = None
     if (t.eval_every or t.eval_every_seconds) and d.train_split == "train":
         val_tasks = eval_tasks(config, n_tasks=d.val_tasks, seed=d.eval_seed + 7919, split="val") if main_rank else []
-        val = cbk.Validation(val_tasks, metric=metric, higher_is_better=higher, every_steps=t.eval_every,
-                             every_seconds=t.eval_every_seconds, sink=sink)
+        val = cbk.Validation(
+            val_tasks,
+            metric=metric,
+            higher_is_better=higher,
+            every_steps=t.eval_every,
+            every_seconds=t.eval_every_seconds,
+            sink=sink,
+        )
         run_cbs.append(val)
     if t.monitor_every_seconds:
         mon_tasks = eval_tasks(config, n_tasks=d.monitor_tasks) if main_rank else []
-        run_cbs.append(cbk.Validation(mon_tasks, metric=metric, higher_is_better=higher,
-                                      every_seconds=t.monitor_every_seconds, kind="monitor", select=False, sink=sink))
+        run_cbs.append(
+            cbk.Validation(
+                mon_tasks,
+                metric=metric,
+                higher_is_better=higher,
+                every_seconds=t.monitor_every_seconds,
+                kind="monitor",
+                select=False,
+                sink=sink,
+            )
+        )
     ckpt = cbk.Checkpointing(
-        run_dir / "checkpoints", every=t.checkpoint_every, keep_last=t.keep_last, generator=gen, best=val,
+        run_dir / "checkpoints",
+        every=t.checkpoint_every,
+        keep_last=t.keep_last,
+        generator=gen,
+        best=val,
         meta=lambda: {"config": config.to_dict(), "metric": metric, "preprocessing": preprocessing_info(config)},
     )
     run_cbs.append(ckpt)
@@ -792,13 +891,27 @@ def train(
         raise TrainingDiverged(e.step, e.what, latest_checkpoint(run_dir / "checkpoints")) from None
     finally:
         log.close()
-    result = TrainResult(run_dir, trainer.step_count, ckpt.last, val.best_step if val else None,
-                         resumed_from=resumed_from, path=trainer.resolved_path,
-                         history=[r for r in log.rows if r.get("kind") == "train"],
-                         stop_reason=trainer.stop_reason, train_seconds=trainer.train_seconds)
+    result = TrainResult(
+        run_dir,
+        trainer.step_count,
+        ckpt.last,
+        val.best_step if val else None,
+        resumed_from=resumed_from,
+        path=trainer.resolved_path,
+        history=[r for r in log.rows if r.get("kind") == "train"],
+        stop_reason=trainer.stop_reason,
+        train_seconds=trainer.train_seconds,
+    )
     if d.eval_tasks and main_rank:
-        out = _evaluate_trained(config, algorithm, model, trainer.meta_params, trainer.buffers,  # type: ignore[arg-type]
-                                checkpoint=ckpt.last, step=trainer.step_count)
+        out = _evaluate_trained(
+            config,
+            algorithm,
+            model,
+            trainer.meta_params,
+            trainer.buffers,  # type: ignore[arg-type]
+            checkpoint=ckpt.last,
+            step=trainer.step_count,
+        )
         atomic_write_bytes(run_dir / "eval.json", (json.dumps(out, indent=1) + "\n").encode())
         result.eval = out
     return result
@@ -852,31 +965,38 @@ def _evaluate_trained(
                 f"recalibrate needs a learner with a Gaussian predictive (a regression CNP), got algo.name={config.algo.name!r}"
             )
         # validation tasks of every evaluated context size, from their own seeds: never the test tasks
-        val = [t for k in shots for t in eval_tasks(config, n_tasks=d.val_tasks * 10, k_shot=k, seed=d.eval_seed + 7919 + (k or 0))]
+        val = [
+            t
+            for k in shots
+            for t in eval_tasks(config, n_tasks=d.val_tasks * 10, k_shot=k, seed=d.eval_seed + 7919 + (k or 0))
+        ]
         algorithm = fit_variance_scale(algorithm, model, meta_params, val, buffers=buffers, method=recalibrate)  # type: ignore[arg-type]
         scale_info = {"method": recalibrate, "variance_scale": algorithm.variance_scale, "val_tasks": len(val)}  # type: ignore[attr-defined]
     for k in shots:
         tasks = eval_tasks(config, n_tasks=episodes, n_way=n_way, k_shot=k, n_query=n_query, seed=seed, dataset=dataset)
         chunk = 250 if d.dataset == "sinusoid" and algorithm.spec.inner_loop else 0  # vmap over tasks: same numbers
-        res: EvalResult = evaluate(algorithm, model, meta_params, tasks, buffers=buffers, steps=inner_steps, lr=inner_lr,
-                                   chunk=chunk)
+        res: EvalResult = evaluate(
+            algorithm, model, meta_params, tasks, buffers=buffers, steps=inner_steps, lr=inner_lr, chunk=chunk
+        )
         if algorithm.spec.distribution:  # coverage of the central predictive intervals, per task
             cov = calibration(algorithm, model, meta_params, tasks, buffers=buffers, levels=COVERAGE_LEVELS)  # type: ignore[arg-type]
             for level, values in cov.items():
                 res.metrics[f"coverage_{round(100 * level)}"] = summarize(values)
                 res.per_task[f"coverage_{round(100 * level)}"] = values
         first = tasks[0]
-        results.append({
-            "dataset": d.dataset if conversion is None else conversion["dataset"],
-            **({"cross_domain": conversion} if conversion is not None else {}),
-            "algo": config.algo.name,
-            "n_way": first.n_way,
-            "k_shot": k or d.eval_k_shot or d.k_shot,
-            "n_query": first.n_query if first.n_way is None else first.n_query // first.n_way,
-            "episodes": len(tasks),
-            "seed": d.eval_seed if seed is None else seed,
-            **res.to_dict(),
-        })
+        results.append(
+            {
+                "dataset": d.dataset if conversion is None else conversion["dataset"],
+                **({"cross_domain": conversion} if conversion is not None else {}),
+                "algo": config.algo.name,
+                "n_way": first.n_way,
+                "k_shot": k or d.eval_k_shot or d.k_shot,
+                "n_query": first.n_query if first.n_way is None else first.n_query // first.n_way,
+                "episodes": len(tasks),
+                "seed": d.eval_seed if seed is None else seed,
+                **res.to_dict(),
+            }
+        )
     out = {"checkpoint": str(checkpoint) if checkpoint else None, "step": step, "name": config.name, "results": results}
     if scale_info is not None:
         out["recalibration"] = scale_info
@@ -923,13 +1043,27 @@ def evaluate_checkpoint(
         config = config.replace(data={"data_root": str(data_root)})
     other = conversion = None
     if dataset is not None:
-        other, conversion = cross_domain_dataset(config, dataset, tr.checkpoint.meta.get("preprocessing", {}),
-                                                 label_column=label_column)
+        other, conversion = cross_domain_dataset(
+            config, dataset, tr.checkpoint.meta.get("preprocessing", {}), label_column=label_column
+        )
     return _evaluate_trained(
-        config, tr.algorithm, tr.model, tr.meta_params, tr.buffers, checkpoint=tr.checkpoint.path,
-        step=tr.checkpoint.step, shots=list(shots) if shots else [None], n_way=n_way, n_query=n_query,
-        episodes=episodes, inner_steps=inner_steps, inner_lr=inner_lr, seed=seed, recalibrate=recalibrate,
-        dataset=other, conversion=conversion,
+        config,
+        tr.algorithm,
+        tr.model,
+        tr.meta_params,
+        tr.buffers,
+        checkpoint=tr.checkpoint.path,
+        step=tr.checkpoint.step,
+        shots=list(shots) if shots else [None],
+        n_way=n_way,
+        n_query=n_query,
+        episodes=episodes,
+        inner_steps=inner_steps,
+        inner_lr=inner_lr,
+        seed=seed,
+        recalibrate=recalibrate,
+        dataset=other,
+        conversion=conversion,
     )
 
 
@@ -937,8 +1071,10 @@ def eval_markdown(out: dict[str, Any]) -> str:
     """A Markdown table of an evaluation (one row per setting, mean ± 95% CI, the paper's figure)."""
     from metafit.app.papers import paper_reference
 
-    lines = ["| algo | n_way | k_shot | episodes | inner steps | metric | mean | ± 95% CI | paper |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| algo | n_way | k_shot | episodes | inner steps | metric | mean | ± 95% CI | paper |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in out["results"]:
         for m, s in r["metrics"].items():
             if m == "loss" and len(r["metrics"]) > 1:

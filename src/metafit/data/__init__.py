@@ -1,6 +1,16 @@
 """Tasks, task samplers and datasets."""
 
+from metafit.data.batches import ClassBatchSampler
 from metafit.data.datasets import LabelledDataset, from_tensors, load_image_folder, load_support_folder
+from metafit.data.gp import GPTasks, ImageCompletionTasks, TabularPriorTasks, gp_eval_tasks, sklearn_table_tasks
+from metafit.data.metadataset import (
+    EpisodeConfig,
+    MultiSourceEpisodes,
+    episodes_for_split,
+    fixed_multisource_episodes,
+    load_metadataset_source,
+    write_metadataset_source,
+)
 from metafit.data.omniglot import (
     OmniglotData,
     alphabet_names,
@@ -11,16 +21,6 @@ from metafit.data.omniglot import (
     preprocess_image,
     verify_omniglot,
 )
-from metafit.data.batches import ClassBatchSampler
-from metafit.data.gp import GPTasks, ImageCompletionTasks, TabularPriorTasks, gp_eval_tasks, sklearn_table_tasks
-from metafit.data.metadataset import (
-    EpisodeConfig,
-    MultiSourceEpisodes,
-    episodes_for_split,
-    fixed_multisource_episodes,
-    load_metadataset_source,
-    write_metadataset_source,
-)
 from metafit.data.protocols import (
     fixed_episodes_with_classes,
     imbalanced_query_episodes,
@@ -28,6 +28,7 @@ from metafit.data.protocols import (
     within_alphabet_episodes,
 )
 from metafit.data.sampling import EpisodeSampler, VariableEpisodeSampler, fixed_episodes
+from metafit.data.sinusoid import SinusoidTasks, sinusoid_eval_tasks
 from metafit.data.sources import (
     SplitDataset,
     check_split_dataset,
@@ -40,7 +41,6 @@ from metafit.data.sources import (
     load_table_dataset,
     resolve_dataset,
 )
-from metafit.data.sinusoid import SinusoidTasks, sinusoid_eval_tasks
 from metafit.data.task import Task, TaskBatch, stack_tasks
 
 __all__ = [

@@ -66,9 +66,7 @@ class ClassBatchSampler:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         if batch_size > len(dataset):
-            raise ValueError(
-                f"batch_size={batch_size} exceeds the number of examples in the dataset ({len(dataset)})"
-            )
+            raise ValueError(f"batch_size={batch_size} exceeds the number of examples in the dataset ({len(dataset)})")
         if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
             raise TypeError(f"generator must be a CPU torch.Generator, got {generator!r}")
         if augment is not None and not callable(augment):

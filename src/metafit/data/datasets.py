@@ -62,9 +62,7 @@ class LabelledDataset:
                 f"and y.shape[0]={self.y.shape[0]}"
             )
         if isinstance(self.class_names, str) or not isinstance(self.class_names, Sequence):
-            raise TypeError(
-                f"class_names must be a sequence of str, got {type(self.class_names).__name__}"
-            )
+            raise TypeError(f"class_names must be a sequence of str, got {type(self.class_names).__name__}")
         names = tuple(self.class_names)
         if not all(isinstance(n, str) for n in names):
             raise TypeError("class_names must contain only str")
@@ -77,17 +75,14 @@ class LabelledDataset:
                 raise TypeError(f"groups must be a sequence of str or None, got {type(self.groups).__name__}")
             groups = tuple(self.groups)
             if len(groups) != n_classes or not all(isinstance(g, str) for g in groups):
-                raise ValueError(
-                    f"groups must hold one str per class: expected {n_classes} entries, got {len(groups)}"
-                )
+                raise ValueError(f"groups must hold one str per class: expected {n_classes} entries, got {len(groups)}")
             object.__setattr__(self, "groups", groups)
         if self.y.numel() == 0:
             raise ValueError("the dataset is empty: y has no examples")
         lo, hi = int(self.y.min()), int(self.y.max())
         if lo < 0 or hi >= n_classes:
             raise ValueError(
-                f"y must hold class ids in 0..{n_classes - 1} (len(class_names)={n_classes}), "
-                f"got values in {lo}..{hi}"
+                f"y must hold class ids in 0..{n_classes - 1} (len(class_names)={n_classes}), got values in {lo}..{hi}"
             )
         counts = torch.bincount(self.y.cpu(), minlength=n_classes)
         empty = (counts == 0).nonzero().flatten()
@@ -170,15 +165,13 @@ class LabelledDataset:
             raise ValueError(f"class_ids must be distinct, got repeated ids in {ids[:20]}")
         bad = [c for c in ids if not 0 <= c < self.num_classes]
         if bad:
-            raise ValueError(
-                f"class_ids must lie in 0..{self.num_classes - 1}, got out-of-range ids {bad[:10]}"
-            )
+            raise ValueError(f"class_ids must lie in 0..{self.num_classes - 1}, got out-of-range ids {bad[:10]}")
         per_class = self.class_indices()
         parts = [per_class[c] for c in ids]
         sel = torch.cat(parts)
-        new_y = torch.repeat_interleave(
-            torch.arange(len(ids)), torch.tensor([p.numel() for p in parts])
-        ).to(self.y.device)
+        new_y = torch.repeat_interleave(torch.arange(len(ids)), torch.tensor([p.numel() for p in parts])).to(
+            self.y.device
+        )
         return LabelledDataset(
             x=self.x[sel.to(self.x.device)],
             y=new_y,
@@ -228,9 +221,7 @@ def from_tensors(
     values, new_y = torch.unique(y_t.cpu().to(torch.int64), sorted=True, return_inverse=True)
     names = tuple(str(int(v)) for v in values) if class_names is None else tuple(class_names)
     if len(names) != values.numel():
-        raise ValueError(
-            f"class_names must name each of the {values.numel()} distinct labels, got {len(names)} names"
-        )
+        raise ValueError(f"class_names must name each of the {values.numel()} distinct labels, got {len(names)} names")
     return LabelledDataset(
         x=x,
         y=new_y.to(y_t.device),

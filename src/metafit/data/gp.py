@@ -203,7 +203,8 @@ def sample_hyperparameters(
     if kernel == "periodic":
         out["period"] = PERIOD[0] + (PERIOD[1] - PERIOD[0]) * torch.rand(n, generator=generator, dtype=dtype)
     out["lengthscale"] = LENGTHSCALE[0] + (LENGTHSCALE[1] - LENGTHSCALE[0]) * torch.rand(
-        n, generator=generator, dtype=dtype)
+        n, generator=generator, dtype=dtype
+    )
     out["scale"] = SCALE[0] + (SCALE[1] - SCALE[0]) * torch.rand(n, generator=generator, dtype=dtype)
     return out
 
@@ -374,9 +375,7 @@ def gp_eval_tasks(
     return GPTasks(kernel, generator=gen, dtype=dtype, **options).sample_padded_batch(n_tasks)
 
 
-def gp_eval_truth(
-    kernel: str = "rbf", n_tasks: int = 1000, *, seed: int = 12345, **options: Any
-) -> dict[str, Tensor]:
+def gp_eval_truth(kernel: str = "rbf", n_tasks: int = 1000, *, seed: int = 12345, **options: Any) -> dict[str, Tensor]:
     """The true hyperparameters of the tasks of :func:`gp_eval_tasks` with the same arguments (a replay)."""
     gen = torch.Generator().manual_seed(seed)
     return GPTasks(kernel, generator=gen, **options).sample_padded(n_tasks)[1]
@@ -473,9 +472,7 @@ class ImageCompletionTasks:
         pixels = self.n_pixels
         extra = 0 if self.n_target is None else _check_int("n_target", self.n_target, 1)
         if self.max_context + extra > pixels:
-            raise ValueError(
-                f"max_context + n_target must be <= {pixels} pixels, got {self.max_context} + {extra}"
-            )
+            raise ValueError(f"max_context + n_target must be <= {pixels} pixels, got {self.max_context} + {extra}")
 
     @property
     def n_pixels(self) -> int:
@@ -498,8 +495,10 @@ class ImageCompletionTasks:
         order = torch.rand(t, h * w, generator=g).argsort(-1)
 
         def take(i: Tensor) -> tuple[Tensor, Tensor]:
-            return (torch.gather(coords, 1, i.unsqueeze(-1).expand(-1, -1, 2)),
-                    torch.gather(y, 1, i.unsqueeze(-1).expand(-1, -1, ch)))
+            return (
+                torch.gather(coords, 1, i.unsqueeze(-1).expand(-1, -1, 2)),
+                torch.gather(y, 1, i.unsqueeze(-1).expand(-1, -1, ch)),
+            )
 
         sx, sy = take(order[:, :c])
         if self.n_target is None:
@@ -579,8 +578,16 @@ class TabularPriorTasks:
 
     def __post_init__(self) -> None:
         _check_generator(self.generator, "TabularPriorTasks")
-        for name, minimum in (("n_features", 1), ("n_way", 2), ("k_shot", 1), ("n_query", 1), ("hidden", 1),
-                              ("depth", 1), ("pool_factor", 1), ("tasks_per_batch", 1)):
+        for name, minimum in (
+            ("n_features", 1),
+            ("n_way", 2),
+            ("k_shot", 1),
+            ("n_query", 1),
+            ("hidden", 1),
+            ("depth", 1),
+            ("pool_factor", 1),
+            ("tasks_per_batch", 1),
+        ):
             _check_int(name, getattr(self, name), minimum)
         if not self.noise_std >= 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std!r}")
@@ -612,8 +619,10 @@ class TabularPriorTasks:
         """``n_tasks`` (default ``tasks_per_batch``) tasks stacked."""
         t = self.tasks_per_batch if n_tasks is None else _check_int("n_tasks", n_tasks, 1)
         tasks = [self.sample_task() for _ in range(t)]
-        return TaskBatch(*(torch.stack([getattr(k, f) for k in tasks]) for f in
-                           ("support_x", "support_y", "query_x", "query_y")), n_way=self.n_way)
+        return TaskBatch(
+            *(torch.stack([getattr(k, f) for k in tasks]) for f in ("support_x", "support_y", "query_x", "query_y")),
+            n_way=self.n_way,
+        )
 
     def __iter__(self) -> Iterator[TaskBatch]:
         while True:
@@ -623,8 +632,12 @@ class TabularPriorTasks:
 def _load_table(name: str) -> tuple[Tensor, Tensor]:
     from sklearn import datasets
 
-    loaders = {"iris": datasets.load_iris, "wine": datasets.load_wine,
-               "breast_cancer": datasets.load_breast_cancer, "digits": datasets.load_digits}
+    loaders = {
+        "iris": datasets.load_iris,
+        "wine": datasets.load_wine,
+        "breast_cancer": datasets.load_breast_cancer,
+        "digits": datasets.load_digits,
+    }
     if name not in loaders:
         raise ValueError(f"name must be one of {TABLES}, got {name!r}")
     bunch = loaders[name]()

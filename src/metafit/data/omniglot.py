@@ -141,9 +141,7 @@ def _preprocess_u8(image: Any, image_size: int, invert: bool | str = True) -> np
     if do_invert:
         arr = 255 - arr
     if arr.shape != (image_size, image_size):
-        small = Image.fromarray(arr, mode="L").resize(
-            (image_size, image_size), Image.Resampling.BILINEAR
-        )
+        small = Image.fromarray(arr, mode="L").resize((image_size, image_size), Image.Resampling.BILINEAR)
         arr = np.asarray(small, dtype=np.uint8)
     return arr
 
@@ -193,9 +191,7 @@ def _image_files(folder: Path) -> list[Path]:
         if p.name.startswith(".") or p.is_dir():
             continue
         if p.suffix.lower() not in _IMAGE_SUFFIXES:
-            raise ValueError(
-                f"unexpected file {p}: expected only images with suffix {', '.join(_IMAGE_SUFFIXES)}"
-            )
+            raise ValueError(f"unexpected file {p}: expected only images with suffix {', '.join(_IMAGE_SUFFIXES)}")
         files.append(p)
     return files
 
@@ -293,9 +289,7 @@ def _resolve_root(root: str | Path | None) -> tuple[Path, Path]:
         root = env
     base = Path(root).expanduser()
     omni = base / "omniglot"
-    if not omni.is_dir() and (
-        (base / "images_background.zip").is_file() or (base / "images_background").is_dir()
-    ):
+    if not omni.is_dir() and ((base / "images_background.zip").is_file() or (base / "images_background").is_dir()):
         omni = base  # root given as the omniglot/ folder itself
     return base, omni
 
@@ -513,9 +507,7 @@ class OmniglotData:
         """Number of characters (1623)."""
         return int(self.images.shape[0])
 
-    def split(
-        self, split: str, *, protocol: str = "vinyals", rotations: bool = True, seed: int = 0
-    ) -> LabelledDataset:
+    def split(self, split: str, *, protocol: str = "vinyals", rotations: bool = True, seed: int = 0) -> LabelledDataset:
         """Same as :func:`omniglot_split` on this data."""
         return omniglot_split(self, split, protocol=protocol, rotations=rotations, seed=seed)
 
@@ -989,7 +981,9 @@ def write_episode_folders(
     if n_way > len(chars):
         raise ValueError(f"n_way={n_way} exceeds the {len(chars)} characters of the {split} set")
     if k_shot + n_query > IMAGES_PER_CHARACTER:
-        raise ValueError(f"k_shot + n_query = {k_shot + n_query} exceeds the {IMAGES_PER_CHARACTER} drawings per character")
+        raise ValueError(
+            f"k_shot + n_query = {k_shot + n_query} exceeds the {IMAGES_PER_CHARACTER} drawings per character"
+        )
     out = Path(out)
     picked = [chars[int(i)] for i in torch.randperm(len(chars), generator=g)[:n_way]]
     truth_rows, q_index = [], 0

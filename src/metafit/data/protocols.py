@@ -365,7 +365,10 @@ def imbalanced_query_episodes(
     dev = ds.y.device
     sy = torch.arange(n_way).repeat_interleave(k_shot).expand(n_episodes, -1).contiguous().to(dev)
     tasks = TaskBatch(
-        _gather(ds.x, torch.stack(s_idx)), sy, _gather(ds.x, torch.stack(q_idx)), torch.stack(q_lab).to(dev),
+        _gather(ds.x, torch.stack(s_idx)),
+        sy,
+        _gather(ds.x, torch.stack(q_idx)),
+        torch.stack(q_lab).to(dev),
         n_way=n_way,
     )
     return EpisodeSet(tasks, torch.stack(classes))
@@ -517,8 +520,14 @@ class Inductive:
         return self.inner.init(model, generator=generator)
 
     def adapt(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, support_x: Tensor, support_y: Tensor,
-        *, n_way: int | None = None,
+        self,
+        model: nn.Module,
+        meta_params: MetaParams,
+        buffers: Buffers,
+        support_x: Tensor,
+        support_y: Tensor,
+        *,
+        n_way: int | None = None,
     ) -> _InductiveAdapted:
         """The inner adaptation, with the support set kept for :meth:`predict`."""
         return _InductiveAdapted(
@@ -526,7 +535,12 @@ class Inductive:
         )
 
     def _predict_inner(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, inner_adapted: Any, support_x: Tensor,
+        self,
+        model: nn.Module,
+        meta_params: MetaParams,
+        buffers: Buffers,
+        inner_adapted: Any,
+        support_x: Tensor,
         x: Tensor,
     ) -> Tensor:
         s = int(support_x.shape[0])
@@ -556,8 +570,16 @@ class InductiveGradient(Inductive):
     inner: GradientLearner
 
     def adapt_steps(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, support_x: Tensor, support_y: Tensor,
-        *, steps: int | None = None, lr: float | None = None, create_graph: bool | None = None,
+        self,
+        model: nn.Module,
+        meta_params: MetaParams,
+        buffers: Buffers,
+        support_x: Tensor,
+        support_y: Tensor,
+        *,
+        steps: int | None = None,
+        lr: float | None = None,
+        create_graph: bool | None = None,
     ) -> Iterator[Params]:
         """The inner learner's inner steps (support set only)."""
         return self.inner.adapt_steps(
@@ -565,7 +587,13 @@ class InductiveGradient(Inductive):
         )
 
     def adaptation_curve(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task, *, steps: int,
+        self,
+        model: nn.Module,
+        meta_params: MetaParams,
+        buffers: Buffers,
+        task: Task,
+        *,
+        steps: int,
         lr: float | None = None,
     ) -> Metrics:
         """Inductive query metrics after 0..``steps`` inner updates, each ``(steps + 1,)``."""

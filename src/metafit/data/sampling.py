@@ -283,9 +283,7 @@ class VariableEpisodeSampler:
         if max_ways < min_ways:
             raise ValueError(f"max_ways must be >= min_ways={min_ways}, got max_ways={max_ways}")
         if max_support < min_ways:
-            raise ValueError(
-                f"max_support must be >= min_ways={min_ways} (one shot per class), got {max_support}"
-            )
+            raise ValueError(f"max_support must be >= min_ways={min_ways} (one shot per class), got {max_support}")
         sizes = dataset.class_sizes()
         smallest = int(torch.argmin(sizes))
         if int(sizes[smallest]) < 2:
@@ -311,8 +309,7 @@ class VariableEpisodeSampler:
         else:
             if dataset.num_classes < min_ways:
                 raise ValueError(
-                    f"min_ways={min_ways} exceeds the number of classes in the dataset "
-                    f"({dataset.num_classes})"
+                    f"min_ways={min_ways} exceeds the number of classes in the dataset ({dataset.num_classes})"
                 )
             self._pools = [torch.arange(dataset.num_classes)]
         if max_support < min(max_ways, max(p.numel() for p in self._pools)):

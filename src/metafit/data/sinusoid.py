@@ -71,9 +71,7 @@ class SinusoidTasks:
             yield self.sample_batch()
 
 
-def _sample(
-    t: int, k: int, q: int, g: torch.Generator, dtype: torch.dtype
-) -> tuple[TaskBatch, Tensor, Tensor]:
+def _sample(t: int, k: int, q: int, g: torch.Generator, dtype: torch.dtype) -> tuple[TaskBatch, Tensor, Tensor]:
     amp = _uniform((t, 1, 1), *AMPLITUDE, g, dtype)
     phase = _uniform((t, 1, 1), *PHASE, g, dtype)
     xs = _uniform((t, k, 1), *X_RANGE, g, dtype)

@@ -24,9 +24,7 @@ __all__ = ["Task", "TaskBatch", "stack_tasks"]
 
 def _check_pair(name_x: str, x: Tensor, name_y: str, y: Tensor, lead: int) -> None:
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise TypeError(
-            f"{name_x} and {name_y} must be torch.Tensor, got {type(x).__name__} and {type(y).__name__}"
-        )
+        raise TypeError(f"{name_x} and {name_y} must be torch.Tensor, got {type(x).__name__} and {type(y).__name__}")
     if x.dim() <= lead or y.dim() < lead + 1:
         raise ValueError(
             f"{name_x} must have at least {lead + 1} dimensions and {name_y} at least {lead + 1}; "
@@ -90,9 +88,7 @@ class Task:
 
         Integer label tensors keep their dtype when a floating dtype is requested.
         """
-        return Task(
-            *(_to(getattr(self, f), *args, **kwargs) for f in _TENSOR_FIELDS), n_way=self.n_way
-        )
+        return Task(*(_to(getattr(self, f), *args, **kwargs) for f in _TENSOR_FIELDS), n_way=self.n_way)
 
     def check_finite(self) -> None:
         """Raises ValueError if any input or target contains NaN or inf."""
@@ -168,9 +164,7 @@ class TaskBatch:
 
     def to(self, *args: Any, **kwargs: Any) -> TaskBatch:
         """Returns a copy with every tensor moved/cast like :meth:`torch.Tensor.to`."""
-        return TaskBatch(
-            *(_to(getattr(self, f), *args, **kwargs) for f in _TENSOR_FIELDS), n_way=self.n_way
-        )
+        return TaskBatch(*(_to(getattr(self, f), *args, **kwargs) for f in _TENSOR_FIELDS), n_way=self.n_way)
 
     def split(self, sizes: Sequence[int]) -> list[TaskBatch]:
         """Splits the batch into consecutive sub-batches of the given sizes (sum must be T)."""

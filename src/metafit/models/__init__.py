@@ -14,7 +14,18 @@ from metafit.models.fused import fuse_norm_relu_pool
 from metafit.models.ops import batch_norm_relu_max_pool
 
 __all__ = [
-    "MLP", "Conv4", "TaskBatchNorm", "task_batch_norm", "CNPRegressor", "CNPClassifier",
-    "batch_norm_relu_max_pool", "fuse_norm_relu_pool",
-    "AttentiveNP", "TransformerNP", "InContextClassifier", "CNPAdapter", "Detached", "build_np_network",
+    "MLP",
+    "Conv4",
+    "TaskBatchNorm",
+    "task_batch_norm",
+    "CNPRegressor",
+    "CNPClassifier",
+    "batch_norm_relu_max_pool",
+    "fuse_norm_relu_pool",
+    "AttentiveNP",
+    "TransformerNP",
+    "InContextClassifier",
+    "CNPAdapter",
+    "Detached",
+    "build_np_network",
 ]

@@ -228,8 +228,9 @@ def tnp_mask(context_mask: Tensor, n_target: int) -> Tensor:
         context_mask: ``(C,)`` bool, ``True`` for a real context point.
         n_target: ``T``.
     """
-    keys = torch.cat([context_mask.to(torch.bool),
-                      torch.zeros(n_target, dtype=torch.bool, device=context_mask.device)], -1)
+    keys = torch.cat(
+        [context_mask.to(torch.bool), torch.zeros(n_target, dtype=torch.bool, device=context_mask.device)], -1
+    )
     n = keys.shape[-1]
     return keys.unsqueeze(-2).expand(n, n)
 
@@ -462,12 +463,36 @@ def build_np_network(
     """
     if kind == "cnp":
         depth = 3 if n_layers is None else n_layers
-        return CNPAdapter(CNPRegressor(x_dim, y_dim, r_dim=d_model, encoder_hidden=(d_model,) * depth,
-                                       decoder_hidden=(d_model, d_model), min_variance=min_variance))
+        return CNPAdapter(
+            CNPRegressor(
+                x_dim,
+                y_dim,
+                r_dim=d_model,
+                encoder_hidden=(d_model,) * depth,
+                decoder_hidden=(d_model, d_model),
+                min_variance=min_variance,
+            )
+        )
     if kind == "anp":
-        return AttentiveNP(x_dim, y_dim, d_model=d_model, n_heads=n_heads, n_self_layers=2 if n_layers is None else n_layers,
-                           d_ff=d_ff, decoder_hidden=(d_model, d_model), min_variance=min_variance)
+        return AttentiveNP(
+            x_dim,
+            y_dim,
+            d_model=d_model,
+            n_heads=n_heads,
+            n_self_layers=2 if n_layers is None else n_layers,
+            d_ff=d_ff,
+            decoder_hidden=(d_model, d_model),
+            min_variance=min_variance,
+        )
     if kind == "tnp":
-        return TransformerNP(x_dim, y_dim, d_model=d_model, n_heads=n_heads, n_layers=6 if n_layers is None else n_layers,
-                             d_ff=d_ff, decoder_hidden=(d_ff,), min_variance=min_variance)
+        return TransformerNP(
+            x_dim,
+            y_dim,
+            d_model=d_model,
+            n_heads=n_heads,
+            n_layers=6 if n_layers is None else n_layers,
+            d_ff=d_ff,
+            decoder_hidden=(d_ff,),
+            min_variance=min_variance,
+        )
     raise ValueError(f"kind must be one of {NP_NETWORKS}, got {kind!r}")

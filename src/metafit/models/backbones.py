@@ -59,9 +59,7 @@ class TaskBatchNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_features:
-            raise ValueError(
-                f"TaskBatchNorm expected input (B, {self.num_features}, ...), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"TaskBatchNorm expected input (B, {self.num_features}, ...), got {tuple(x.shape)}")
         return task_batch_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
@@ -159,9 +157,7 @@ class Conv4(nn.Module):
             blocks.append(nn.Sequential(*layers))
             c = width
         if side < 1:
-            raise ValueError(
-                f"image_size={image_size} is too small for four 2x2 poolings (needs >= 16)"
-            )
+            raise ValueError(f"image_size={image_size} is too small for four 2x2 poolings (needs >= 16)")
         self.features = nn.Sequential(*blocks)
         self.fuse = bool(fuse) and norm != "none"
         self.feature_dim = width * side * side if downsample == "pool" else width
@@ -175,7 +171,9 @@ class Conv4(nn.Module):
             h = x
             for block in self.features:  # (conv, norm, ReLU[, max-pool]) blocks
                 conv, norm = block[0], block[1]
-                h = conv_batch_norm(h, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps, conv.stride, conv.padding)
+                h = conv_batch_norm(
+                    h, conv.weight, conv.bias, norm.weight, norm.bias, norm.eps, conv.stride, conv.padding
+                )
                 if self.downsample == "pool":
                     pool = block[3]
                     h = relu_max_pool(h, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)

@@ -63,8 +63,15 @@ def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_method" and node.target in ("relu", "relu_") and not node.kwargs
 
 
-def _reference_max_pool2d(input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
-                          ceil_mode: bool = False, return_indices: bool = False) -> None:
+def _reference_max_pool2d(
+    input: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    dilation: Any = 1,
+    ceil_mode: bool = False,
+    return_indices: bool = False,
+) -> None:
     """Signature of ``F.max_pool2d``, to bind a traced call's arguments."""
 
 
@@ -74,8 +81,9 @@ def _pool_args(node: fx.Node, modules: dict[str, nn.Module]) -> dict[str, Any] |
         m = modules[str(node.target)]
         if type(m) is not nn.MaxPool2d or m.return_indices or len(node.args) != 1 or node.kwargs:
             return None
-        args = dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
-                    ceil_mode=m.ceil_mode)
+        args = dict(
+            kernel_size=m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation, ceil_mode=m.ceil_mode
+        )
     elif node.op == "call_function" and node.target in (F.max_pool2d, torch.max_pool2d):
         try:
             bound = inspect.signature(_reference_max_pool2d).bind(*node.args, **node.kwargs)
@@ -182,7 +190,8 @@ def fuse_norm_relu_pool(model: nn.Module) -> fx.GraphModule:
             bias = graph.get_attr(f"{name}.bias") if module.bias is not None else None
             if conv is not None:  # conv -> norm as one matrix product (conv_batch_norm)
                 normed = graph.call_function(
-                    conv_batch_norm, (conv_node.args[0], conv_w, conv_b, weight, bias),
+                    conv_batch_norm,
+                    (conv_node.args[0], conv_w, conv_b, weight, bias),
                     dict(eps=float(module.eps), stride=tuple(conv_module.stride), padding=tuple(conv_module.padding)),
                 )
             else:

@@ -82,7 +82,12 @@ class _ReLUMaxPool(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, y: Tensor, kernel: list[int], stride: list[int], padding: list[int], dilation: list[int],
+        ctx: Any,
+        y: Tensor,
+        kernel: list[int],
+        stride: list[int],
+        padding: list[int],
+        dilation: list[int],
         ceil_mode: bool,
     ) -> Tensor:
         pooled, indices = _aten.max_pool2d_with_indices(y, kernel, stride, padding, dilation, ceil_mode)
@@ -104,8 +109,12 @@ class _ReLUMaxPool(torch.autograd.Function):
 
 
 def relu_max_pool(
-    y: Tensor, kernel_size: IntPair = 2, stride: IntPair | None = None, padding: IntPair = 0,
-    dilation: IntPair = 1, ceil_mode: bool = False,
+    y: Tensor,
+    kernel_size: IntPair = 2,
+    stride: IntPair | None = None,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    ceil_mode: bool = False,
 ) -> Tensor:
     """``F.max_pool2d(F.relu(y), ...)`` with the ReLU applied after the pooling (same values/gradients).
 
@@ -232,8 +241,11 @@ def conv_batch_norm(
     h_out, w_out = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
     patches = torch.stack(
-        [xp[:, :, i : i + sh * (h_out - 1) + 1 : sh, j : j + sw * (w_out - 1) + 1 : sw]
-         for i in range(kh) for j in range(kw)],
+        [
+            xp[:, :, i : i + sh * (h_out - 1) + 1 : sh, j : j + sw * (w_out - 1) + 1 : sw]
+            for i in range(kh)
+            for j in range(kw)
+        ],
         dim=-1,
     )  # (B, C_in, H_out, W_out, kh*kw)
     patches = patches.permute(0, 2, 3, 1, 4).reshape(n_img * h_out * w_out, k)  # K ordered as the weight's
