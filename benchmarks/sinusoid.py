@@ -123,7 +123,8 @@ def main() -> None:
     print("\n## Train 5-shot -> test 5-shot vs Meta-SGD Table 1\n")
     print(markdown_table(["learner", "ours", "Meta-SGD paper Table 1"], srow))
     print(f"\nwall time {wall / 60:.1f} min")
-    write_out(args.out, {"benchmark": "sinusoid", "quick": args.quick, "wall_seconds": wall, "runs": runs})
+    write_out(args.out, {"benchmark": "sinusoid", "quick": args.quick, "iterations": runs[0]["iterations"],
+                         "eval_tasks": n_tasks, "wall_seconds": wall, "runs": runs})
 
 
 if __name__ == "__main__":
