@@ -117,6 +117,15 @@ def setup_threads(n: int | None, keep_memory: bool = False) -> None:
 _MALLOC = {"mode": "default"}
 
 
+def record_process_settings(config: Any) -> None:
+    """Applies a run config's process-wide settings (as ``metafit train`` does) and records them."""
+    from metafit.app.runs import apply_process_settings
+
+    apply_process_settings(config)
+    if config.train.keep_freed_memory:
+        _MALLOC["mode"] = "keep freed memory (mallopt, train.keep_freed_memory)"
+
+
 def data_root(arg: str | None) -> str:
     """--data-root, else $METAFIT_DATA, else ../shared/data beside the repository."""
     if arg:

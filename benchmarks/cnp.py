@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _common import data_root, markdown_table, parser, write_out  # noqa: E402
+from _common import data_root, markdown_table, parser, record_process_settings, write_out  # noqa: E402
 
 from metafit.app.config import apply_overrides, load_config  # noqa: E402
-from metafit.app.runs import apply_process_settings, evaluate_checkpoint, load_trained, train  # noqa: E402
+from metafit.app.runs import evaluate_checkpoint, load_trained, train  # noqa: E402
 from metafit.data.sinusoid import sinusoid_eval_tasks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def main() -> None:
         sets += ["train.steps=300", "train.max_minutes=0.5", "data.eval_tasks=200"]
     root = args.run_root or Path(tempfile.mkdtemp(prefix="metafit-cnp-"))
     config = apply_overrides(load_config(ROOT / "configs" / "sinusoid_cnp.toml"), sets)
-    apply_process_settings(config)
+    record_process_settings(config)
     run = root / "sinusoid-cnp"
     res = train(config, run, force=True, progress=False)
     out: dict = {

@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import data_root, markdown_table, parser, write_out  # noqa: E402
+from _common import data_root, markdown_table, parser, record_process_settings, write_out  # noqa: E402
 
 from metafit.app.config import apply_overrides, load_config  # noqa: E402
 from metafit.app.papers import paper_reference  # noqa: E402
-from metafit.app.runs import apply_process_settings, evaluate_checkpoint, train  # noqa: E402
+from metafit.app.runs import evaluate_checkpoint, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def main() -> None:
     rows, records = [], []
     for cfg_path in args.configs:
         config = apply_overrides(load_config(cfg_path), sets)
-        apply_process_settings(config)
+        record_process_settings(config)
         run_dir = root / cfg_path.stem
         res = train(config, run_dir, force=True, progress=False)
         d = config.data

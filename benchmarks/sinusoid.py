@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import markdown_table, parser, write_out  # noqa: E402
+from _common import markdown_table, parser, record_process_settings, write_out  # noqa: E402
 
 from metafit.app.config import apply_overrides, load_config  # noqa: E402
-from metafit.app.runs import apply_process_settings, evaluate_checkpoint, train  # noqa: E402
+from metafit.app.runs import evaluate_checkpoint, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"MAML": ROOT / "configs" / "sinusoid_maml.toml", "Meta-SGD": ROOT / "configs" / "sinusoid_metasgd.toml"}
@@ -59,7 +59,7 @@ def main() -> None:
             config = apply_overrides(
                 load_config(CONFIGS[algo]), [f"data.k_shot={k}", f"data.n_query={k}", f"train.seed={args.seed}", *sets]
             )
-            apply_process_settings(config)
+            record_process_settings(config)
             run_dir = root / f"{algo.lower()}-k{k}"
             res = train(config, run_dir, force=True, progress=False)
             ev = evaluate_checkpoint(run_dir, shots=[5, 10, 20])
@@ -123,8 +123,17 @@ def main() -> None:
     print("\n## Train 5-shot -> test 5-shot vs Meta-SGD Table 1\n")
     print(markdown_table(["learner", "ours", "Meta-SGD paper Table 1"], srow))
     print(f"\nwall time {wall / 60:.1f} min")
-    write_out(args.out, {"benchmark": "sinusoid", "quick": args.quick, "iterations": runs[0]["iterations"],
-                         "eval_tasks": n_tasks, "wall_seconds": wall, "runs": runs})
+    write_out(
+        args.out,
+        {
+            "benchmark": "sinusoid",
+            "quick": args.quick,
+            "iterations": runs[0]["iterations"],
+            "eval_tasks": n_tasks,
+            "wall_seconds": wall,
+            "runs": runs,
+        },
+    )
 
 
 if __name__ == "__main__":

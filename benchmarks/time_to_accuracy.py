@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import data_root, markdown_table, parser, write_out  # noqa: E402
+from _common import data_root, markdown_table, parser, record_process_settings, write_out  # noqa: E402
 
 from metafit.app.config import apply_overrides, load_config  # noqa: E402
-from metafit.app.runs import apply_process_settings, evaluate_checkpoint, read_metrics, train  # noqa: E402
+from metafit.app.runs import evaluate_checkpoint, read_metrics, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = (96.0, 97.0, 98.0)
@@ -59,7 +59,7 @@ def main() -> None:
     rows, records = [], []
     for seed in args.seeds:
         config = apply_overrides(load_config(args.config), [*sets, f"train.seed={seed}"])
-        apply_process_settings(config)
+        record_process_settings(config)
         run_dir = root / f"{args.config.stem}-seed{seed}"
         t0 = time.perf_counter()
         res = train(config, run_dir, force=True, progress=False)
