@@ -531,7 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--setting", action="append", metavar="N_WAY:K_SHOT", help="test setting, repeatable (default: the first run's)"
     )
     c.add_argument("--episodes", type=int, default=600, help="fixed episodes per setting (default 600)")
-    c.add_argument("--n-query", type=int, help="queries per class (default 15 for 5-way, else 5; 1 within-alphabet)")
+    c.add_argument(
+        "--n-query", type=int, help="queries per class (default: the first run's evaluation queries; 1 within-alphabet)"
+    )
     c.add_argument("--seed", type=int, default=2024, help="seed of the episodes, the same for every run")
     c.add_argument("--baseline", help="the reference run (its folder name; default: the best run)")
     c.add_argument(

@@ -69,7 +69,7 @@ def _episodes(
     from metafit.data import protocols as pr
 
     n_way, k_shot = setting
-    q = n_query or (15 if n_way <= 5 else 5)
+    q = n_query or first.config.data.eval_n_query or first.config.data.n_query
     info: dict[str, Any] = {"protocol": protocol, "n_way": n_way, "k_shot": k_shot, "episodes": n, "seed": seed}
     if protocol == "within-alphabet":
         cfg = first.config
@@ -173,7 +173,7 @@ def compare(
         baseline: The reference run's name (default: the best run).
         protocol: ``"standard"`` or ``"within-alphabet"`` (Omniglot, Lake et al. 2015).
         dataset: Test on another dataset's test classes (cross-domain).
-        n_query: Queries per class (default 15 for 5-way, 5 otherwise; 1 within-alphabet).
+        n_query: Queries per class (default: the first run's evaluation queries; 1 within-alphabet).
         imbalanced: Draw class-imbalanced query sets with Dirichlet(``imbalanced``) proportions.
         inductive: Normalise with support-set statistics only (:func:`metafit.data.protocols.inductive`).
         alpha: Significance level of the verdicts.
@@ -202,9 +202,13 @@ def compare(
     first = loaded[0][1]
     d = first.config.data
     settings = list(settings or [(d.eval_n_way or d.n_way, d.eval_k_shot or d.k_shot)])
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[str]] = {}  # config (less its seed) -> one run per distinct seed
+    seen: set[tuple[str, int]] = set()
     for name, tr in loaded:
-        groups.setdefault(_group_key(tr.config), []).append(name)
+        key = _group_key(tr.config)
+        if (key, tr.config.train.seed) not in seen:
+            seen.add((key, tr.config.train.seed))
+            groups.setdefault(key, []).append(name)
     out: dict[str, Any] = {
         "runs": {
             n: {
@@ -243,7 +247,7 @@ def compare(
         cmp = compare_runs(values, baseline=baseline, alpha=alpha, test=test)  # type: ignore[arg-type]
         entry: dict[str, Any] = {**info, "scores": scores, "comparison": cmp.to_dict(), "verdicts": _verdicts(cmp)}
         multi = {k: v for k, v in groups.items() if len(v) > 1}
-        if multi:
+        if multi and len(groups) > 1:  # a seed comparison needs two configs, one with several seeds
             named = {f"{'+'.join(v)}": [values[n] for n in v if n in values] for v in groups.values()}
             named = {k: v for k, v in named.items() if v}
             sc = compare_seeds(named, alpha=alpha)

@@ -1,0 +1,128 @@
+"""`metafit compare` through the CLI: identical runs differ by exactly 0 (not significant), a
+trained run beats an untrained one significantly, seeds are grouped, and the outputs are written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metafit.app.cli import main
+
+TRAIN = [
+    "--quiet",
+    "--algo",
+    "protonet",
+    "--path",
+    "loop",
+    "--set",
+    "data.n_way=3",
+    "--set",
+    "data.k_shot=1",
+    "--set",
+    "data.n_query=3",
+    "--set",
+    "data.tasks_per_batch=4",
+    "--set",
+    "data.eval_tasks=4",
+    "--set",
+    "model.hidden=[32, 16]",
+    "--set",
+    "train.outer_lr=0.01",
+]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("compare")
+    g = np.random.default_rng(0)
+    y = np.repeat(np.arange(20), 12)
+    centres = g.normal(size=(20, 8)) * 3.0
+    x = (centres[y] + g.normal(size=(len(y), 8))).astype(np.float32)
+    x = np.concatenate([x, g.normal(size=(len(y), 24)).astype(np.float32) * 4.0], axis=1)  # distracting features
+    np.savez(root / "data.npz", x=x, y=y)
+    out = {}
+    for name, steps, seed in (("trained-s0", 60, 0), ("trained-s1", 60, 1), ("untrained", 0, 0)):
+        code = main(
+            [
+                "train",
+                "--dataset",
+                str(root / "data.npz"),
+                "--run-dir",
+                str(root / name),
+                "--steps",
+                str(steps),
+                "--seed",
+                str(seed),
+                *TRAIN,
+            ]
+        )
+        assert code == 0
+        out[name] = root / name
+    shutil.copytree(root / "trained-s0", root / "copy-of-s0")
+    out["copy-of-s0"] = root / "copy-of-s0"
+    return out
+
+
+def test_a_run_compared_with_itself_differs_by_exactly_zero(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "compare",
+            str(runs["trained-s0"]),
+            str(runs["copy-of-s0"]),
+            "--setting",
+            "3:1",
+            "--episodes",
+            "50",
+            "--baseline",
+            "trained-s0",
+            "--json",
+        ]
+    )
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    diff = next(d for d in out["settings"][0]["comparison"]["differences"] if d["run"] == "copy-of-s0")
+    assert diff["mean"] == 0.0 and diff["t_p"] == 1.0 and not diff["significant"]
+    assert any(
+        v.startswith("no significant difference between copy-of-s0 and trained-s0")
+        for v in out["settings"][0]["verdicts"]
+    )
+
+
+def test_trained_beats_untrained_and_seeds_are_grouped(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "cmp.json"
+    code = main(
+        [
+            "compare",
+            str(runs["trained-s0"]),
+            str(runs["trained-s1"]),
+            str(runs["untrained"]),
+            "--setting",
+            "3:1",
+            "--episodes",
+            "200",
+            "--out",
+            str(dest),
+        ]
+    )
+    assert code == 0
+    capsys.readouterr()
+    out = json.loads(dest.read_text())
+    s = out["settings"][0]
+    diff = next(d for d in s["comparison"]["differences"] if d["run"] == "untrained")
+    assert diff["mean"] < 0 and diff["significant"], diff
+    assert "seeds" in s and any(g["n_seeds"] == 2 for g in s["seeds"]["groups"])
+    assert "nearest centroid (raw inputs)" in s["scores"]
+    assert dest.with_suffix(".md").is_file() and list(tmp_path.glob("cmp_reliability_3w1s_*.png"))
+
+
+def test_compare_refuses_an_unknown_baseline(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", str(runs["trained-s0"]), "--baseline", "nope"]) == 2
+    assert "baseline must be one of the runs ['trained-s0'], got 'nope'" in capsys.readouterr().err
