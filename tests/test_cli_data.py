@@ -319,3 +319,26 @@ def test_cross_domain_eval_states_the_conversion(tmp_path: Path, capsys: pytest.
     assert res["dataset"] == "digits" and res["cross_domain"]["checkpoint_shape"] == [3, 16, 16]
     assert res["cross_domain"]["source_shape"] == [1, 8, 8] and "->" in res["cross_domain"]["converted"]
     assert torch.isfinite(torch.tensor(res["metrics"]["accuracy"]["mean"]))
+
+
+def test_two_sources_with_metadataset_episodes_train_and_evaluate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = _class_folders(tmp_path / "a", per_class=12)
+    b = _class_folders(tmp_path / "b", n_classes=20, per_class=12, rgb=True)  # RGB: converted to the run's grey format
+    cfg = tmp_path / "multi.toml"
+    cfg.write_text(
+        f'[data]\nsources = ["{a}", "{b}"]\nepisodes = "metadataset"\nimage_size = 16\ntasks_per_batch = 2\n'
+        "n_way = 3\nk_shot = 1\nn_query = 2\neval_tasks = 4\n"
+        f'cache_dir = "{tmp_path / "cache"}"\n[model]\nwidth = 8\n[algo]\nname = "protonet"\n'
+        '[train]\nsteps = 3\npath = "loop"\n'
+    )
+    run = tmp_path / "run"
+    code, _, err = _run(["train", str(cfg), "--run-dir", str(run), "--quiet"], capsys)
+    assert code == 0, err
+    pre = json.loads(next((run / "checkpoints").glob("*.json")).read_text())["preprocessing"]
+    assert pre["input_shape"] == [1, 16, 16] and set(pre["sources"]) == {str(a), str(b)}
+    code, out, err = _run(["eval", str(run), "--dataset", str(b), "--episodes", "4", "--n-way", "3", "--json"], capsys)
+    assert code == 0, err
+    conv = json.loads(out)["results"][0]["cross_domain"]
+    assert conv["source_shape"] == [3, 84, 84] and conv["checkpoint_shape"] == [1, 16, 16]  # decoded at 84, converted

@@ -97,6 +97,16 @@ class DataConfig:
             image folder (class folders, split folders or split CSV files), a ``.npz``/``.npy``
             array file, a ``.csv``/``.parquet`` table (``label_column``) or a Meta-Dataset
             converted source (``dataset_spec.json`` + ``.tfrecords``).
+        sources: Several training sources (built-in names or paths, e.g. ``["omniglot",
+            "kuzushiji-kanji"]``) instead of ``dataset``: each keeps its own class split, every
+            source's images are converted to ``image_size`` and ``channels`` (``"auto"``: grey),
+            and each training episode draws its source (``source_weights``, default uniform).
+            Evaluation uses the first source's test classes (``metafit eval --dataset`` for the
+            others).
+        source_weights: Sampling weight of each source (``None``: uniform).
+        episodes: ``"fixed"`` (``n_way``-way ``k_shot``-shot training episodes) or
+            ``"metadataset"`` (Triantafillou et al. 2020: variable way 5..50, imbalanced
+            support, class hierarchies where the source has them).
         label_column: Tables: the column holding the class.
         channels: Image folders: 1 (grey), 3 (RGB) or ``"auto"``.
         n_way: Classes per task (classification only).
@@ -132,6 +142,9 @@ class DataConfig:
     dataset: str = "sinusoid"
     label_column: str | None = None
     channels: Any = "auto"
+    sources: tuple[str, ...] = ()
+    source_weights: tuple[float, ...] | None = None
+    episodes: str = "fixed"
     n_way: int = 5
     k_shot: int = 5
     n_query: int = 10
@@ -163,6 +176,22 @@ class DataConfig:
             _fail(s, "dataset", f"a built-in name {list(DATASETS)} or a path", self.dataset)
         if self.channels not in ("auto", 1, 3):
             _fail(s, "channels", "1, 3 or 'auto'", self.channels)
+        if isinstance(self.sources, list):
+            object.__setattr__(self, "sources", tuple(self.sources))
+        if self.sources and self.dataset == "sinusoid":  # the default: the first source names the run's data
+            object.__setattr__(self, "dataset", self.sources[0])
+        if not all(isinstance(x, str) and x for x in self.sources):
+            _fail(s, "sources", "a list of built-in dataset names or paths", self.sources)
+        if self.source_weights is not None:
+            if isinstance(self.source_weights, list):
+                object.__setattr__(self, "source_weights", tuple(self.source_weights))
+            if len(self.source_weights) != len(self.sources) or not all(
+                isinstance(w, (int, float)) and w > 0 for w in self.source_weights
+            ):
+                _fail(
+                    s, "source_weights", f"{len(self.sources)} positive numbers (one per source)", self.source_weights
+                )
+        _check_choice(s, "episodes", self.episodes, ("fixed", "metadataset"))
         for name in ("n_way", "k_shot", "n_query", "tasks_per_batch", "eval_tasks", "val_tasks", "monitor_tasks"):
             _check_int(s, name, getattr(self, name), 1)
         _check_int(s, "image_size", self.image_size, 8)

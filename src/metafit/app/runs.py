@@ -337,8 +337,37 @@ def data_source(config: RunConfig) -> Any:
     return _SOURCES[key]
 
 
+def _sources(config: RunConfig) -> dict[str, Any]:
+    """``data.sources`` as SplitDatasets converted to one image format (``image_size``, ``channels``)."""
+    from metafit.data.datasets import LabelledDataset
+    from metafit.data.sources import SplitDataset, convert_images
+
+    d = config.data
+    key = ("sources", d.sources, d.data_root or os.environ.get("METAFIT_DATA"), d.image_size, d.channels, d.cache_dir)
+    if key not in _SOURCES:
+        channels = 1 if d.channels == "auto" else int(d.channels)
+        out = {}
+        for spec in d.sources:
+            src = data_source(config.replace(data={"dataset": spec, "sources": []}))
+            splits = {}
+            for k, ds in src.splits.items():
+                x = ds.x
+                if tuple(x.shape[1:]) != (channels, d.image_size, d.image_size):
+                    x = convert_images(x, image_size=d.image_size, channels=channels)
+                splits[k] = LabelledDataset(x, ds.y, ds.class_names, ds.groups)
+            out[spec] = SplitDataset(src.name, splits, src.preprocessing, trees=src.trees)
+        _SOURCES[key] = out
+    return _SOURCES[key]
+
+
 def _dataset(config: RunConfig, split: str) -> Any:
     """The :class:`LabelledDataset` of ``split`` (``"train"``, ``"val"``, ``"test"`` or ``"trainval"``)."""
+    if config.data.sources:
+        first = next(iter(_sources(config).values()))
+        if split == "trainval":
+            parts = [first.splits[k] for k in ("train", "val") if k in first.splits]
+            return parts[0] if len(parts) == 1 else _concat(parts)
+        return first.split(split)
     if config.data.dataset == "omniglot":
         return _omniglot(config, split)
     src = data_source(config)
@@ -369,6 +398,8 @@ def input_shape(config: RunConfig) -> tuple[int, ...]:
     d = config.data
     if d.dataset == "sinusoid":
         return (1,)
+    if d.sources:
+        return (1 if d.channels == "auto" else int(d.channels), d.image_size, d.image_size)
     if d.dataset == "omniglot":
         return (1, d.image_size, d.image_size)
     return tuple(data_source(config).example_shape)
@@ -379,6 +410,13 @@ def check_data(config: RunConfig) -> None:
     anything is written: a split missing or empty, classes shared between splits, a class with
     fewer examples than ``k_shot + n_query``, fewer classes than ``n_way``."""
     d = config.data
+    if d.sources:
+        from metafit.data.sources import check_split_dataset
+
+        for src in _sources(config).values():
+            if d.episodes == "fixed" and "train" in src.splits:
+                check_split_dataset(src, k_shot=d.k_shot, n_query=d.n_query)
+        return
     if d.dataset in ("sinusoid", "omniglot"):
         return
     from metafit.data.sources import check_split_dataset
@@ -413,6 +451,8 @@ def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[Tas
                 generator,
             )
         return SinusoidTasks(k_shot=d.k_shot, n_query=d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator)
+    if d.sources or d.episodes == "metadataset":
+        return _metadataset_batches(config, generator)
     dataset = _dataset(config, d.train_split)
     from metafit.data.sampling import EpisodeSampler
 
@@ -431,6 +471,32 @@ def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[Tas
             generator,
         )
     return EpisodeSampler(dataset, d.n_way, d.k_shot, d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator)
+
+
+def _metadataset_batches(config: RunConfig, generator: torch.Generator) -> Iterator[list[Task]]:
+    """Meta-batches of ``tasks_per_batch`` episodes across the sources (Meta-Dataset rules or fixed
+    n_way/k_shot); episodes of different shapes come as lists of tasks (the engine's loop path)."""
+    from metafit.data.metadataset import EpisodeConfig, episodes_for_split
+    from metafit.data.sources import SplitDataset
+
+    d = config.data
+    if d.sources:
+        sources = _sources(config)
+    else:
+        sources = {d.dataset: SplitDataset(d.dataset, {"train": _dataset(config, d.train_split)}, {})}
+    split = "train"
+    if d.train_split == "trainval":
+        sources = {
+            k: SplitDataset(
+                v.name, {"train": _concat([v.splits[s] for s in ("train", "val") if s in v.splits])}, v.preprocessing
+            )
+            for k, v in sources.items()
+        }
+    ep = EpisodeConfig() if d.episodes == "metadataset" else EpisodeConfig.fixed(d.n_way, d.k_shot, d.n_query)
+    weights = None if d.source_weights is None else dict(zip(d.sources, d.source_weights))
+    stream = episodes_for_split(sources, split, generator=generator, weights=weights, config=ep).tasks()
+    while True:
+        yield [next(stream) for _ in range(d.tasks_per_batch)]
 
 
 class VariableShot:
@@ -493,8 +559,19 @@ def eval_tasks(
 
 def preprocessing_info(config: RunConfig) -> dict[str, Any]:
     """How raw inputs must be turned into model inputs (recorded in every checkpoint)."""
-    if config.data.dataset == "sinusoid":
+    d = config.data
+    if d.dataset == "sinusoid":
         return {"kind": "scalar", "input_shape": [1]}
+    if d.sources:
+        shape = list(input_shape(config))
+        return {
+            "kind": "image",
+            "image_size": d.image_size,
+            "channels": shape[0],
+            "input_shape": shape,
+            "sources": {k: v.preprocessing for k, v in _sources(config).items()},
+            "conversion": "metafit.data.sources.convert_images to the run's image_size and channels",
+        }
     if config.data.dataset != "omniglot":
         src = data_source(config)
         return {**src.preprocessing, "dataset": src.name, "input_shape": list(src.example_shape)}
@@ -924,7 +1001,8 @@ def _checked(batches: Iterable[TaskBatch], trainer: Trainer) -> Iterator[TaskBat
         step = trainer.step_count + 1
         try:
             batch = next(it)
-            batch.check_finite()
+            for part in batch if isinstance(batch, list) else [batch]:
+                part.check_finite()
         except StopIteration:
             return
         except ValueError as e:
