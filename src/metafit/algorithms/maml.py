@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +29,7 @@ from metafit.algorithms.base import (
 from metafit.data.task import Task
 from metafit.functional import Buffers, Params, apply, params_of, under_transform
 
-__all__ = ["MAML", "inner_gradients"]
+__all__ = ["MAML", "GradientEvaluation", "inner_gradients"]
 
 
 def inner_gradients(
@@ -70,8 +71,61 @@ def _matches(name: str, prefixes: tuple[str, ...] | None) -> bool:
     return prefixes is None or any(name == p.rstrip(".") or name.startswith(p) for p in prefixes)
 
 
+class GradientEvaluation:
+    """Evaluation-time behaviour shared by the gradient-based learners (MAML, MAML++).
+
+    A learner using it has the fields ``inner_lr``, ``inner_steps``, ``eval_inner_lr``,
+    ``eval_inner_steps`` and ``criterion`` and the method ``adapt_steps``; it is a frozen
+    dataclass, so :meth:`with_eval` returns a copy.
+    """
+
+    inner_lr: float
+    inner_steps: int
+    eval_inner_lr: float | None
+    eval_inner_steps: int | None
+    criterion: str
+
+    def eval_settings(self) -> EvalSettings:
+        """Inner steps and step size used when adapting at evaluation time."""
+        return EvalSettings(
+            steps=self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps,
+            lr=self.inner_lr if self.eval_inner_lr is None else self.eval_inner_lr,
+        )
+
+    def with_eval(self, *, steps: int | None = None, lr: float | None = None) -> Any:
+        """A copy whose evaluation-time inner steps / step size are replaced (``None``: keep)."""
+        changes: dict[str, object] = {}
+        if steps is not None:
+            changes["eval_inner_steps"] = check_steps("steps", steps)
+        if lr is not None:
+            changes["eval_inner_lr"] = check_inner_lr("lr", lr)
+        return replace(self, **changes) if changes else self
+
+    def adaptation_curve(
+        self,
+        model: nn.Module,
+        meta_params: MetaParams,
+        buffers: Buffers,
+        task: Task,
+        *,
+        steps: int,
+        lr: float | None = None,
+    ) -> Metrics:
+        """Query metrics after 0..``steps`` inner updates, each a tensor of shape ``(steps+1,)``."""
+        lr = self.eval_settings().lr if lr is None else lr
+        crit = criterion_fn(self.criterion)
+        rows: list[Metrics] = []
+        for params in self.adapt_steps(
+            model, meta_params, buffers, task.support_x, task.support_y, steps=steps, lr=lr, create_graph=False
+        ):
+            with torch.no_grad():
+                out = apply(model, params, buffers, task.query_x)
+                rows.append(task_metrics(self.criterion, out, task.query_y, crit(out, task.query_y)))
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
 @dataclass(frozen=True)
-class MAML:
+class MAML(GradientEvaluation):
     """Model-Agnostic Meta-Learning (Finn et al. 2017), second or first order.
 
     Adaptation takes ``inner_steps`` steps of gradient descent on the support loss from the
@@ -220,42 +274,3 @@ class MAML:
         out = apply(model, fast, buffers, task.query_x)
         loss = criterion_fn(self.criterion)(out, task.query_y)
         return loss, task_metrics(self.criterion, out, task.query_y, loss)
-
-    # -- evaluation ---------------------------------------------------------------------
-    def eval_settings(self) -> EvalSettings:
-        """Inner steps and step size used when adapting at evaluation time."""
-        return EvalSettings(
-            steps=self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps,
-            lr=self.inner_lr if self.eval_inner_lr is None else self.eval_inner_lr,
-        )
-
-    def with_eval(self, *, steps: int | None = None, lr: float | None = None) -> MAML:
-        """A copy whose evaluation-time inner steps / step size are replaced (``None``: keep)."""
-        changes: dict[str, object] = {}
-        if steps is not None:
-            changes["eval_inner_steps"] = check_steps("steps", steps)
-        if lr is not None:
-            changes["eval_inner_lr"] = check_inner_lr("lr", lr)
-        return replace(self, **changes) if changes else self
-
-    def adaptation_curve(
-        self,
-        model: nn.Module,
-        meta_params: MetaParams,
-        buffers: Buffers,
-        task: Task,
-        *,
-        steps: int,
-        lr: float | None = None,
-    ) -> Metrics:
-        """Query metrics after 0..``steps`` inner updates, each a tensor of shape ``(steps+1,)``."""
-        lr = self.eval_settings().lr if lr is None else lr
-        crit = criterion_fn(self.criterion)
-        rows: list[Metrics] = []
-        for params in self.adapt_steps(
-            model, meta_params, buffers, task.support_x, task.support_y, steps=steps, lr=lr, create_graph=False
-        ):
-            with torch.no_grad():
-                out = apply(model, params, buffers, task.query_x)
-                rows.append(task_metrics(self.criterion, out, task.query_y, crit(out, task.query_y)))
-        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}

@@ -42,7 +42,6 @@ import torch
 from torch import Tensor, nn
 
 from metafit.algorithms.base import (
-    EvalSettings,
     LearnerSpec,
     MetaParams,
     Metrics,
@@ -51,7 +50,7 @@ from metafit.algorithms.base import (
     criterion_fn,
     task_metrics,
 )
-from metafit.algorithms.maml import inner_gradients
+from metafit.algorithms.maml import GradientEvaluation, inner_gradients
 from metafit.data.task import Task
 from metafit.functional import Buffers, Params, apply, params_of
 from metafit.models.backbones import TaskBatchNorm
@@ -122,7 +121,7 @@ def norm_parameter_names(model: nn.Module) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class MAMLPlusPlus:
+class MAMLPlusPlus(GradientEvaluation):
     """MAML++ (Antoniou, Edwards & Storkey, ICLR 2019, arXiv 1810.09502); see the module docstring.
 
     With ``msl_iterations=0``, ``learn_inner_lr=False``, ``per_step_norm=False`` and
@@ -350,45 +349,6 @@ class MAMLPlusPlus:
         metrics["final_loss"] = metrics["loss"]
         metrics["loss"] = total.detach()
         return total, metrics
-
-    # -- evaluation ----------------------------------------------------------------------
-    def eval_settings(self) -> EvalSettings:
-        """Inner steps and step size used when adapting at evaluation time."""
-        return EvalSettings(
-            steps=self.inner_steps if self.eval_inner_steps is None else self.eval_inner_steps,
-            lr=self.inner_lr if self.eval_inner_lr is None else self.eval_inner_lr,
-        )
-
-    def with_eval(self, *, steps: int | None = None, lr: float | None = None) -> MAMLPlusPlus:
-        """A copy whose evaluation-time inner steps / step size are replaced (``None``: keep)."""
-        changes: dict[str, object] = {}
-        if steps is not None:
-            changes["eval_inner_steps"] = check_steps("steps", steps)
-        if lr is not None:
-            changes["eval_inner_lr"] = check_inner_lr("lr", lr)
-        return replace(self, **changes) if changes else self
-
-    def adaptation_curve(
-        self,
-        model: nn.Module,
-        meta_params: MetaParams,
-        buffers: Buffers,
-        task: Task,
-        *,
-        steps: int,
-        lr: float | None = None,
-    ) -> Metrics:
-        """Query metrics after 0..``steps`` inner updates, each a tensor of shape ``(steps+1,)``."""
-        lr = self.eval_settings().lr if lr is None else lr
-        crit = criterion_fn(self.criterion)
-        rows: list[Metrics] = []
-        for params in self.adapt_steps(
-            model, meta_params, buffers, task.support_x, task.support_y, steps=steps, lr=lr, create_graph=False
-        ):
-            with torch.no_grad():
-                out = apply(model, params, buffers, task.query_x)
-                rows.append(task_metrics(self.criterion, out, task.query_y, crit(out, task.query_y)))
-        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 def iteration_callback() -> Any:
