@@ -181,6 +181,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
         {"--inner-steps": 0, "--episodes": 1, "--n-way": 2, "--k-shot": 1, "--n-query": 1, "--seed": 0},
         ["--inner-lr"],
     )
+    if args.protocol != "standard" or args.inductive or args.imbalanced_query is not None or args.calibration:
+        # the harder protocols and calibration: the run through `metafit compare`'s machinery (the
+        # same fixed episodes, with the raw nearest-centroid baseline beside it)
+        from metafit.app.compare import compare, compare_markdown
+
+        if args.inner_steps is not None or args.inner_lr is not None:
+            raise ValueError(
+                "--inner-steps/--inner-lr cannot be combined with --protocol/--inductive/--imbalanced-query/--calibration"
+            )
+        if args.imbalanced_query is not None and not args.imbalanced_query > 0:
+            raise ValueError(f"--imbalanced-query must be a Dirichlet concentration > 0, got {args.imbalanced_query}")
+        settings = [(args.n_way, k) for k in args.k_shot] if (args.n_way and args.k_shot) else None
+        out = compare(
+            [args.target],
+            settings=settings,
+            episodes=args.episodes or 600,
+            seed=2024 if args.seed is None else args.seed,
+            protocol=args.protocol,
+            dataset=args.dataset,
+            n_query=args.n_query,
+            imbalanced=args.imbalanced_query,
+            inductive=args.inductive,
+        )
+        _out(json.dumps(out, indent=1) if args.json else compare_markdown(out))
+        return 0
 
     out = evaluate_checkpoint(
         args.target,
@@ -514,6 +539,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("nll", "quantile"),
         help="Gaussian learners (CNP): fit the predictive variance scale on validation tasks first",
     )
+    e.add_argument(
+        "--protocol",
+        choices=("standard", "within-alphabet"),
+        default="standard",
+        help="within-alphabet: Lake et al.'s Omniglot one-shot task (one evaluation alphabet per episode)",
+    )
+    e.add_argument("--inductive", action="store_true", help="batch statistics from the support set only")
+    e.add_argument("--imbalanced-query", type=float, metavar="ALPHA", help="Dirichlet(ALPHA) class-imbalanced queries")
+    e.add_argument("--calibration", action="store_true", help="NLL, Brier, ECE (through metafit compare's machinery)")
     e.add_argument("--out", help="output JSON (default <run>/eval_cli.json; a .md table is written next to it)")
     e.add_argument("--json", action="store_true", help="print the JSON instead of the Markdown table")
     e.set_defaults(func=cmd_eval)
