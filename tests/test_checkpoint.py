@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import metafit.atomic as atomic
 import metafit.checkpoint as ckpt
 from metafit.checkpoint import (
     check_fingerprint,
@@ -93,15 +94,15 @@ def test_checkpoint_crash_during_write_keeps_old_checkpoint(tmp_path: Path, monk
 
     for n in (1, 2):  # crash while renaming the tensors file, then while renaming the JSON
         calls["n"] = 0
-        monkeypatch.setattr(ckpt.os, "replace", crash_on(n))
+        monkeypatch.setattr(atomic.os, "replace", crash_on(n))
         with pytest.raises(OSError, match="simulated crash"):
             save_checkpoint(tmp_path, 200, _tensors(2.0), {"k": 2})
-        monkeypatch.setattr(ckpt.os, "replace", real)
+        monkeypatch.setattr(atomic.os, "replace", real)
         latest = latest_checkpoint(tmp_path)
         assert latest is not None and latest.name == "step_000100.json"
         ck = load_checkpoint(tmp_path)
         assert ck.step == 100 and torch.equal(ck.tensors["meta/model/w"], torch.full((3, 2), 1.0))
-        assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+        assert not [p for p in tmp_path.iterdir() if atomic.is_temporary(p)]
 
 
 def test_checkpoint_stale_json_with_new_tensors_is_ignored(tmp_path: Path) -> None:

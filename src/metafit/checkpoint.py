@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +32,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from metafit.atomic import atomic_write_bytes, is_temporary
 
 __all__ = [
     "FORMAT",
@@ -154,43 +155,6 @@ def unpack_state(obj: Any, tensors: Mapping[str, Tensor]) -> Any:
 
 
 # -- atomic files ---------------------------------------------------------------------------------
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` so that readers see the old file or the complete new one.
-
-    A temporary file in the same folder is written, flushed and fsynced, then renamed over
-    ``path`` with ``os.replace``, and the folder is fsynced. On any error the temporary file is
-    removed and ``path`` is untouched.
-    """
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    _fsync_dir(p.parent)
 
 
 def _sha256(data: bytes) -> str:
@@ -367,7 +331,7 @@ def prune_checkpoints(folder: str | Path, keep_last: int, keep: set[int] | None 
     live = {f"step_{s:06d}.safetensors" for s in survivors}
     for p in d.iterdir():
         if (p.suffix == ".safetensors" and p.name not in live and not p.with_suffix(".json").exists()) or (
-            p.name.startswith(".") and ".tmp-" in p.name
+            is_temporary(p)
         ):
             p.unlink(missing_ok=True)
     return removed

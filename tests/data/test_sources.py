@@ -533,10 +533,11 @@ def test_download_fashion_mnist_verifies_checksums_offline(tmp_path: Path, monke
     (folder / "t10k-labels-idx1-ubyte.gz").unlink()
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"not the file"))
     with pytest.raises(
-        ValueError, match=r"downloaded .*t10k-labels-idx1-ubyte.gz has sha256 [0-9a-f]{64}, expected 8d36"
+        ValueError,
+        match=r"downloaded .*t10k-labels-idx1-ubyte.gz failed verification: sha256 [0-9a-f]{64}, expected 8d36",
     ):
         download_fashion_mnist(tmp_path)
-    assert not list(folder.glob("*.part"))
+    assert not list(folder.glob(".*.tmp")) and not (folder / "t10k-labels-idx1-ubyte.gz").exists()
 
 
 @pytest.mark.skipif(not (SHARED / "kuzushiji-kanji").is_dir(), reason="shared Kuzushiji-Kanji copy absent")

@@ -40,7 +40,6 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 import threading
 import warnings
 import zipfile
@@ -54,6 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metafit.atomic import atomic_file, download
 from metafit.data.datasets import LabelledDataset
 
 __all__ = [
@@ -543,23 +543,15 @@ def _read_cache(path: Path, image_size: int) -> OmniglotData | None:
 
 def _write_cache(path: Path, data: OmniglotData) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    images=data.images.numpy(),
-                    character_names=np.array(data.character_names),
-                    alphabets=np.array(data.alphabets),
-                    background=data.background.numpy(),
-                    file_ids=np.array(data.file_ids, dtype=np.int64),
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_file(path) as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f,
+                images=data.images.numpy(),
+                character_names=np.array(data.character_names),
+                alphabets=np.array(data.alphabets),
+                background=data.background.numpy(),
+                file_ids=np.array(data.file_ids, dtype=np.int64),
+            )
     except OSError as e:
         warnings.warn(f"could not write the Omniglot cache {path}: {e}", RuntimeWarning, stacklevel=3)
 
@@ -892,8 +884,6 @@ def download_omniglot(root: str | Path | None = None, *, timeout: float = 60.0) 
         ValueError: no root, or a download that fails verification.
         RuntimeError: a network error (naming the URL).
     """
-    import urllib.error
-    import urllib.request
 
     if root is None:
         root = os.environ.get("METAFIT_DATA")
@@ -905,24 +895,12 @@ def download_omniglot(root: str | Path | None = None, *, timeout: float = 60.0) 
         target = omni / f"images_{split}.zip"
         if target.is_file() and _zip_ok(target, split) is None:
             continue
-        url = UPSTREAM_URL.format(split)
-        fd, tmp_name = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=omni)
-        tmp = Path(tmp_name)
-        try:
-            try:
-                with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as resp:
-                    for block in iter(lambda: resp.read(1 << 20), b""):
-                        f.write(block)
-            except (urllib.error.URLError, OSError) as e:
-                raise RuntimeError(f"could not download {url} to {target}: {e}") from e
-            if _md5(tmp) != UPSTREAM_MD5[split]:
-                problem = _zip_ok(tmp, split)
-                if problem is not None:
-                    raise ValueError(f"downloaded {url} failed verification: {problem}")
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        download(
+            UPSTREAM_URL.format(split),
+            target,
+            timeout=timeout,
+            check=lambda tmp, split=split: None if _md5(tmp) == UPSTREAM_MD5[split] else _zip_ok(tmp, split),
+        )
     return omni
 
 

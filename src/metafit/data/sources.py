@@ -51,7 +51,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -63,6 +62,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metafit.atomic import atomic_file, download
 from metafit.data.datasets import LabelledDataset
 
 __all__ = [
@@ -339,15 +339,8 @@ def _default_cache_dir() -> Path:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp, open(tmp, mode) as f:
+        write(f)
 
 
 def _from_numpy(arr: np.ndarray) -> Tensor:
@@ -385,21 +378,13 @@ def _cached(
     u8, meta = build()
     meta = dict(meta, shape=list(u8.shape))
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="images.npy.", suffix=".tmp", dir=folder)
-        os.close(fd)
-        try:
+        with atomic_file(npy) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=u8.shape)
             step = max(1, (1 << 24) // max(1, int(np.prod(u8.shape[1:]))))  # ~64 MB of float32 per chunk
             for i in range(0, u8.shape[0], step):
                 out[i : i + step] = _to_float(u8[i : i + step])
             out.flush()
             del out
-            os.replace(tmp, npy)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
         _atomic_write(meta_path, lambda f: json.dump(meta, f), mode="w")
         arr = np.load(npy, mmap_mode="c", allow_pickle=False)
     except OSError as e:
@@ -1151,8 +1136,6 @@ def download_fashion_mnist(root: str | Path | None = None, *, timeout: float = 6
     Raises:
         RuntimeError: a network error (naming the URL). ValueError: a checksum mismatch.
     """
-    import urllib.error
-    import urllib.request
 
     folder = _data_root(root, "fashion-mnist") / "fashion-mnist"
     folder.mkdir(parents=True, exist_ok=True)
@@ -1160,22 +1143,12 @@ def download_fashion_mnist(root: str | Path | None = None, *, timeout: float = 6
         target = folder / name
         if target.is_file() and _sha256(target) == sha:
             continue
-        url = FASHION_MNIST_URL.format(name)
-        fd, tmp = tempfile.mkstemp(prefix=name + ".", suffix=".part", dir=folder)
-        try:
-            try:
-                with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as resp:
-                    for block in iter(lambda: resp.read(1 << 20), b""):
-                        f.write(block)
-            except (urllib.error.URLError, OSError) as e:
-                raise RuntimeError(f"could not download {url} to {target}: {e}") from e
-            got = _sha256(Path(tmp))
-            if got != sha:
-                raise ValueError(f"downloaded {url} has sha256 {got}, expected {sha}")
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        download(
+            FASHION_MNIST_URL.format(name),
+            target,
+            timeout=timeout,
+            check=lambda tmp, sha=sha: None if (got := _sha256(tmp)) == sha else f"sha256 {got}, expected {sha}",
+        )
     return folder
 
 

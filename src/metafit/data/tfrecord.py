@@ -26,11 +26,11 @@ verified on read; a mismatch raises ValueError naming the file and the record.
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+
+from metafit.atomic import atomic_file
 
 __all__ = [
     "Feature",
@@ -132,21 +132,12 @@ def write_tfrecords(path: str | Path, records: Iterable[bytes]) -> int:
     Returns:
         The number of records written.
     """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
     n = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for rec in records:
-                head = struct.pack("<Q", len(rec))
-                f.write(head + struct.pack("<I", masked_crc32c(head)) + rec + struct.pack("<I", masked_crc32c(rec)))
-                n += 1
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        for rec in records:
+            head = struct.pack("<Q", len(rec))
+            f.write(head + struct.pack("<I", masked_crc32c(head)) + rec + struct.pack("<I", masked_crc32c(rec)))
+            n += 1
     return n
 
 
