@@ -126,3 +126,32 @@ def test_trained_beats_untrained_and_seeds_are_grouped(
 def test_compare_refuses_an_unknown_baseline(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", str(runs["trained-s0"]), "--baseline", "nope"]) == 2
     assert "baseline must be one of the runs ['trained-s0'], got 'nope'" in capsys.readouterr().err
+
+
+def test_report_shows_the_comparison_and_its_reliability_diagrams(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "cmp.json"
+    assert (
+        main(
+            [
+                "compare",
+                str(runs["trained-s0"]),
+                str(runs["untrained"]),
+                "--setting",
+                "3:1",
+                "--episodes",
+                "20",
+                "--out",
+                str(dest),
+            ]
+        )
+        == 0
+    )
+    assert main(["report", str(runs["trained-s0"]), "--compare", str(dest), "--out", str(tmp_path / "rep")]) == 0
+    capsys.readouterr()
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Comparison: cmp.json" in md and "### 3-way 1-shot" in md and "Verdicts:" in md
+    assert md.count("_reliability_3w1s_") >= 3  # trained, untrained, the raw baseline
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Verdicts:" in html

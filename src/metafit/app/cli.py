@@ -363,7 +363,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from metafit.app.report import write_report
 
-    md, html = write_report(args.run_dirs, args.out)
+    md, html = write_report(args.run_dirs, args.out, compare_files=args.compare or [])
     _out(f"written: {md} and {html}")
     return 0
 
@@ -652,7 +652,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_plot)
 
     rp = sub.add_parser("report", help="Markdown + HTML report comparing runs (95%% CIs, plots embedded)")
-    rp.add_argument("run_dirs", nargs="+", help="run folders to compare")
+    rp.add_argument("run_dirs", nargs="*", help="run folders (their evaluations and plots)")
+    rp.add_argument(
+        "--compare",
+        action="append",
+        metavar="COMPARE_JSON",
+        help="a `metafit compare --out` result: its tables, verdicts and reliability diagrams (repeatable)",
+    )
     rp.add_argument("--out", default="report", help="output folder (default ./report)")
     rp.set_defaults(func=cmd_report)
 

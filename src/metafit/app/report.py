@@ -60,10 +60,50 @@ def _fmt(m: dict[str, Any] | None) -> str:
     return "-" if not m else f"{m['mean']:.4g} ± {m['ci95']:.2g}"
 
 
-def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> tuple[Path, Path]:
-    """Writes ``report.md`` and ``report.html`` into ``out_dir``; returns their paths."""
-    if not run_dirs:
-        raise ValueError("report needs at least one run folder")
+def _compare_sections(files: Sequence[str | Path], out: Path) -> tuple[list[str], list[str]]:
+    """Markdown and HTML of ``metafit compare --out`` results: tables, verdicts, reliability diagrams."""
+    from metafit.app.compare import compare_markdown
+
+    md: list[str] = []
+    h: list[str] = []
+    for f in files:
+        p = Path(f)
+        if not p.is_file():
+            raise FileNotFoundError(f"compare result not found: {p} (write one with metafit compare ... --out FILE)")
+        data = json.loads(p.read_text(encoding="utf-8"))
+        if "settings" not in data:
+            raise ValueError(f"{p} is not a metafit compare result (no 'settings')")
+        text = compare_markdown(data)
+        md += [f"## Comparison: {p.name}", "", ("\n" + text).replace("\n## ", "\n### ").lstrip("\n")]
+        h.append(f"<h2>Comparison: {html.escape(p.name)}</h2><pre>{html.escape(text)}</pre>")
+        pngs = sorted(p.parent.glob(f"{p.stem}_reliability_*.png"))
+        for png in pngs:
+            dest = out / "plots" / png.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(png, dest)
+            md.append(f"![{png.stem}]({dest.relative_to(out).as_posix()})")
+            b64 = base64.b64encode(dest.read_bytes()).decode()
+            h.append(
+                f"<figure style='display:inline-block'><img alt='{html.escape(png.stem)}' "
+                f"src='data:image/png;base64,{b64}'><figcaption>{html.escape(png.stem)}</figcaption></figure>"
+            )
+        md.append("")
+    return md, h
+
+
+def write_report(
+    run_dirs: Sequence[str | Path], out_dir: str | Path, *, compare_files: Sequence[str | Path] = ()
+) -> tuple[Path, Path]:
+    """Writes ``report.md`` and ``report.html`` into ``out_dir``; returns their paths.
+
+    Args:
+        run_dirs: Run folders (their evaluations and plots).
+        out_dir: Output folder.
+        compare_files: ``metafit compare --out`` JSON files: their tables, verdicts and
+            reliability diagrams are added.
+    """
+    if not run_dirs and not compare_files:
+        raise ValueError("report needs at least one run folder or compare result")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = comparison_rows(run_dirs)
@@ -100,6 +140,8 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> tuple[P
     md += ["| " + " | ".join(row) + " |" for row in table]
     md += ["", "## Plots", ""]
     md += [f"![{t}]({p.relative_to(out).as_posix()})" for t, p in plots]
+    cmp_md, cmp_html = _compare_sections(compare_files, out)
+    md += ["", *cmp_md]
     md_path = out / "report.md"
     md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
 
@@ -118,6 +160,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> tuple[P
         h.append(
             f"<figure style='display:inline-block'><img alt='{e(t)}' src='data:image/png;base64,{b64}'><figcaption>{e(t)}</figcaption></figure>"
         )
+    h += cmp_html
     h.append("</body></html>")
     html_path = out / "report.html"
     html_path.write_text("\n".join(h), encoding="utf-8")
