@@ -35,6 +35,7 @@ import torch  # noqa: E402
 from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
 
 from metafit import Trainer, evaluate, generator, seeded, summarize  # noqa: E402
+from metafit.callbacks import TimeBudget  # noqa: E402
 from metafit.algorithms.neural_process import NeuralProcess, Padded, masked_gaussian_nll  # noqa: E402
 from metafit.data.gp import GPTasks, gp_eval_tasks, gp_eval_truth, gp_predictive, split_mask  # noqa: E402
 from metafit.models import CNPRegressor  # noqa: E402
@@ -117,12 +118,11 @@ def main() -> None:
         algo = NeuralProcess()
         trainer = Trainer(algo, model, optimizer=lambda ps: torch.optim.Adam(ps, lr=5e-4), path="vmap")
         stream = GPTasks("rbf", tasks_per_batch=16, generator=generator(args.seed + 1))
-        t0, it, log = time.perf_counter(), 0, []
-        while it < args.steps and time.perf_counter() - t0 < args.minutes * 60:
-            r = trainer.step(stream.sample_batch())
-            it += 1
-            if it % 250 == 0 or it == 1:
-                log.append((it, r.metrics["nll"]))
+        t0 = time.perf_counter()
+        # the one training loop: a wall-clock budget (TimeBudget) and every 250th loss kept
+        results_ = trainer.fit(stream, args.steps, callbacks=[TimeBudget(args.minutes * 60)])
+        it = trainer.step_count
+        log = [(i + 1, r.metrics["nll"]) for i, r in enumerate(results_) if (i + 1) % 250 == 0 or i == 0]
         train_s = time.perf_counter() - t0
         res = {
             "steps": it,
