@@ -35,8 +35,8 @@ import torch  # noqa: E402
 from _common import markdown_table, parser, setup_threads, write_out  # noqa: E402
 
 from metafit import Trainer, evaluate, generator, seeded, summarize  # noqa: E402
-from metafit.callbacks import TimeBudget  # noqa: E402
 from metafit.algorithms.neural_process import NeuralProcess, Padded, masked_gaussian_nll  # noqa: E402
+from metafit.callbacks import TimeBudget  # noqa: E402
 from metafit.data.gp import GPTasks, gp_eval_tasks, gp_eval_truth, gp_predictive, split_mask  # noqa: E402
 from metafit.models import CNPRegressor  # noqa: E402
 from metafit.models.attentive import AttentiveNP, CNPAdapter, TransformerNP  # noqa: E402
