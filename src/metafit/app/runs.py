@@ -982,7 +982,7 @@ def train(
     if d.eval_tasks and main_rank:
         out = _evaluate_trained(
             config,
-            algorithm,
+            trainer.algorithm,  # as scheduled at the last step (MAML++'s LearnerSchedule)
             model,
             trainer.meta_params,
             trainer.buffers,  # type: ignore[arg-type]
