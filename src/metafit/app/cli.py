@@ -220,6 +220,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         recalibrate=args.recalibrate,
         dataset=args.dataset,
         label_column=args.label_column,
+        test_rotations=args.test_rotations,
     )
     target = Path(args.target)
     default = (target if target.is_dir() else target.parent.parent) / "eval_cli.json"
@@ -538,6 +539,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--recalibrate",
         choices=("nll", "quantile"),
         help="Gaussian learners (CNP): fit the predictive variance scale on validation tasks first",
+    )
+    e.add_argument(
+        "--test-rotations",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Omniglot: test classes with (or, --no-test-rotations, without) the rotated copies of the test "
+        "characters (default: as the run was configured)",
     )
     e.add_argument(
         "--protocol",

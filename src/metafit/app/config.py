@@ -116,6 +116,8 @@ class DataConfig:
         protocol: Omniglot class split (``"vinyals"``: 1200 background+evaluation classes for
             training, the rest for testing; ``"lake"``: background vs evaluation alphabets).
         rotations: Omniglot: add the 90/180/270 degree rotations as new classes.
+        test_rotations: Omniglot: whether the TEST classes include the rotated copies (``None``:
+            as ``rotations``; ``false``: the unrotated test characters only).
         data_root: Folder holding ``omniglot/images_*.zip`` (``None``: ``$METAFIT_DATA``).
         cache_dir: Where the data layer may cache decoded arrays (``None``: none/default).
         image_size: Side length the images are resized to.
@@ -151,6 +153,7 @@ class DataConfig:
     tasks_per_batch: int = 4
     protocol: str = "vinyals"
     rotations: bool = True
+    test_rotations: bool | None = None
     data_root: str | None = None
     cache_dir: str | None = None
     image_size: int = 28
@@ -200,6 +203,8 @@ class DataConfig:
             _check_opt_int(s, name, getattr(self, name), 1)
         _check_choice(s, "protocol", self.protocol, ("vinyals", "lake"))
         _check_bool(s, "rotations", self.rotations)
+        if self.test_rotations is not None:
+            _check_bool(s, "test_rotations", self.test_rotations)
         if self.dataset != "sinusoid" and self.n_way < 2:
             _fail(s, "n_way", "an int >= 2 for a classification dataset", self.n_way)
 

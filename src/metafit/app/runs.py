@@ -99,6 +99,7 @@ RESUMABLE_FIELDS = frozenset(
         "train.tensorboard",
         "train.dist_timeout",
         "data.monitor_tasks",
+        "data.test_rotations",
         "data.data_root",
         "data.cache_dir",
         "data.eval_tasks",
@@ -304,11 +305,13 @@ def _omniglot(config: RunConfig, split: str) -> Any:
         )
     from metafit.data import omniglot as om
 
+    d = config.data
+    rotations = d.test_rotations if (split == "test" and d.test_rotations is not None) else d.rotations
     return om.omniglot_split(
         root,
         split,
         protocol=config.data.protocol,
-        rotations=config.data.rotations,
+        rotations=rotations,
         image_size=config.data.image_size,
         cache_dir=config.data.cache_dir,
     )
@@ -1095,6 +1098,7 @@ def evaluate_checkpoint(
     recalibrate: str | None = None,
     dataset: str | None = None,
     label_column: str | None = None,
+    test_rotations: bool | None = None,
 ) -> dict[str, Any]:
     """Evaluates a trained checkpoint on fixed seeded episodes.
 
@@ -1107,6 +1111,8 @@ def evaluate_checkpoint(
             converted to the checkpoint's input format (cross-domain evaluation; stated in the
             output under ``cross_domain``).
         label_column: With a table ``dataset``: its class column.
+        test_rotations: Omniglot: test on the rotated copies of the test characters too (``True``)
+            or on the unrotated characters only (``False``); ``None``: as the run was configured.
         recalibrate: ``"nll"`` or ``"quantile"``: fit a Gaussian learner's variance scale on
             validation tasks (never the test tasks) before scoring
             (:func:`metafit.algorithms.cnp.recalibrate`).
@@ -1119,6 +1125,8 @@ def evaluate_checkpoint(
     config = tr.config
     if data_root is not None:
         config = config.replace(data={"data_root": str(data_root)})
+    if test_rotations is not None:
+        config = config.replace(data={"test_rotations": test_rotations})
     other = conversion = None
     if dataset is not None:
         other, conversion = cross_domain_dataset(
