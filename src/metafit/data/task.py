@@ -157,7 +157,9 @@ class TaskBatch:
         return int(self.support_x.shape[0])
 
     def __getitem__(self, i: int) -> Task:
-        return Task(*(getattr(self, f)[i] for f in _TENSOR_FIELDS), n_way=self.n_way)
+        # A slice of a batch that passed its checks when it was built: no second check per task
+        # (the per-task loop path would pay it on every step).
+        return _trusted(Task, [getattr(self, f)[i] for f in _TENSOR_FIELDS], self.n_way)
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         return (self[i] for i in range(len(self)))
@@ -217,17 +219,22 @@ def stack_tasks(tasks: Sequence[Task]) -> TaskBatch:
     )
 
 
+def _trusted(cls: type, values: Sequence[Tensor], n_way: int | None) -> Any:
+    """An instance of ``cls`` from already-checked tensors, without running ``__post_init__``."""
+    obj = object.__new__(cls)
+    for f, v in zip(_TENSOR_FIELDS, values):
+        object.__setattr__(obj, f, v)
+    object.__setattr__(obj, "n_way", n_way)
+    return obj
+
+
 def _flatten(obj: Any) -> tuple[list[Tensor], Any]:
     return [getattr(obj, f) for f in _TENSOR_FIELDS], obj.n_way
 
 
 def _register(cls: type) -> None:
     def unflatten(values: list[Tensor], context: Any) -> Any:
-        obj = object.__new__(cls)
-        for f, v in zip(_TENSOR_FIELDS, values):
-            object.__setattr__(obj, f, v)
-        object.__setattr__(obj, "n_way", context)
-        return obj
+        return _trusted(cls, values, context)
 
     pytree.register_pytree_node(
         cls,
