@@ -55,6 +55,13 @@ def holds(d: Json) -> str:
             f"sinusoid regression: {', '.join(algos)} trained with K = {', '.join(map(str, ks))}, "
             f"{d['iterations']:,} iterations, MSE on {d['eval_tasks']:,} held-out tasks"
         )
+    if kind == "omniglot" and d["rows"] and "config" in d["rows"][0]:  # the product path: a config per row
+        parts = [
+            f"{r['config']} ({r['learner']}): {r['n_way']}-way {r['k_shot']}-shot {pm(r['accuracy'], r['ci95'])}% "
+            f"on {r['episodes']} episodes after {r['train_minutes']:.1f} training min"
+            for r in d["rows"]
+        ]
+        return "Omniglot via metafit train + eval: " + "; ".join(parts)
     if kind == "omniglot":
         parts = [
             f"{r['learner']} {r['n_way']}-way {r['k_shot']}-shot, {r['protocol']} protocol, "
@@ -62,6 +69,16 @@ def holds(d: Json) -> str:
             for r in d["rows"]
         ]
         return "Omniglot " + "; ".join(parts)
+    if kind == "time_to_accuracy" and d["rows"] and "seed" in d["rows"][0]:  # the product path
+        parts = [
+            f"seed {r['seed']}: 98% at {r['first_minutes'].get('98.0') or 'not reached'} min, final "
+            f"{pm(r['final']['accuracy'], r['final']['ci95'])}% ({r['final']['episodes']} episodes), "
+            f"{r['iterations']:,} episodes in {r['train_minutes']:.2f} min"
+            for r in d["rows"]
+        ]
+        return f"Omniglot time to accuracy via metafit train ({d['rows'][0]['config'].split('/')[-1]}): " + "; ".join(
+            parts
+        )
     if kind == "time_to_accuracy":
         parts = []
         for r in d["rows"]:
@@ -84,6 +101,11 @@ def holds(d: Json) -> str:
         return (
             f"model fusion on Omniglot, {d.get('scenario', 'homogeneous')} base models, "
             f"{len(d['base_models'])} base models, K = {', '.join(d['eval'])}"
+        )
+    if kind == "data_path":
+        return (
+            f"data path: {d['classes']} classes x {d['per_class']} images 84x84 RGB, episode sampling "
+            f"{1000 * d['sample_median_s']:.2f} ms = {100 * d['sample_share_of_step']:.2f}% of a ProtoNet step"
         )
     if kind == "distributed":
         works = sorted({r["workload"] for r in d["results"]})

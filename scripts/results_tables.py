@@ -572,6 +572,76 @@ def r_targets(ds: list[Json]) -> tuple[list[str], Rows]:
     return ["target", "status", "measured"], rows
 
 
+def r_product_path(ds: list[Json]) -> tuple[list[str], Rows]:
+    """The figures re-measured with ``metafit train CONFIG`` + ``metafit eval`` against the earlier
+    benchmark-loop measurements of the same recipes."""
+    (old30a, old30b, old3a, old3b, old3c, old_fused5, old_vmapc, old_thin100, new30, new3, new_speed, new_speed5) = ds
+    rows: Rows = []
+    old = [final_of(tta_row(x), 5, 1) for x in (old30a, old30b)]
+    new = {(r["n_way"], r["k_shot"]): r for r in new30["rows"]}
+    for n, k, target in ((5, 1, 98.8), (20, 1, 96.0)):
+        o = [final_of(tta_row(x), n, k) for x in (old30a, old30b)]
+        r = new[(n, k)]
+        rows.append(
+            [
+                f"ProtoNets {n}w{k}s within 30 min (target {target})",
+                " and ".join(pm(x["accuracy"], x["ci95"]) for x in o) + " (two seeds)",
+                f"{pm(r['accuracy'], r['ci95'])} after {r['train_minutes']:.1f} min, {count(r['iterations'])} episodes",
+                "met" if r["accuracy"] >= target else "NOT met",
+            ]
+        )
+    del old
+    ends_old = [tta_row(d)["curve"][-1] for d in (old3a, old3b, old3c)]
+    ends_new = [
+        (r["curve"][-1][0], r["curve"][-1][1]) if r["curve"] else (float("nan"), float("nan")) for r in new3["rows"]
+    ]
+    firsts = [r["first_minutes"].get("98.0") for r in new3["rows"]]
+    rows.append(
+        [
+            "ProtoNets 98% 5w1s within 3 min (600 monitor episodes)",
+            ", ".join(f"{e[1]:.2f} ({e[0]:.2f} min)" for e in ends_old),
+            ", ".join(f"{e[1]:.2f} ({e[0]:.2f} min)" for e in ends_new)
+            + "; final 1,000 ep.: "
+            + ", ".join(f"{r['final']['accuracy']:.2f}" for r in new3["rows"]),
+            "met"
+            if all(f is not None and f <= 3.0 + 1e-3 for f in firsts)
+            else f"NOT met ({sum(f is not None for f in firsts)} of {len(firsts)} seeds reached 98%)",
+        ]
+    )
+    pr_old = speedup(old_fused5, "omniglot5", "metafit_fused_compile")
+    pr_new = speedup(new_speed5, "omniglot5", "metafit_fused_compile")
+    rows.append(
+        [
+            "conv-4 2nd-order MAML vs the fastest peer (paired ratio / median s)",
+            f"{pr_old[0]:.2f}x / {pr_old[1]:.2f}x over {pr_old[2]}",
+            f"{pr_new[0]:.2f}x / {pr_new[1]:.2f}x over {pr_new[2]}",
+            "met" if pr_new[0] >= 1.5 else "NOT met",
+        ]
+    )
+    v_old, v_new = setup_of(old_vmapc, "sinusoid")["variants"], setup_of(new_speed, "sinusoid")["variants"]
+    x_old = v_old["learn2learn"]["ratio_median"] / v_old["metafit_vmap_compile"]["ratio_median"]
+    x_new = v_new["learn2learn"]["ratio_median"] / v_new["metafit_vmap_compile"]["ratio_median"]
+    rows.append(
+        [
+            "sinusoid 2nd-order MAML vs learn2learn (paired)",
+            f"{x_old:.1f}x",
+            f"{x_new:.1f}x",
+            "met" if x_new >= 10 else "NOT met",
+        ]
+    )
+    a_old = speedup(old_thin100, "protonet", "metafit_protonet_fused_channels_last")
+    a_new = speedup(new_speed, "protonet", "metafit_protonet_fused_channels_last")
+    rows.append(
+        [
+            "ProtoNet episode vs easyfsl (median s)",
+            f"{a_old[1]:.2f}x",
+            f"{a_new[1]:.2f}x",
+            "met" if a_new[1] >= 1.5 else "NOT met",
+        ]
+    )
+    return ["figure", "earlier benchmark loop", "product path (metafit train + eval; speed.py re-run)", "target"], rows
+
+
 # --------------------------------------------------------------------------------------------
 # the registry
 
@@ -588,7 +658,25 @@ class Table:
 TTA_3MIN = tuple(f"results/tta_protonet_3min_thin_seed{s}.json" for s in (0, 1, 2))
 TTA_30MIN = ("results/tta_protonet_30min_60w2q.json", "results/tta_protonet_30min_60w2q_seed1.json")
 
+PRODUCT = (
+    "results/product_omniglot_protonet_30min.json",
+    "results/product_tta_protonet_3min.json",
+    "results/product_speed_sinusoid_protonet.json",
+    "results/product_speed_omniglot5.json",
+)
+
 TABLES: dict[str, Table] = {
+    "product_path": Table(
+        r_product_path,
+        TTA_30MIN
+        + TTA_3MIN
+        + (
+            "results/speed_cpu_omniglot5_fused.json",
+            "results/speed_cpu_vmap_compile.json",
+            "results/speed_cpu_protonet_thin_conv.json",
+        )
+        + PRODUCT,
+    ),
     "targets": Table(
         r_targets,
         TTA_30MIN
@@ -657,6 +745,11 @@ TABLES: dict[str, Table] = {
         r_speed_runs,
         ("results/speed_cpu_compile_maxpool_rerun.json", "results/speed_cpu_compile_maxpool_nocache.json"),
         {"setup": "omniglot5", "labels": ("run b626d8b, 7 rounds", "run 253969d, caches off, 5 rounds")},
+    ),
+    "speed_protonet84": Table(
+        r_speed,
+        ("results/product_speed_protonet84.json",),
+        {"setup": "protonet84", "columns": ("median", "ratio", "tensor_peak", "grad64")},
     ),
     "speed_protonet": Table(
         r_speed_runs,
