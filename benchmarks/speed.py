@@ -470,7 +470,9 @@ def bench_setup(setup: str, rounds: int, dtype_check: torch.dtype = torch.float6
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--setups", nargs="+", default=list(SETUPS))
+    p.add_argument(
+        "--setups", nargs="+", default=None, choices=list(SETUPS), help="default: all (quick: the small ones)"
+    )
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
@@ -482,6 +484,8 @@ def main() -> None:
     global DEVICE, TASKNORM
     DEVICE, TASKNORM = torch.device(args.device), args.tasknorm
     setup_threads(args.threads, args.keep_freed_memory)
+    if args.setups is None:
+        args.setups = ["omniglot5", "sinusoid", "protonet"] if args.quick else list(SETUPS)
     if args.quick:
         global SKIP_COMPILE
         SKIP_COMPILE = True
@@ -492,7 +496,8 @@ def main() -> None:
     out = {"benchmark": "speed", "quick": args.quick, "matmul_peak_gflops": peak, "setups": []}
     rows = []
     for s in args.setups:
-        r = bench_setup(s, args.rounds if s not in ("sinusoid", "protonet", "protonet84") else max(args.rounds, 20))
+        fast = s in ("sinusoid", "protonet", "protonet84") and not args.quick  # cheap steps: more rounds
+        r = bench_setup(s, max(args.rounds, 20) if fast else args.rounds)
         out["setups"].append(r)
         for name, v in r["variants"].items():
             if "median_s" not in v:
