@@ -102,6 +102,10 @@ def holds(d: Json) -> str:
             f"model fusion on Omniglot, {d.get('scenario', 'homogeneous')} base models, "
             f"{len(d['base_models'])} base models, K = {', '.join(d['eval'])}"
         )
+    if kind == "eval_unrotated":
+        return "metafit eval --no-test-rotations of the product-path ProtoNets runs: " + "; ".join(
+            f"{k} {pm(v['accuracy'], v['ci95'])}%" for k, v in d["runs"].items()
+        )
     if kind == "data_path":
         return (
             f"data path: {d['classes']} classes x {d['per_class']} images 84x84 RGB, episode sampling "
