@@ -55,6 +55,8 @@ class LearnerEntry:
             the number of training classes) when the config leaves them out.
         scheduled: The learner's settings follow the meta-iteration (``at_iteration(i)``); the
             training loop runs :class:`metafit.callbacks.LearnerSchedule`.
+        np_kind: For ``network="np"``: which network (``"cnp"``, ``"anp"``, ``"tnp"`` of
+            :func:`metafit.models.attentive.build_np_network`; default: the entry's name).
     """
 
     name: str
@@ -65,6 +67,7 @@ class LearnerEntry:
     batches: str = "episodes"
     data_options: tuple[str, ...] = ()
     scheduled: bool = False
+    np_kind: str | None = None
 
 
 def _gradient(cls: Callable[..., Algorithm], **fixed: Any) -> Callable[..., Algorithm]:
@@ -204,6 +207,14 @@ _ENTRIES = (
         "Transformer Neural Process (TNP-D)",
         build_neural_process,
         network="np",
+    ),
+    LearnerEntry(
+        "npcnp",
+        "Garnelo et al., ICML 2018 (arXiv 1807.01613)",
+        "the CNP as a masked neural process (variable context sizes, e.g. GP tasks)",
+        build_neural_process,
+        network="np",
+        np_kind="cnp",
     ),
     LearnerEntry(
         "caml",

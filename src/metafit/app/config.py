@@ -37,6 +37,7 @@ __all__ = [
     "TrainConfig",
     "RunConfig",
     "DATASETS",
+    "REGRESSION_FAMILIES",
     "ARCHS",
     "ALGORITHMS",
     "PATHS",
@@ -47,7 +48,9 @@ __all__ = [
     "config_diff",
 ]
 
-DATASETS = ("sinusoid", "omniglot", "fashion-mnist", "kuzushiji-kanji", "digits")  # built-in names; also a path
+#: Regression task families (generated, no data files): MAML's sinusoids and 1-D Gaussian processes.
+REGRESSION_FAMILIES = ("sinusoid", "gp-rbf", "gp-matern52", "gp-periodic")
+DATASETS = (*REGRESSION_FAMILIES, "omniglot", "fashion-mnist", "kuzushiji-kanji", "digits")  # built-ins; also a path
 ARCHS = ("auto", "mlp", "conv4")
 ALGORITHMS = tuple(LEARNERS)  # the registry is the one list of learner names
 PATHS = ("auto", *PATH_NAMES)
@@ -91,7 +94,10 @@ class DataConfig:
     """What tasks look like and where they come from.
 
     Attributes:
-        dataset: ``"sinusoid"`` (MAML §5.1 regression), a built-in classification dataset
+        dataset: ``"sinusoid"`` (MAML §5.1 regression), ``"gp-rbf"`` / ``"gp-matern52"`` /
+            ``"gp-periodic"`` (1-D Gaussian-process regression, the NP benchmark; its held-out tasks
+            have per-task context sizes, for learners with a padding mask: ``anp``, ``tnp``), a
+            built-in classification dataset
             (``"omniglot"``, ``"fashion-mnist"``, ``"kuzushiji-kanji"``, ``"digits"``; the last two
             of which hold only test classes... see :mod:`metafit.data.sources`) or a path: an
             image folder (class folders, split folders or split CSV files), a ``.npz``/``.npy``
@@ -205,7 +211,7 @@ class DataConfig:
         _check_bool(s, "rotations", self.rotations)
         if self.test_rotations is not None:
             _check_bool(s, "test_rotations", self.test_rotations)
-        if self.dataset != "sinusoid" and self.n_way < 2:
+        if self.dataset not in REGRESSION_FAMILIES and self.n_way < 2:
             _fail(s, "n_way", "an int >= 2 for a classification dataset", self.n_way)
 
 
@@ -465,7 +471,7 @@ class RunConfig:
                 _fail("run", key, f"a {cls.__name__}", getattr(self, key))
         from metafit.algorithms.registry import build_learner
 
-        regression = self.data.dataset == "sinusoid"
+        regression = self.data.dataset in REGRESSION_FAMILIES
         from metafit.algorithms.registry import learner_entry
 
         placeholders = {k: 2 for k in learner_entry(self.algo.name).data_options if k not in self.algo.options}
@@ -479,8 +485,10 @@ class RunConfig:
                 ) from None
             raise ValueError(f"algo ({self.algo.name}): {e}") from None
         arch = self.resolved_arch
-        if self.data.dataset == "sinusoid" and arch != "mlp":
-            _fail("model", "arch", "'mlp' or 'auto' for data.dataset='sinusoid'", self.model.arch)
+        if self.data.dataset.startswith("gp-") and learner_entry(self.algo.name).network != "np":
+            _fail("algo", "name", "a masked neural process (anp, tnp, npcnp) for the padded GP tasks", self.algo.name)
+        if regression and arch != "mlp":
+            _fail("model", "arch", f"'mlp' or 'auto' for data.dataset={self.data.dataset!r}", self.model.arch)
         if self.data.dataset == "omniglot" and arch != "conv4":
             _fail("model", "arch", "'conv4' or 'auto' for data.dataset='omniglot'", self.model.arch)
         if self.data.dataset.lower().endswith((".csv", ".parquet")) and not self.data.label_column:
@@ -491,7 +499,9 @@ class RunConfig:
         """``model.arch`` with ``"auto"`` resolved from the dataset (tables and arrays: ``"mlp"``)."""
         if self.model.arch != "auto":
             return self.model.arch
-        if self.data.dataset == "sinusoid" or self.data.dataset.lower().endswith((".csv", ".parquet", ".npz", ".npy")):
+        if self.data.dataset in REGRESSION_FAMILIES or self.data.dataset.lower().endswith(
+            (".csv", ".parquet", ".npz", ".npy")
+        ):
             return "mlp"
         return "conv4"
 

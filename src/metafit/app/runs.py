@@ -43,7 +43,7 @@ from metafit import callbacks as cbk
 from metafit import seeding
 from metafit.algorithms.base import Algorithm, MetaParams, flat_meta_params
 from metafit.algorithms.registry import build_learner
-from metafit.app.config import RunConfig, config_diff
+from metafit.app.config import REGRESSION_FAMILIES, RunConfig, config_diff
 from metafit.checkpoint import (
     Checkpoint,
     atomic_write_bytes,
@@ -130,7 +130,7 @@ class TrainingDiverged(RunError):
 
 
 def _criterion(config: RunConfig) -> str:
-    if config.data.dataset == "sinusoid":
+    if config.data.dataset in REGRESSION_FAMILIES:
         return "gaussian_nll" if config.algo.name == "cnp" else "mse"
     return "cross_entropy"
 
@@ -168,7 +168,7 @@ def build_model(config: RunConfig, shape: Sequence[int] | None = None) -> nn.Mod
         return seeding.seeded(
             config.train.seed,
             lambda: build_np_network(
-                config.algo.name,
+                _entry(config).np_kind or config.algo.name,
                 x_dim=1,
                 y_dim=1,
                 d_model=m.d_model,
@@ -198,7 +198,7 @@ def build_model(config: RunConfig, shape: Sequence[int] | None = None) -> nn.Mod
         return seeding.seeded(config.train.seed, icl)
     fixed = _spec(config).head == "fixed"
     if config.resolved_arch == "mlp":
-        if config.data.dataset == "sinusoid":
+        if config.data.dataset in REGRESSION_FAMILIES:
             return seeding.seeded(config.train.seed, lambda: MLP(1, m.hidden, 1))
         if len(shape) != 1:
             raise ValueError(
@@ -399,7 +399,7 @@ def _concat(parts: Sequence[Any]) -> Any:
 def input_shape(config: RunConfig) -> tuple[int, ...]:
     """Per-example model input shape of the run's data."""
     d = config.data
-    if d.dataset == "sinusoid":
+    if d.dataset in REGRESSION_FAMILIES:
         return (1,)
     if d.sources:
         return (1 if d.channels == "auto" else int(d.channels), d.image_size, d.image_size)
@@ -420,7 +420,7 @@ def check_data(config: RunConfig) -> None:
             if d.episodes == "fixed" and "train" in src.splits:
                 check_split_dataset(src, k_shot=d.k_shot, n_query=d.n_query)
         return
-    if d.dataset in ("sinusoid", "omniglot"):
+    if d.dataset in (*REGRESSION_FAMILIES, "omniglot"):
         return
     from metafit.data.sources import check_split_dataset
 
@@ -442,6 +442,10 @@ def check_data(config: RunConfig) -> None:
 def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[TaskBatch]:
     """Endless meta-training batches drawn from ``generator`` only (lazily, one per step)."""
     d = config.data
+    if d.dataset.startswith("gp-"):
+        from metafit.data.gp import GPTasks
+
+        return GPTasks(d.dataset[3:], tasks_per_batch=d.tasks_per_batch, generator=generator)
     if d.dataset == "sinusoid":
         if d.k_shot_max is not None:
             return VariableShot(
@@ -541,6 +545,10 @@ def eval_tasks(
     seed = d.eval_seed if seed is None else seed
     if d.dataset == "sinusoid":
         return sinusoid_eval_tasks(n_tasks, k_shot, n_query or d.eval_n_query or 100, seed=seed)
+    if d.dataset.startswith("gp-"):  # per-task context sizes, padded with a mask column (the GP protocol)
+        from metafit.data.gp import gp_eval_tasks
+
+        return gp_eval_tasks(d.dataset[3:], n_tasks, seed=seed)
     n_way = n_way or d.eval_n_way or d.n_way
     spec = _spec(config)
     if spec.head == "fixed" and n_way != d.n_way:
@@ -563,7 +571,7 @@ def eval_tasks(
 def preprocessing_info(config: RunConfig) -> dict[str, Any]:
     """How raw inputs must be turned into model inputs (recorded in every checkpoint)."""
     d = config.data
-    if d.dataset == "sinusoid":
+    if d.dataset in REGRESSION_FAMILIES:
         return {"kind": "scalar", "input_shape": [1]}
     if d.sources:
         shape = list(input_shape(config))
@@ -593,6 +601,21 @@ def preprocessing_info(config: RunConfig) -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+def eval_algorithm(config: RunConfig, algorithm: Algorithm) -> Algorithm:
+    """The learner as it scores the run's held-out tasks: GP tasks come padded (per-task context
+    sizes), so a neural process scores them through :class:`~metafit.algorithms.Padded`."""
+    if not config.data.dataset.startswith("gp-"):
+        return algorithm
+    if _entry(config).network != "np":
+        raise ValueError(
+            f"data.dataset={config.data.dataset!r} has held-out tasks of per-task context sizes (padded with a mask); "
+            f"evaluate them with a masked neural process (anp, tnp, npcnp), not algo.name={config.algo.name!r}"
+        )
+    from metafit.algorithms.neural_process import Padded
+
+    return Padded(algorithm)  # type: ignore[arg-type]
 
 
 def cross_domain_dataset(
@@ -645,7 +668,7 @@ def cross_domain_dataset(
 
 def _metric(config: RunConfig) -> tuple[str, bool]:
     """(validation metric, higher is better)."""
-    return ("mse", False) if config.data.dataset == "sinusoid" else ("accuracy", True)
+    return ("mse", False) if config.data.dataset in REGRESSION_FAMILIES else ("accuracy", True)
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -909,6 +932,9 @@ def train(
         for fn in sinks:
             fn(row)
 
+    def score(tr: Trainer, tasks: Any) -> EvalResult:
+        return evaluate(eval_algorithm(config, tr.algorithm), tr.model, tr.meta_params, tasks, buffers=tr.buffers)
+
     val = None
     if (t.eval_every or t.eval_every_seconds) and d.train_split == "train":
         val_tasks = eval_tasks(config, n_tasks=d.val_tasks, seed=d.eval_seed + 7919, split="val") if main_rank else []
@@ -919,6 +945,7 @@ def train(
             every_steps=t.eval_every,
             every_seconds=t.eval_every_seconds,
             sink=sink,
+            evaluate_fn=score,
         )
         run_cbs.append(val)
     if t.monitor_every_seconds:
@@ -932,6 +959,7 @@ def train(
                 kind="monitor",
                 select=False,
                 sink=sink,
+                evaluate_fn=score,
             )
         )
     ckpt = cbk.Checkpointing(
@@ -1053,13 +1081,15 @@ def _evaluate_trained(
         ]
         algorithm = fit_variance_scale(algorithm, model, meta_params, val, buffers=buffers, method=recalibrate)  # type: ignore[arg-type]
         scale_info = {"method": recalibrate, "variance_scale": algorithm.variance_scale, "val_tasks": len(val)}  # type: ignore[attr-defined]
+    algorithm = eval_algorithm(config, algorithm)
+    padded = config.data.dataset.startswith("gp-")
     for k in shots:
         tasks = eval_tasks(config, n_tasks=episodes, n_way=n_way, k_shot=k, n_query=n_query, seed=seed, dataset=dataset)
         chunk = 250 if d.dataset == "sinusoid" and algorithm.spec.inner_loop else 0  # vmap over tasks: same numbers
         res: EvalResult = evaluate(
             algorithm, model, meta_params, tasks, buffers=buffers, steps=inner_steps, lr=inner_lr, chunk=chunk
         )
-        if algorithm.spec.distribution:  # coverage of the central predictive intervals, per task
+        if algorithm.spec.distribution and not padded:  # coverage of the central predictive intervals, per task
             cov = calibration(algorithm, model, meta_params, tasks, buffers=buffers, levels=COVERAGE_LEVELS)  # type: ignore[arg-type]
             for level, values in cov.items():
                 res.metrics[f"coverage_{round(100 * level)}"] = summarize(values)
