@@ -72,7 +72,8 @@ def _matches(name: str, prefixes: tuple[str, ...] | None) -> bool:
 
 
 class GradientEvaluation:
-    """Evaluation-time behaviour shared by the gradient-based learners (MAML, MAML++).
+    """What the gradient-based learners (MAML, MAML++) share: adaptation as the last of
+    ``adapt_steps``, and the evaluation-time settings and adaptation curve.
 
     A learner using it has the fields ``inner_lr``, ``inner_steps``, ``eval_inner_lr``,
     ``eval_inner_steps`` and ``criterion`` and the method ``adapt_steps``; it is a frozen
@@ -84,6 +85,29 @@ class GradientEvaluation:
     eval_inner_lr: float | None
     eval_inner_steps: int | None
     criterion: str
+
+    def adapt(
+        self,
+        model: nn.Module,
+        meta_params: MetaParams,
+        buffers: Buffers,
+        support_x: Tensor,
+        support_y: Tensor,
+        *,
+        n_way: int | None = None,
+        steps: int | None = None,
+        lr: float | None = None,
+        create_graph: bool | None = None,
+    ) -> Params:
+        """Fast weights after ``steps`` inner updates on the support set.
+
+        ``n_way`` is accepted for the protocol; the head's size fixes the classes. ``steps``,
+        ``lr`` and ``create_graph`` default to the training settings (see :meth:`adapt_steps`).
+        """
+        steps_iter = self.adapt_steps(
+            model, meta_params, buffers, support_x, support_y, steps=steps, lr=lr, create_graph=create_graph
+        )
+        return collections.deque(steps_iter, maxlen=1)[0]  # the last step's parameters, none kept before it
 
     def eval_settings(self) -> EvalSettings:
         """Inner steps and step size used when adapting at evaluation time."""
@@ -238,29 +262,6 @@ class MAML(GradientEvaluation):
             grads = inner_gradients(support_loss, adapted, create_graph=create_graph, data=support_x)
             adapted = {k: v - rates[k] * grads[k] for k, v in adapted.items()}
             yield {**fixed, **adapted}
-
-    def adapt(
-        self,
-        model: nn.Module,
-        meta_params: MetaParams,
-        buffers: Buffers,
-        support_x: Tensor,
-        support_y: Tensor,
-        *,
-        n_way: int | None = None,
-        steps: int | None = None,
-        lr: float | None = None,
-        create_graph: bool | None = None,
-    ) -> Params:
-        """Fast weights after ``steps`` inner updates on the support set.
-
-        ``n_way`` is accepted for the protocol; the head's size fixes the classes. ``steps``,
-        ``lr`` and ``create_graph`` default to the training settings (see :meth:`adapt_steps`).
-        """
-        steps_iter = self.adapt_steps(
-            model, meta_params, buffers, support_x, support_y, steps=steps, lr=lr, create_graph=create_graph
-        )
-        return collections.deque(steps_iter, maxlen=1)[0]  # the last step's parameters, none kept before it
 
     def predict(
         self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: Params, x: Tensor

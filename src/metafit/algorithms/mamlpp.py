@@ -33,7 +33,6 @@ training loop calls :meth:`MAMLPlusPlus.at_iteration` before each step and uses 
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -299,25 +298,6 @@ class MAMLPlusPlus(GradientEvaluation):
             rates = self.rates_at(meta_params, j, lr)
             fast = {k: v - rates[k] * grads[k] for k, v in fast.items()}
             yield {**fast, **norm}
-
-    def adapt(
-        self,
-        model: nn.Module,
-        meta_params: MetaParams,
-        buffers: Buffers,
-        support_x: Tensor,
-        support_y: Tensor,
-        *,
-        n_way: int | None = None,
-        steps: int | None = None,
-        lr: float | None = None,
-        create_graph: bool | None = None,
-    ) -> Params:
-        """Full parameters after ``steps`` inner updates (see :meth:`adapt_steps`)."""
-        steps_iter = self.adapt_steps(
-            model, meta_params, buffers, support_x, support_y, steps=steps, lr=lr, create_graph=create_graph
-        )
-        return collections.deque(steps_iter, maxlen=1)[0]  # the last step's parameters, none kept before it
 
     def predict(
         self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: Params, x: Tensor
