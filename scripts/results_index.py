@@ -106,6 +106,12 @@ def holds(d: Json) -> str:
         return "metafit eval --no-test-rotations of the product-path ProtoNets runs: " + "; ".join(
             f"{k} {pm(v['accuracy'], v['ci95'])}%" for k, v in d["runs"].items()
         )
+    if kind == "compare":
+        st = d["settings"][0]
+        return (
+            f"metafit compare: {len(d['runs'])} runs on {st['episodes']} fixed {st['n_way']}-way {st['k_shot']}-shot "
+            f"episodes, {st['protocol']} protocol, paired tests, seed groups, calibration"
+        )
     if kind == "data_path":
         return (
             f"data path: {d['classes']} classes x {d['per_class']} images 84x84 RGB, episode sampling "

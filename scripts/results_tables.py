@@ -659,6 +659,62 @@ def r_product_path(ds: list[Json]) -> tuple[list[str], Rows]:
     return ["figure", "earlier benchmark loop", "product path (metafit train + eval; speed.py re-run)", "target"], rows
 
 
+def r_compare(ds: list[Json], part: str = "runs") -> tuple[list[str], Rows]:
+    """A ``metafit compare --out`` result: the per-run table (``part="runs"``), the seed groups
+    (``"seeds"``) or the verdicts (``"verdicts"``) of its first setting."""
+    (d,) = ds
+    s = d["settings"][0]
+    if part == "verdicts":
+        return ["verdict (paired tests, Holm-corrected; seed groups: Welch over seed means)"], [
+            [v] for v in s["verdicts"]
+        ]
+    if part == "seeds":
+        rows = [
+            [
+                g["name"],
+                str(g["n_seeds"]),
+                f"{100 * g['mean']:.2f}",
+                f"{100 * g['seed_std']:.2f}",
+                f"[{100 * g['seed_low']:.2f}, {100 * g['seed_high']:.2f}]",
+                f"[{100 * g['episode_low']:.2f}, {100 * g['episode_high']:.2f}]",
+            ]
+            for g in s["seeds"]["groups"]
+        ]
+        return ["config (seeds)", "seeds", "mean %", "sd over seeds", "95% CI over seeds", "episode 95% CI"], rows
+    diffs = {x["run"]: x for x in s["comparison"]["differences"]}
+    runs = {r["name"]: r for r in s["comparison"]["runs"]}
+    rows = []
+    for name, sc in s["scores"].items():
+        if "per_episode" not in sc:
+            continue
+        r, b, c = runs[name], sc["bootstrap"], sc["calibration"]
+        dd = diffs.get(name)
+        rows.append(
+            [
+                name,
+                pm(100 * r["mean"], 100 * (r["high"] - r["low"]) / 2),
+                f"[{100 * b['low']:.2f}, {100 * b['high']:.2f}]",
+                "reference"
+                if dd is None
+                else f"{100 * dd['mean']:+.2f} [{100 * dd['low']:+.2f}, {100 * dd['high']:+.2f}]",
+                "–" if dd is None else f"{dd['p_holm']:.2g}",
+                f"{c['nll']:.3f}",
+                f"{c['brier']:.3f}",
+                f"{c['ece']:.3f}",
+            ]
+        )
+    return [
+        "run",
+        "accuracy % ± 95% CI (episodes)",
+        "class-bootstrap 95% CI",
+        "paired diff to the best (points)",
+        "p (t-test, Holm)",
+        "NLL",
+        "Brier",
+        "ECE (15 bins, pooled)",
+    ], rows
+
+
 # --------------------------------------------------------------------------------------------
 # the registry
 
@@ -684,6 +740,12 @@ PRODUCT = (
 )
 
 TABLES: dict[str, Table] = {
+    "compare_vinyals": Table(r_compare, ("results/compare_vinyals_5w1s.json",)),
+    "compare_vinyals_seeds": Table(r_compare, ("results/compare_vinyals_5w1s.json",), {"part": "seeds"}),
+    "compare_vinyals_verdicts": Table(r_compare, ("results/compare_vinyals_5w1s.json",), {"part": "verdicts"}),
+    "compare_within": Table(r_compare, ("results/compare_within_5w1s.json",)),
+    "compare_within_seeds": Table(r_compare, ("results/compare_within_5w1s.json",), {"part": "seeds"}),
+    "compare_within_verdicts": Table(r_compare, ("results/compare_within_5w1s.json",), {"part": "verdicts"}),
     "product_path": Table(
         r_product_path,
         TTA_30MIN
