@@ -196,3 +196,29 @@ def test_python_dash_m_metafit_runs() -> None:
         r.returncode == 2
         and r.stderr.strip() == "metafit: error: override 'x' must look like section.key=value (e.g. train.steps=100)"
     )
+
+
+def test_cli_train_seeds_makes_one_run_per_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from metafit.app.compare import _group_key
+    from metafit.app.runs import load_trained
+
+    base = tmp_path / "run"
+    assert _train(base, "--seeds", "3", "7") == 0
+    runs = [tmp_path / "run-seed3", tmp_path / "run-seed7"]
+    assert [json.loads((r / "config.json").read_text())["train"]["seed"] for r in runs] == [3, 7]
+    assert load_checkpoint(runs[0]).meta["tensors_sha256"] != load_checkpoint(runs[1]).meta["tensors_sha256"]
+    assert not base.exists()
+    # the same config less its seed: `metafit compare` groups them as one config with two seeds
+    assert _group_key(load_trained(runs[0]).config) == _group_key(load_trained(runs[1]).config)
+    capsys.readouterr()
+    assert _train(tmp_path / "x", "--seeds", "1", "--seed", "2") == 2
+    assert "give --seed or --seeds, not both" in _one_line_error(capsys)
+    assert _train(tmp_path / "x", "--seeds", "1", "1") == 2
+    assert "--seeds must be distinct, got [1, 1]" in _one_line_error(capsys)
+
+
+def test_cli_train_seeds_argv_for_torchrun_relaunch() -> None:
+    from metafit.app.cli import _drop_seeds
+
+    argv = ["train", "c.toml", "--seeds", "0", "1", "--run-dir", "r", "--nproc", "2", "--run-dir=q", "--seeds=4"]
+    assert _drop_seeds(argv) == ["train", "c.toml", "--nproc", "2"]

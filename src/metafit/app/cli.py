@@ -120,11 +120,58 @@ def _relaunch_with_torchrun(argv: Sequence[str], nproc: int) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    if not args.seeds:
+        return _train_one(args)
+    if args.seed is not None:
+        raise ValueError(f"give --seed or --seeds, not both (got --seed {args.seed} and --seeds {args.seeds})")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise ValueError(f"--seeds must be distinct, got {args.seeds}")
+    for seed in args.seeds:
+        one = argparse.Namespace(**vars(args))
+        one.seed, one.seeds = seed, None
+        if args.run_dir:
+            one.run_dir = f"{args.run_dir}-seed{seed}"
+        if args.nproc > 1:  # each seed is its own torchrun launch
+            one.argv = [
+                *_drop_seeds(args.argv),
+                "--seed",
+                str(seed),
+                *(["--run-dir", one.run_dir] if args.run_dir else []),
+            ]
+        rc = _train_one(one)
+        if rc:
+            return rc
+    return 0
+
+
+def _drop_seeds(argv: Sequence[str]) -> list[str]:
+    """``argv`` without ``--seeds S...`` and ``--run-dir D`` (re-added per seed)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--seeds":
+            i += 1
+            while i < len(argv) and not argv[i].startswith("-"):
+                i += 1
+            continue
+        if a == "--run-dir":
+            i += 2
+            continue
+        if a.startswith(("--seeds=", "--run-dir=")):
+            i += 1
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _train_one(args: argparse.Namespace) -> int:
     from metafit.app.runs import apply_process_settings, eval_markdown, train
 
     config = _train_config(args)
-    if args.nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.nproc > 1 and not under_torchrun:
         if config.train.path == "auto":
@@ -485,6 +532,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--label-column", help="tables: the class column (data.label_column)")
     t.add_argument("--steps", type=int, help="meta-training steps (train.steps)")
     t.add_argument("--seed", type=int, help="random seed of model and task sampler (train.seed)")
+    t.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        metavar="SEED",
+        help="one run per seed, one after the other, each in its own folder (--run-dir gets -seed<S> appended); "
+        "`metafit compare` groups them",
+    )
     t.add_argument("--data-root", help="folder holding omniglot/images_*.zip (data.data_root; default $METAFIT_DATA)")
     t.add_argument(
         "--path",
