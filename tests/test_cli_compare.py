@@ -155,3 +155,26 @@ def test_report_shows_the_comparison_and_its_reliability_diagrams(
     assert md.count("_reliability_3w1s_") >= 3  # trained, untrained, the raw baseline
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "data:image/png;base64," in html and "Verdicts:" in html
+
+
+def test_temperature_scaling_is_fitted_on_validation_classes(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from metafit.app.compare import compare
+
+    plain = compare([runs["trained-s0"]], settings=[(3, 1)], episodes=40)
+    scaled = compare([runs["trained-s0"]], settings=[(3, 1)], episodes=40, temperature=True)
+    a, b = plain["settings"][0]["scores"]["trained-s0"], scaled["settings"][0]["scores"]["trained-s0"]
+    assert a["per_episode"] == b["per_episode"]  # a temperature never changes the argmax
+    assert "temperature" not in a
+    t = b["temperature"]
+    assert t["temperature"] > 0 and t["nll_after"] <= t["nll_before"] + 1e-12  # on the validation queries
+    assert t["n_queries"] == 40 * 3 * 3  # 40 validation episodes x 3 ways x 3 queries
+    assert t["ece"] >= 0 and t["nll"] > 0
+    dest = tmp_path / "t.json"
+    argv = ["compare", str(runs["trained-s0"]), "--setting", "3:1", "--episodes", "40", "--temperature-scale"]
+    assert main([*argv, "--out", str(dest)]) == 0
+    capsys.readouterr()
+    md = dest.with_suffix(".md").read_text()
+    assert "Temperature scaling (T fitted on validation-class episodes" in md
+    assert f"| trained-s0 | {t['temperature']:.3g}" in md

@@ -318,6 +318,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         inductive=args.inductive,
         alpha=args.alpha,
         test=args.test,
+        temperature=args.temperature_scale,
     )
     md = compare_markdown(out)
     if args.out:
@@ -647,6 +648,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--inductive", action="store_true", help="batch statistics from the support set only (default: transductive)"
+    )
+    c.add_argument(
+        "--temperature-scale",
+        action="store_true",
+        help="also fit a temperature per run on its validation classes and report test calibration after scaling",
     )
     c.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts")
     c.add_argument("--test", choices=("t", "wilcoxon"), default="t", help="the paired test the verdicts use")

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from metafit.app.runs import _dataset, cross_domain_dataset, load_trained
-from metafit.calibration import calibration_metrics, query_logits
+from metafit.calibration import apply_temperature, calibration_metrics, fit_temperature, query_logits
 from metafit.comparison import class_bootstrap_ci, compare_runs, compare_seeds, per_class_values
 from metafit.data.task import TaskBatch
 
@@ -113,7 +113,14 @@ def _root() -> str:
 
 
 def _score(
-    learner: Any, model: Any, meta_params: Any, buffers: Any, tasks: Any, classes: Tensor_, seed: int
+    learner: Any,
+    model: Any,
+    meta_params: Any,
+    buffers: Any,
+    tasks: Any,
+    classes: Tensor_,
+    seed: int,
+    temperature: Any = None,
 ) -> dict[str, Any]:
     logits, labels = query_logits(learner, model, meta_params, tasks, buffers=buffers)
     correct = (logits.argmax(-1) == labels).double()
@@ -135,7 +142,32 @@ def _score(
             "pooling": cal.pooling,
             "diagram": _diagram(cal.diagram),
         },
+        **({} if temperature is None else {"temperature": _scaled(logits, labels, temperature)}),
     }
+
+
+def _scaled(logits: Tensor_, labels: Tensor_, fit: Any) -> dict[str, Any]:
+    """Test calibration after dividing the logits by the temperature fitted on validation episodes."""
+    if isinstance(fit, str):
+        return {"skipped": fit}
+    cal = calibration_metrics(apply_temperature(logits, fit), labels, n_bins=15, per_episode=False)
+    return {**fit.to_dict(), "nll": cal.nll, "brier": cal.brier, "ece": cal.ece}
+
+
+def _fit_temperature(tr: Any, learner: Any, setting: tuple[int, int], n_query: int, episodes: int, seed: int) -> Any:
+    """``fit_temperature`` on the run's VALIDATION classes (never the test ones), or why it cannot be fitted."""
+    from metafit.data import protocols as pr
+
+    try:
+        val = _dataset(tr.config, "val")
+    except (ValueError, KeyError) as e:
+        return f"no validation split to fit a temperature on ({str(e).splitlines()[0]})"
+    n_way, k_shot = setting
+    if val.num_classes < n_way:
+        return f"the validation split has {val.num_classes} classes, fewer than n_way={n_way}"
+    es = pr.fixed_episodes_with_classes(val, n_way, k_shot, n_query, episodes, seed=seed + 1)
+    logits, labels = query_logits(learner, tr.model, tr.meta_params, es.tasks, buffers=tr.buffers)
+    return fit_temperature(logits, labels)
 
 
 Tensor_ = torch.Tensor
@@ -162,6 +194,7 @@ def compare(
     inductive: bool = False,
     alpha: float = 0.05,
     test: str = "t",
+    temperature: bool = False,
 ) -> dict[str, Any]:
     """Evaluates trained runs on identical fixed episodes and compares them (see the module docstring).
 
@@ -178,6 +211,9 @@ def compare(
         inductive: Normalise with support-set statistics only (:func:`metafit.data.protocols.inductive`).
         alpha: Significance level of the verdicts.
         test: ``"t"`` (paired t-test) or ``"wilcoxon"`` for the verdicts.
+        temperature: Also fit a temperature per run on episodes of its VALIDATION classes
+            (:func:`metafit.calibration.fit_temperature`) and report the test calibration after
+            scaling beside the raw one (accuracy is unchanged by a temperature).
 
     Returns:
         JSON-able ``{"settings": [...], "runs": {...}}`` (see :func:`compare_markdown`).
@@ -237,7 +273,11 @@ def compare(
             )
             tasks, converted = _convert(es.tasks, shape)
             learner = make_inductive(tr.algorithm) if inductive else tr.algorithm
-            s = _score(learner, tr.model, tr.meta_params, tr.buffers, tasks, es.classes, seed)
+            fit = None
+            if temperature:
+                q_val = int(info.get("n_query") or n_query or tr.config.data.n_query)
+                fit = _fit_temperature(tr, learner, setting, q_val, min(episodes, 200), seed)
+            s = _score(learner, tr.model, tr.meta_params, tr.buffers, tasks, es.classes, seed, fit)
             s["format"] = "own format" + (f" (episodes converted {converted})" if converted else "")
             scores[name] = s
         naive = RawNearestCentroid()
@@ -302,6 +342,20 @@ def compare_markdown(out: dict[str, Any]) -> str:
                 f"{sc['format']} |"
             )
         lines.append("")
+        scaled = {n: sc["temperature"] for n, sc in s["scores"].items() if "temperature" in sc}
+        if scaled:
+            lines.append("Temperature scaling (T fitted on validation-class episodes, test calibration after):\n")
+            lines.append("| run | T | NLL after | Brier after | ECE after |")
+            lines.append("|---|---|---|---|---|")
+            for name, t in scaled.items():
+                if "skipped" in t:
+                    lines.append(f"| {name} | {t['skipped']} | | | |")
+                else:
+                    bound = " (at the search bound)" if t["at_bound"] else ""
+                    lines.append(
+                        f"| {name} | {t['temperature']:.3g}{bound} | {t['nll']:.3f} | {t['brier']:.3f} | {t['ece']:.3f} |"
+                    )
+            lines.append("")
         if "seeds" in s:
             lines.append("Training seeds (spread over seeds, separate from the episode interval):\n")
             for g in s["seeds"]["groups"]:
