@@ -178,3 +178,20 @@ def test_temperature_scaling_is_fitted_on_validation_classes(
     md = dest.with_suffix(".md").read_text()
     assert "Temperature scaling (T fitted on validation-class episodes" in md
     assert f"| trained-s0 | {t['temperature']:.3g}" in md
+
+
+def test_report_draws_way_and_shot_curves_of_a_sweep(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dest = tmp_path / "sweep.json"
+    settings = ["--setting", "2:1", "--setting", "3:1", "--setting", "3:2", "--setting", "3:3"]
+    argv = ["compare", str(runs["trained-s0"]), str(runs["untrained"]), *settings, "--episodes", "20"]
+    assert main([*argv, "--out", str(dest)]) == 0
+    assert main(["report", "--compare", str(dest), "--out", str(tmp_path / "rep")]) == 0
+    capsys.readouterr()
+    plots = tmp_path / "rep" / "plots"
+    assert (plots / "sweep_way_1shot.png").is_file()  # 2-way and 3-way at 1 shot
+    assert (plots / "sweep_shot_3way.png").is_file()  # 1, 2, 3 shots at 3 ways
+    assert not (plots / "sweep_shot_2way.png").exists()  # one setting only: no curve
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "plots/sweep_way_1shot.png" in md and "plots/sweep_shot_3way.png" in md

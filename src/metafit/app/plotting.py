@@ -25,6 +25,7 @@ __all__ = [
     "plot_adaptation_curve",
     "plot_task_errors",
     "plot_shots",
+    "plot_compare_sweeps",
     "load_evals",
     "plot_regression_tasks",
 ]
@@ -150,6 +151,50 @@ def plot_shots(results: Sequence[dict[str, Any]], path: str | Path, *, title: st
     )
     ax.set(xlabel="shots (k_shot)", ylabel=key, title=title or f"{key} vs shots")
     return _save(fig, Path(path))
+
+
+def plot_compare_sweeps(data: dict[str, Any], out_dir: str | Path, stem: str) -> list[Path]:
+    """Way and shot curves of a ``metafit compare`` result: accuracy (95% CI bars) per run.
+
+    One plot per fixed ``k_shot`` whose settings vary ``n_way`` (``{stem}_way_{k}shot.png``) and
+    one per fixed ``n_way`` whose settings vary ``k_shot`` (``{stem}_shot_{n}way.png``); a result
+    with a single setting has none.
+
+    Args:
+        data: The JSON written by ``metafit compare --out``.
+        out_dir: Folder of the PNGs.
+        stem: Prefix of their names.
+
+    Returns:
+        The PNG paths.
+    """
+    settings = [s for s in data["settings"] if "comparison" in s]
+    paths: list[Path] = []
+    for axis, fixed in (("n_way", "k_shot"), ("k_shot", "n_way")):
+        by_fixed: dict[int, list[dict[str, Any]]] = {}
+        for s in settings:
+            by_fixed.setdefault(int(s[fixed]), []).append(s)
+        for value, group in sorted(by_fixed.items()):
+            if len({int(s[axis]) for s in group}) < 2:
+                continue
+            group = sorted(group, key=lambda s: int(s[axis]))
+            plt = _plt()
+            fig, ax = plt.subplots(figsize=(5.5, 3.8))
+            names = list(dict.fromkeys(r["name"] for s in group for r in s["comparison"]["runs"]))
+            for name in names:
+                pts = [(int(s[axis]), r) for s in group for r in s["comparison"]["runs"] if r["name"] == name]
+                xs = [x for x, _ in pts]
+                ys = [100 * r["mean"] for _, r in pts]
+                err = [[100 * (r["mean"] - r["low"]) for _, r in pts], [100 * (r["high"] - r["mean"]) for _, r in pts]]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=name)
+            label = "classes per episode (n_way)" if axis == "n_way" else "shots per class (k_shot)"
+            title = f"accuracy vs {axis}, {value}-{'shot' if fixed == 'k_shot' else 'way'}"
+            ax.set(xlabel=label, ylabel="accuracy % (95% CI)", title=title)
+            ax.set_xticks(sorted({int(s[axis]) for s in group}))
+            ax.legend(fontsize=7)
+            name = f"{stem}_way_{value}shot.png" if axis == "n_way" else f"{stem}_shot_{value}way.png"
+            paths.append(_save(fig, Path(out_dir) / name))
+    return paths
 
 
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:

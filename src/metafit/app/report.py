@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from metafit.app.plotting import load_evals, plot_run
+from metafit.app.plotting import load_evals, plot_compare_sweeps, plot_run
 
 __all__ = ["write_report", "comparison_rows"]
 
@@ -61,7 +61,8 @@ def _fmt(m: dict[str, Any] | None) -> str:
 
 
 def _compare_sections(files: Sequence[str | Path], out: Path) -> tuple[list[str], list[str]]:
-    """Markdown and HTML of ``metafit compare --out`` results: tables, verdicts, reliability diagrams."""
+    """Markdown and HTML of ``metafit compare --out`` results: tables, verdicts, reliability
+    diagrams, and way/shot curves when the result holds several settings."""
     from metafit.app.compare import compare_markdown
 
     md: list[str] = []
@@ -76,11 +77,13 @@ def _compare_sections(files: Sequence[str | Path], out: Path) -> tuple[list[str]
         text = compare_markdown(data)
         md += [f"## Comparison: {p.name}", "", ("\n" + text).replace("\n## ", "\n### ").lstrip("\n")]
         h.append(f"<h2>Comparison: {html.escape(p.name)}</h2><pre>{html.escape(text)}</pre>")
+        sweeps = plot_compare_sweeps(data, out / "plots", p.stem)
         pngs = sorted(p.parent.glob(f"{p.stem}_reliability_*.png"))
-        for png in pngs:
+        for png in [*sweeps, *pngs]:
             dest = out / "plots" / png.name
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(png, dest)
+            if png != dest:
+                shutil.copyfile(png, dest)
             md.append(f"![{png.stem}]({dest.relative_to(out).as_posix()})")
             b64 = base64.b64encode(dest.read_bytes()).decode()
             h.append(
