@@ -661,9 +661,32 @@ def r_product_path(ds: list[Json]) -> tuple[list[str], Rows]:
 
 def r_compare(ds: list[Json], part: str = "runs") -> tuple[list[str], Rows]:
     """A ``metafit compare --out`` result: the per-run table (``part="runs"``), the seed groups
-    (``"seeds"``) or the verdicts (``"verdicts"``) of its first setting."""
+    (``"seeds"``), the verdicts (``"verdicts"``) or the temperature scaling (``"temperature"``,
+    from ``compare --temperature-scale``) of its first setting."""
     (d,) = ds
     s = d["settings"][0]
+    if part == "temperature":
+        rows = []
+        for name, sc in s["scores"].items():
+            t, c = sc.get("temperature"), sc.get("calibration")
+            if t is None or "skipped" in t:
+                continue
+            rows.append(
+                [
+                    name,
+                    f"{t['temperature']:.3g}",
+                    f"{c['nll']:.3f} -> {t['nll']:.3f}",
+                    f"{c['brier']:.3f} -> {t['brier']:.3f}",
+                    f"{c['ece']:.3f} -> {t['ece']:.3f}",
+                ]
+            )
+        return [
+            "run",
+            "T (fitted on validation classes)",
+            "test NLL raw -> scaled",
+            "Brier",
+            "ECE (15 bins, pooled)",
+        ], rows
     if part == "verdicts":
         return ["verdict (paired tests, Holm-corrected; seed groups: Welch over seed means)"], [
             [v] for v in s["verdicts"]
@@ -743,6 +766,9 @@ TABLES: dict[str, Table] = {
     "compare_vinyals": Table(r_compare, ("results/compare_vinyals_5w1s.json",)),
     "compare_vinyals_seeds": Table(r_compare, ("results/compare_vinyals_5w1s.json",), {"part": "seeds"}),
     "compare_vinyals_verdicts": Table(r_compare, ("results/compare_vinyals_5w1s.json",), {"part": "verdicts"}),
+    "compare_vinyals_temperature": Table(
+        r_compare, ("results/compare_vinyals_5w1s_temperature.json",), {"part": "temperature"}
+    ),
     "compare_within": Table(r_compare, ("results/compare_within_5w1s.json",)),
     "compare_within_seeds": Table(r_compare, ("results/compare_within_5w1s.json",), {"part": "seeds"}),
     "compare_within_verdicts": Table(r_compare, ("results/compare_within_5w1s.json",), {"part": "verdicts"}),
