@@ -770,6 +770,10 @@ TABLES: dict[str, Table] = {
         r_compare, ("results/compare_vinyals_5w1s_temperature.json",), {"part": "temperature"}
     ),
     "compare_within": Table(r_compare, ("results/compare_within_5w1s.json",)),
+    "compare_within_20w": Table(r_compare, ("results/compare_within_20w1s.json",)),
+    "compare_within_20w_seeds": Table(r_compare, ("results/compare_within_20w1s.json",), {"part": "seeds"}),
+    "compare_fashion": Table(r_compare, ("results/compare_crossdomain_fashion_5w1s.json",)),
+    "compare_digits": Table(r_compare, ("results/compare_crossdomain_digits_5w1s.json",)),
     "compare_within_seeds": Table(r_compare, ("results/compare_within_5w1s.json",), {"part": "seeds"}),
     "compare_within_verdicts": Table(r_compare, ("results/compare_within_5w1s.json",), {"part": "verdicts"}),
     "product_path": Table(
