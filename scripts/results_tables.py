@@ -706,15 +706,22 @@ def r_compare(ds: list[Json], part: str = "runs") -> tuple[list[str], Rows]:
         return ["config (seeds)", "seeds", "mean %", "sd over seeds", "95% CI over seeds", "episode 95% CI"], rows
     diffs = {x["run"]: x for x in s["comparison"]["differences"]}
     runs = {r["name"]: r for r in s["comparison"]["runs"]}
+    trained = d["runs"]
+    timed = all(r.get("train_minutes") is not None for r in trained.values())  # files that record it
     rows = []
     for name, sc in s["scores"].items():
         if "per_episode" not in sc:
             continue
         r, b, c = runs[name], sc["bootstrap"], sc["calibration"]
         dd = diffs.get(name)
+        training = []
+        if timed:
+            t = trained.get(name)
+            training = ["–" if t is None else f"{t['algo']}, {t['step']:,} steps, {t['train_minutes']:.1f} min"]
         rows.append(
             [
                 name,
+                *training,
                 pm(100 * r["mean"], 100 * (r["high"] - r["low"]) / 2),
                 f"[{100 * b['low']:.2f}, {100 * b['high']:.2f}]",
                 "reference"
@@ -728,6 +735,7 @@ def r_compare(ds: list[Json], part: str = "runs") -> tuple[list[str], Rows]:
         )
     return [
         "run",
+        *(["learner, training"] if timed else []),
         "accuracy % ± 95% CI (episodes)",
         "class-bootstrap 95% CI",
         "paired diff to the best (points)",

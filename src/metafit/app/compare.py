@@ -252,6 +252,8 @@ def compare(
                 "step": tr.checkpoint.step,
                 "algo": tr.config.algo.name,
                 "seed": tr.config.train.seed,
+                "config_name": tr.config.name,
+                "train_minutes": _train_minutes(tr.checkpoint.meta),
             }
             for n, tr in loaded
         },
@@ -297,6 +299,12 @@ def compare(
     return out
 
 
+def _train_minutes(meta: dict[str, Any]) -> float | None:
+    """Training minutes recorded in a checkpoint (``None`` for checkpoints that predate the record)."""
+    seconds = meta.get("train_seconds")
+    return None if seconds is None else float(seconds) / 60.0
+
+
 def _verdicts(result: Any) -> list[str]:
     return list(result.verdicts)
 
@@ -307,7 +315,13 @@ def _p(v: float | None) -> str:
 
 def compare_markdown(out: dict[str, Any]) -> str:
     """Tables (accuracy % with both intervals, paired differences, calibration) and the verdicts."""
-    lines: list[str] = []
+    lines: list[str] = ["| run | learner | seed | steps | training minutes |", "|---|---|---|---|---|"]
+    for name, r in out["runs"].items():
+        minutes = r.get("train_minutes")
+        lines.append(
+            f"| {name} | {r['algo']} | {r['seed']} | {r['step']:,} | {'-' if minutes is None else f'{minutes:.1f}'} |"
+        )
+    lines.append("")
     for s in out["settings"]:
         ds = s.get("dataset")
         where = ds if isinstance(ds, str) else (ds or {}).get("dataset", "")
