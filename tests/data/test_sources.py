@@ -321,6 +321,37 @@ def test_load_table_dataset_standardises_with_train_statistics_and_one_hot_encod
     assert "violet" not in cats and torch.equal(unseen[0, 1:], torch.zeros(len(cats)))
 
 
+def test_parquet_table_loads_like_the_same_csv_with_typed_and_missing_cells(tmp_path: Path) -> None:
+    """A Parquet file (typed int/str columns, nulls) gives the same dataset as the CSV of the same
+    rows (strings, empty cells): same splits, features and preprocessing record."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    rows = _species_rows()
+    rows[3]["size"] = None  # a missing numeric cell
+    rows[5]["colour"] = None  # a missing categorical cell
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
+    assert pq.read_table(tmp_path / "t.parquet").schema.field("size").type == pa.int64()
+    csv_rows = [{k: "" if v is None else v for k, v in r.items()} for r in rows]
+    a = load_table_dataset(tmp_path / "t.parquet", label_column="species", drop_columns=["id"], seed=0)
+    b = load_table_dataset(_table(tmp_path / "t.csv", csv_rows), label_column="species", drop_columns=["id"], seed=0)
+    assert a.splits.keys() == b.splits.keys()
+    for s in a.splits:
+        assert a.splits[s].class_names == b.splits[s].class_names
+        assert torch.equal(a.splits[s].x, b.splits[s].x) and torch.equal(a.splits[s].y, b.splits[s].y)
+    assert a.preprocessing["columns"] == b.preprocessing["columns"]
+    assert a.preprocessing["feature_names"] == b.preprocessing["feature_names"]
+
+
+def test_parquet_without_pyarrow_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    path = tmp_path / "t.parquet"
+    path.write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # import fails as if it were not installed
+    with pytest.raises(ValueError, match=r"t\.parquet needs pyarrow \(pip install pyarrow\)"):
+        load_table_dataset(path, label_column="species")
+
+
 def test_load_table_dataset_errors_name_the_column(tmp_path: Path) -> None:
     path = _table(tmp_path / "t.csv", _species_rows())
     with pytest.raises(
