@@ -12,7 +12,11 @@ reference (the best run, or ``baseline``) with its interval, a paired t-test and
 signed-rank test with Holm's correction, and one-line verdicts (:func:`metafit.comparison.compare_runs`).
 Runs of the same config that differ only in ``train.seed`` form a group: the spread over seeds is
 reported apart from the episode interval and decides the group verdict
-(:func:`metafit.comparison.compare_seeds`). A raw-input nearest-centroid baseline is in every table.
+(:func:`metafit.comparison.compare_seeds`). A raw-input nearest-centroid baseline is in every table;
+on episodes of feature vectors (tables), logistic regression and gradient boosting fitted on each
+episode's support rows are too (:func:`metafit.data.gp.support_baseline_logits`). Episodes for a
+run trained on ``tabular-prior`` tasks are standardised with their support rows, as its training
+tasks were (:func:`metafit.data.gp.standardise_tasks`), and every row scores those same episodes.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ from metafit.data.task import TaskBatch
 __all__ = ["compare", "compare_markdown", "NAIVE"]
 
 NAIVE = "nearest centroid (raw inputs)"
+TABLE_BASELINES = {
+    "logistic_regression": "logistic regression (support rows)",
+    "gradient_boosting": "gradient boosting (support rows)",
+}
 
 
 def _group_key(config: Any) -> str:
@@ -100,6 +108,13 @@ def _episodes(
     else:
         es = pr.fixed_episodes_with_classes(test, n_way, k_shot, q, n, seed=seed)
         info["n_query"] = q
+    if first.config.data.dataset == "tabular-prior":
+        from dataclasses import replace
+
+        from metafit.data.gp import standardise_tasks
+
+        es = replace(es, tasks=standardise_tasks(es.tasks))
+        info["standardisation"] = "each episode's features by its support rows' mean and sd"
     return es, info
 
 
@@ -123,6 +138,19 @@ def _score(
     temperature: Any = None,
 ) -> dict[str, Any]:
     logits, labels = query_logits(learner, model, meta_params, tasks, buffers=buffers)
+    return _score_logits(logits, labels, classes, seed, temperature)
+
+
+def _table_baseline_logits(tasks: TaskBatch, method: str, seed: int) -> tuple[Tensor_, Tensor_]:
+    from metafit.data.gp import support_baseline_logits
+
+    logits = torch.stack([support_baseline_logits(tasks[i], method, seed=seed) for i in range(len(tasks))])
+    return logits, tasks.query_y
+
+
+def _score_logits(
+    logits: Tensor_, labels: Tensor_, classes: Tensor_, seed: int, temperature: Any = None
+) -> dict[str, Any]:
     correct = (logits.argmax(-1) == labels).double()
     acc = correct.mean(1)
     cal = calibration_metrics(logits, labels, n_bins=15, per_episode=False)
@@ -285,6 +313,11 @@ def compare(
         naive = RawNearestCentroid()
         scores[NAIVE] = _score(naive, torch.nn.Identity(), {}, {}, es.tasks, es.classes, seed)
         scores[NAIVE]["format"] = "raw episode inputs"
+        if es.tasks.support_x.dim() == 3:  # feature vectors: the classical classifiers of tables
+            for method, label in TABLE_BASELINES.items():
+                logits, labels = _table_baseline_logits(es.tasks, method, seed)
+                scores[label] = _score_logits(logits.to(torch.float32), labels, es.classes, seed)
+                scores[label]["format"] = "episode inputs (scikit-learn, fitted on the support rows)"
         values = {n: s["per_episode"] for n, s in scores.items() if "per_episode" in s}
         cmp = compare_runs(values, baseline=baseline, alpha=alpha, test=test)  # type: ignore[arg-type]
         entry: dict[str, Any] = {**info, "scores": scores, "comparison": cmp.to_dict(), "verdicts": _verdicts(cmp)}

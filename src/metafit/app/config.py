@@ -37,7 +37,9 @@ __all__ = [
     "TrainConfig",
     "RunConfig",
     "DATASETS",
+    "CLASSIFICATION_FAMILIES",
     "REGRESSION_FAMILIES",
+    "TASK_FAMILIES",
     "ARCHS",
     "ALGORITHMS",
     "PATHS",
@@ -50,7 +52,9 @@ __all__ = [
 
 #: Regression task families (generated, no data files): MAML's sinusoids and 1-D Gaussian processes.
 REGRESSION_FAMILIES = ("sinusoid", "gp-rbf", "gp-matern52", "gp-periodic")
-DATASETS = (*REGRESSION_FAMILIES, "omniglot", "fashion-mnist", "kuzushiji-kanji", "digits")  # built-ins; also a path
+CLASSIFICATION_FAMILIES = ("tabular-prior",)  # synthetic classification task families (no stored data)
+TASK_FAMILIES = (*REGRESSION_FAMILIES, *CLASSIFICATION_FAMILIES)
+DATASETS = (*TASK_FAMILIES, "omniglot", "fashion-mnist", "kuzushiji-kanji", "digits")  # built-ins; also a path
 ARCHS = ("auto", "mlp", "conv4")
 ALGORITHMS = tuple(LEARNERS)  # the registry is the one list of learner names
 PATHS = ("auto", *PATH_NAMES)
@@ -96,8 +100,10 @@ class DataConfig:
     Attributes:
         dataset: ``"sinusoid"`` (MAML §5.1 regression), ``"gp-rbf"`` / ``"gp-matern52"`` /
             ``"gp-periodic"`` (1-D Gaussian-process regression, the NP benchmark; its held-out tasks
-            have per-task context sizes, for learners with a padding mask: ``anp``, ``tnp``), a
-            built-in classification dataset
+            have per-task context sizes, for learners with a padding mask: ``anp``, ``tnp``),
+            ``"tabular-prior"`` (few-shot tabular classification tasks from a random-MLP prior,
+            :class:`metafit.data.gp.TabularPriorTasks`, ``n_features`` wide; evaluate on real tables
+            with ``metafit compare RUN --dataset iris``), a built-in classification dataset
             (``"omniglot"``, ``"fashion-mnist"``, ``"kuzushiji-kanji"``, ``"digits"``; the last two
             of which hold only test classes... see :mod:`metafit.data.sources`) or a path: an
             image folder (class folders, split folders or split CSV files), a ``.npz``/``.npy``
@@ -142,6 +148,12 @@ class DataConfig:
         k_shot_max: Draw each meta-batch's shot (support size per class; per task for
             regression) uniformly from ``k_shot..k_shot_max`` (``None``: always ``k_shot``), e.g. a
             CNP trained for variable context sizes.
+        n_way_min: Draw each meta-batch's way uniformly from ``n_way_min..n_way`` (``None``:
+            always ``n_way``), for learners that take any number of classes (not a fixed head).
+        n_features: ``"tabular-prior"``: feature width of the tasks (a real table with fewer
+            features is zero-padded to it at evaluation).
+        n_features_min: ``"tabular-prior"``: each task uses its first ``d ~ U{n_features_min..n_features}``
+            features, the rest zero (``None``: all ``n_features``), the layout of a padded table.
         monitor_tasks: Fixed TEST episodes (evaluation settings) scored every
             ``train.monitor_every_seconds`` of training time, written as ``"monitor"`` rows of
             ``metrics.jsonl``: a time-to-accuracy curve. They never select a checkpoint.
@@ -173,12 +185,26 @@ class DataConfig:
     monitor_tasks: int = 600
     k_shot_max: int | None = None
     batch_size: int = 64
+    n_way_min: int | None = None
+    n_features: int = 64
+    n_features_min: int | None = None
 
     def __post_init__(self) -> None:
         s = "data"
         _check_choice(s, "train_split", self.train_split, SPLITS)
         _check_opt_int(s, "k_shot_max", self.k_shot_max, 1)
         _check_int(s, "batch_size", self.batch_size, 1)
+        _check_int(s, "n_features", self.n_features, 1)
+        _check_opt_int(s, "n_way_min", self.n_way_min, 2)
+        _check_opt_int(s, "n_features_min", self.n_features_min, 1)
+        if self.n_features_min is not None and self.n_features_min > self.n_features:
+            _fail(s, "n_features_min", f"an int in 1..data.n_features={self.n_features}", self.n_features_min)
+        if self.n_way_min is not None and self.n_way_min > self.n_way:
+            _fail(s, "n_way_min", f"an int in 2..data.n_way={self.n_way}", self.n_way_min)
+        if self.n_way_min is not None and self.k_shot_max is not None:
+            _fail(
+                s, "n_way_min", "None when data.k_shot_max is set (vary the way or the shot, not both)", self.n_way_min
+            )
         if self.k_shot_max is not None and self.k_shot_max < self.k_shot:
             _fail(s, "k_shot_max", f"an int >= data.k_shot={self.k_shot}", self.k_shot_max)
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -489,6 +515,17 @@ class RunConfig:
             _fail("algo", "name", "a masked neural process (anp, tnp, npcnp) for the padded GP tasks", self.algo.name)
         if regression and arch != "mlp":
             _fail("model", "arch", f"'mlp' or 'auto' for data.dataset={self.data.dataset!r}", self.model.arch)
+        if self.data.dataset in CLASSIFICATION_FAMILIES and arch != "mlp":
+            _fail("model", "arch", f"'mlp' or 'auto' for data.dataset={self.data.dataset!r}", self.model.arch)
+        if self.data.n_way_min is not None and not regression:
+            head = build_learner(self.algo.name, "cross_entropy", **self.algo.options, **placeholders).spec.head
+            if head == "fixed":
+                _fail(
+                    "data",
+                    "n_way_min",
+                    f"None for algo.name={self.algo.name!r} (a fixed {self.data.n_way}-way head)",
+                    self.data.n_way_min,
+                )
         if self.data.dataset == "omniglot" and arch != "conv4":
             _fail("model", "arch", "'conv4' or 'auto' for data.dataset='omniglot'", self.model.arch)
         if self.data.dataset.lower().endswith((".csv", ".parquet")) and not self.data.label_column:
@@ -499,7 +536,7 @@ class RunConfig:
         """``model.arch`` with ``"auto"`` resolved from the dataset (tables and arrays: ``"mlp"``)."""
         if self.model.arch != "auto":
             return self.model.arch
-        if self.data.dataset in REGRESSION_FAMILIES or self.data.dataset.lower().endswith(
+        if self.data.dataset in TASK_FAMILIES or self.data.dataset.lower().endswith(
             (".csv", ".parquet", ".npz", ".npy")
         ):
             return "mlp"

@@ -43,7 +43,7 @@ from metafit import callbacks as cbk
 from metafit import seeding
 from metafit.algorithms.base import Algorithm, MetaParams, flat_meta_params
 from metafit.algorithms.registry import build_learner
-from metafit.app.config import REGRESSION_FAMILIES, RunConfig, config_diff
+from metafit.app.config import REGRESSION_FAMILIES, TASK_FAMILIES, RunConfig, config_diff
 from metafit.checkpoint import (
     Checkpoint,
     atomic_write_bytes,
@@ -182,12 +182,17 @@ def build_model(config: RunConfig, shape: Sequence[int] | None = None) -> nn.Mod
         from metafit.models.attentive import InContextClassifier
 
         def icl() -> nn.Module:
-            conv = Conv4(
-                1, None, width=m.width, image_size=config.data.image_size, downsample=m.downsample, norm=m.norm
-            )  # type: ignore[arg-type]
+            backbone: nn.Module
+            if config.resolved_arch == "mlp":  # tables and arrays of vectors
+                if len(shape) != 1:
+                    raise ValueError(f"model.arch='mlp' needs flat examples, got example shape {shape}")
+                backbone, features = MLP(shape[0], m.hidden[:-1], m.hidden[-1]), m.hidden[-1]
+            else:
+                conv = Conv4(shape[0], None, width=m.width, image_size=shape[1], downsample=m.downsample, norm=m.norm)  # type: ignore[arg-type]
+                backbone, features = conv, conv.feature_dim
             return InContextClassifier(
-                conv,
-                conv.feature_dim,
+                backbone,
+                features,
                 max_way=_max_way(config),
                 d_model=m.d_model,
                 n_heads=m.n_heads,
@@ -401,6 +406,8 @@ def input_shape(config: RunConfig) -> tuple[int, ...]:
     d = config.data
     if d.dataset in REGRESSION_FAMILIES:
         return (1,)
+    if d.dataset == "tabular-prior":
+        return (d.n_features,)
     if d.sources:
         return (1 if d.channels == "auto" else int(d.channels), d.image_size, d.image_size)
     if d.dataset == "omniglot":
@@ -420,7 +427,7 @@ def check_data(config: RunConfig) -> None:
             if d.episodes == "fixed" and "train" in src.splits:
                 check_split_dataset(src, k_shot=d.k_shot, n_query=d.n_query)
         return
-    if d.dataset in (*REGRESSION_FAMILIES, "omniglot"):
+    if d.dataset in (*TASK_FAMILIES, "omniglot"):
         return
     from metafit.data.sources import check_split_dataset
 
@@ -446,6 +453,23 @@ def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[Tas
         from metafit.data.gp import GPTasks
 
         return GPTasks(d.dataset[3:], tasks_per_batch=d.tasks_per_batch, generator=generator)
+    if d.dataset == "tabular-prior":
+        from metafit.data.gp import TabularPriorTasks
+
+        def prior(n_way: int) -> TabularPriorTasks:
+            return TabularPriorTasks(
+                n_features=d.n_features,
+                n_way=n_way,
+                k_shot=d.k_shot,
+                n_query=d.n_query,
+                min_features=d.n_features_min,
+                tasks_per_batch=d.tasks_per_batch,
+                generator=generator,
+            )
+
+        if d.n_way_min is not None:
+            return VariableShot({n: prior(n) for n in range(d.n_way_min, d.n_way + 1)}, generator)
+        return prior(d.n_way)
     if d.dataset == "sinusoid":
         if d.k_shot_max is not None:
             return VariableShot(
@@ -474,6 +498,16 @@ def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[Tas
                     dataset, d.n_way, k, d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator
                 )
                 for k in range(d.k_shot, d.k_shot_max + 1)
+            },
+            generator,
+        )
+    if d.n_way_min is not None:
+        return VariableShot(
+            {
+                n: EpisodeSampler(
+                    dataset, n, d.k_shot, d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator
+                )
+                for n in range(d.n_way_min, d.n_way + 1)
             },
             generator,
         )
@@ -507,10 +541,11 @@ def _metadataset_batches(config: RunConfig, generator: torch.Generator) -> Itera
 
 
 class VariableShot:
-    """Meta-batches whose shot is drawn per batch uniformly from the samplers' keys (one generator).
+    """Meta-batches whose shot (or way) is drawn per batch uniformly from the samplers' keys (one generator).
 
-    A CNP is trained this way for variable context sizes (Garnelo et al. 2018); every sampler
-    draws from the same generator, so the stream is a function of its state alone.
+    A CNP is trained this way for variable context sizes (Garnelo et al. 2018), and a learner
+    that takes any number of classes for variable ways (``data.n_way_min``); every sampler draws
+    from the same generator, so the stream is a function of its state alone.
     """
 
     def __init__(self, samplers: dict[int, Any], generator: torch.Generator) -> None:
@@ -550,6 +585,23 @@ def eval_tasks(
 
         return gp_eval_tasks(d.dataset[3:], n_tasks, seed=seed)
     n_way = n_way or d.eval_n_way or d.n_way
+    if d.dataset == "tabular-prior":
+        from metafit.data.gp import TabularPriorTasks, standardise_tasks
+
+        if dataset is not None:  # a real table (zero-padded to n_features): standardised as the prior's tasks
+            from metafit.data.sampling import fixed_episodes
+
+            tasks = fixed_episodes(dataset, n_way, k_shot, n_query or d.eval_n_query or d.n_query, n_tasks, seed=seed)
+            return standardise_tasks(tasks)  # type: ignore[arg-type]
+        prior = TabularPriorTasks(
+            n_features=d.n_features,
+            n_way=n_way,
+            k_shot=k_shot,
+            n_query=n_query or d.eval_n_query or d.n_query,
+            min_features=d.n_features_min,
+            generator=seeding.generator(seed),
+        )
+        return prior.sample_batch(n_tasks)
     spec = _spec(config)
     if spec.head == "fixed" and n_way != d.n_way:
         raise ValueError(
@@ -573,6 +625,15 @@ def preprocessing_info(config: RunConfig) -> dict[str, Any]:
     d = config.data
     if d.dataset in REGRESSION_FAMILIES:
         return {"kind": "scalar", "input_shape": [1]}
+    if d.dataset == "tabular-prior":
+        return {
+            "kind": "tabular-prior",
+            "input_shape": [d.n_features],
+            "n_features": d.n_features,
+            "prior": "metafit.data.gp.TabularPriorTasks (random MLP, ranked into balanced classes)",
+            "standardisation": "per task, each feature by the support rows' mean and sd (standardise_tasks)",
+            "padding": "a table with fewer features is zero-padded to n_features",
+        }
     if d.sources:
         shape = list(input_shape(config))
         return {
@@ -653,10 +714,15 @@ def cross_domain_dataset(
     if ds.example_shape == target:
         conversion["converted"] = "none (same format)"
         return ds, conversion
+    if len(target) == 1 and len(ds.example_shape) == 1 and ds.example_shape[0] < target[0]:
+        width = int(target[0])
+        x = torch.cat([ds.x, ds.x.new_zeros(ds.x.shape[0], width - ds.x.shape[1])], 1)
+        conversion["converted"] = f"{ds.example_shape[0]} features zero-padded to {width}"
+        return LabelledDataset(x, ds.y, ds.class_names, ds.groups), conversion
     if len(target) != 3 or len(ds.example_shape) != 3:
         raise ValueError(
             f"dataset {other!r} has examples of shape {ds.example_shape}, the checkpoint expects {target}: only images "
-            "can be converted (resize, grey/RGB)"
+            "(resize, grey/RGB) and tables with fewer features (zero-padded) can be converted"
         )
     x = convert_images(ds.x, image_size=int(target[1]), channels=int(target[0]))
     conversion["converted"] = (

@@ -58,6 +58,8 @@ __all__ = [
     "sample_hyperparameters",
     "sklearn_table_tasks",
     "split_mask",
+    "standardise_tasks",
+    "support_baseline_logits",
     "support_baselines",
 ]
 
@@ -523,6 +525,31 @@ def _standardise(sx: Tensor, qx: Tensor) -> tuple[Tensor, Tensor]:
     return (sx - mu) / sd, (qx - mu) / sd
 
 
+def standardise_tasks(tasks: TaskBatch) -> TaskBatch:
+    """Each task's features standardised with its SUPPORT rows' mean and sd (inductive: the
+    queries never inform the statistics; a constant feature, e.g. zero padding, keeps sd 1).
+
+    The preprocessing of :class:`TabularPriorTasks` and :func:`sklearn_table_tasks`, for episodes
+    drawn elsewhere (e.g. from a table loaded as a dataset).
+
+    Args:
+        tasks: ``support_x (T, S, F)``, ``query_x (T, Q, F)``.
+
+    Returns:
+        The same batch with standardised ``support_x`` and ``query_x``.
+    """
+    if tasks.support_x.dim() != 3:
+        raise ValueError(
+            f"standardise_tasks needs (T, N, features) inputs, got support_x {tuple(tasks.support_x.shape)}"
+        )
+    mu = tasks.support_x.mean(1, keepdim=True)
+    sd = tasks.support_x.std(1, unbiased=False, keepdim=True)
+    sd = torch.where(sd > 1e-8, sd, torch.ones_like(sd))
+    return TaskBatch(
+        (tasks.support_x - mu) / sd, tasks.support_y, (tasks.query_x - mu) / sd, tasks.query_y, n_way=tasks.n_way
+    )
+
+
 def _split_classes(pools: Sequence[Tensor], k_shot: int, n_query: int, g: torch.Generator) -> tuple[Tensor, ...]:
     """Support/query rows from per-class pools (class c = pools[c]); support shuffled."""
     sx, sy, qx, qy = [], [], [], []
@@ -548,13 +575,18 @@ class TabularPriorTasks:
     ``n_query`` query rows per class come from each class's bin; the features are standardised
     with the support rows' statistics only. TabPFN's prior also samples the architecture, feature
     counts, causal structure and class thresholds; this keeps the core "random features -> random
-    MLP -> thresholds into classes" only.
+    MLP -> thresholds into classes" only, and, with ``min_features``, a per-task feature count:
+    the task uses its first ``d ~ U{min_features, ..., n_features}`` features and the rest are
+    zero, the layout of a table with ``d`` columns zero-padded to ``n_features``
+    (:func:`sklearn_table_tasks`, ``metafit compare --dataset iris``).
 
     Args:
-        n_features: Feature count.
+        n_features: Feature count (width of every task).
         n_way: Classes per task.
         k_shot: Support rows per class.
         n_query: Query rows per class.
+        min_features: Smallest per-task count of real features (``None``: every task uses all
+            ``n_features``).
         hidden: Hidden width of the random MLP.
         depth: Hidden layers of the random MLP.
         noise_std: Noise on every hidden activation.
@@ -568,6 +600,7 @@ class TabularPriorTasks:
     n_way: int = 3
     k_shot: int = 5
     n_query: int = 15
+    min_features: int | None = None
     hidden: int = 16
     depth: int = 2
     noise_std: float = 0.1
@@ -591,6 +624,10 @@ class TabularPriorTasks:
             _check_int(name, getattr(self, name), minimum)
         if not self.noise_std >= 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std!r}")
+        if self.min_features is not None:
+            _check_int("min_features", self.min_features, 1)
+            if self.min_features > self.n_features:
+                raise ValueError(f"min_features must be <= n_features={self.n_features}, got {self.min_features}")
 
     def sample_task(self) -> Task:
         """One task: ``support_x (n_way * k_shot, n_features)``, ``query_x (n_way * n_query, n_features)``."""
@@ -598,7 +635,10 @@ class TabularPriorTasks:
         assert g is not None
         per = self.k_shot + self.n_query
         n = self.n_way * per * self.pool_factor
-        x = torch.randn(n, self.n_features, generator=g, dtype=torch.float64)
+        d = self.n_features
+        if self.min_features is not None:
+            d = int(torch.randint(self.min_features, self.n_features + 1, (1,), generator=g))
+        x = torch.randn(n, d, generator=g, dtype=torch.float64)
         h = x
         for _ in range(self.depth):
             w = torch.randn(h.shape[1], self.hidden, generator=g, dtype=torch.float64) / math.sqrt(h.shape[1])
@@ -613,6 +653,9 @@ class TabularPriorTasks:
             pools[int(classes[b])] = x[order[b * m : (b + 1) * m]]
         sx, sy, qx, qy = _split_classes(pools, self.k_shot, self.n_query, g)
         sx, qx = _standardise(sx, qx)
+        if d < self.n_features:
+            sx = torch.cat([sx, sx.new_zeros(sx.shape[0], self.n_features - d)], 1)
+            qx = torch.cat([qx, qx.new_zeros(qx.shape[0], self.n_features - d)], 1)
         return Task(sx.to(self.dtype), sy, qx.to(self.dtype), qy, n_way=self.n_way)
 
     def sample_batch(self, n_tasks: int | None = None) -> TaskBatch:
@@ -706,6 +749,42 @@ def sklearn_table_tasks(
 BASELINES = ("logistic_regression", "gradient_boosting")
 
 
+def _baseline(method: str, seed: int) -> Any:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    if method == "logistic_regression":
+        return LogisticRegression(max_iter=1000)
+    if method == "gradient_boosting":
+        return HistGradientBoostingClassifier(min_samples_leaf=2, random_state=seed)
+    raise ValueError(f"method must be one of {BASELINES}, got {method!r}")
+
+
+def support_baseline_logits(task: Task, method: str, *, seed: int = 0) -> Tensor:
+    """Log-probabilities of the query rows under a classical classifier fitted on the support rows.
+
+    Args:
+        task: A classification task with ``(N, features)`` inputs whose support holds every class
+            ``0..n_way-1``.
+        method: One of :data:`BASELINES` (see :func:`support_baselines`).
+        seed: Seed of the boosting model.
+
+    Returns:
+        ``(Q, n_way)`` float64 log-probabilities (``log`` of ``predict_proba``, floored at 1e-12).
+    """
+    if task.support_x.dim() != 2 or task.support_y.is_floating_point():
+        raise ValueError(
+            f"support baselines need a classification task with (N, features) inputs, got support_x "
+            f"{tuple(task.support_x.shape)} and support_y {task.support_y.dtype}"
+        )
+    n_way = task.n_way or int(task.support_y.max()) + 1
+    model = _baseline(method, seed).fit(task.support_x.double().numpy(), task.support_y.numpy())
+    probs = torch.zeros(task.query_x.shape[0], n_way, dtype=torch.float64)
+    columns = torch.as_tensor(model.classes_, dtype=torch.int64)
+    probs[:, columns] = torch.as_tensor(model.predict_proba(task.query_x.double().numpy()), dtype=torch.float64)
+    return probs.clamp_min(1e-12).log()
+
+
 def support_baselines(task: Task, *, methods: Sequence[str] = BASELINES, seed: int = 0) -> dict[str, float]:
     """Query accuracy of classical classifiers fitted on the task's support rows only.
 
@@ -722,21 +801,8 @@ def support_baselines(task: Task, *, methods: Sequence[str] = BASELINES, seed: i
     Returns:
         ``{name: accuracy}``.
     """
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.linear_model import LogisticRegression
-
     unknown = [m for m in methods if m not in BASELINES]
     if unknown:
         raise ValueError(f"methods must be among {BASELINES}, got {unknown}")
-    if task.support_x.dim() != 2 or task.support_y.is_floating_point():
-        raise ValueError(
-            f"support_baselines needs a classification task with (N, features) inputs, got support_x "
-            f"{tuple(task.support_x.shape)} and support_y {task.support_y.dtype}"
-        )
-    sx, sy = task.support_x.double().numpy(), task.support_y.numpy()
-    qx, qy = task.query_x.double().numpy(), task.query_y.numpy()
-    makers = {
-        "logistic_regression": lambda: LogisticRegression(max_iter=1000),
-        "gradient_boosting": lambda: HistGradientBoostingClassifier(min_samples_leaf=2, random_state=seed),
-    }
-    return {k: float((makers[k]().fit(sx, sy).predict(qx) == qy).mean()) for k in methods}
+    qy = task.query_y
+    return {k: float((support_baseline_logits(task, k, seed=seed).argmax(-1) == qy).double().mean()) for k in methods}

@@ -68,6 +68,7 @@ from metafit.data.datasets import LabelledDataset
 __all__ = [
     "load_image_files",
     "BUILTIN_DATASETS",
+    "SKLEARN_TABLES",
     "FASHION_MNIST_CLASSES",
     "KANJI_SPLIT_SIZES",
     "SPLIT_NAMES",
@@ -82,6 +83,7 @@ __all__ = [
     "load_array_dataset",
     "load_fashion_mnist",
     "load_image_folder_dataset",
+    "load_sklearn_table",
     "load_kuzushiji_kanji",
     "load_omniglot_dataset",
     "load_sklearn_digits",
@@ -103,7 +105,14 @@ BUILTIN_DATASETS = {
     "kkanji": "kuzushiji-kanji",
     "digits": "digits",
     "sklearn-digits": "digits",
+    "iris": "iris",
+    "wine": "wine",
+    "breast-cancer": "breast-cancer",
+    "breast_cancer": "breast-cancer",
+    "digits-table": "digits-table",
+    "digits_table": "digits-table",
 }
+SKLEARN_TABLES = ("iris", "wine", "breast-cancer", "digits-table")  # real tables shipped with scikit-learn
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -1314,6 +1323,43 @@ def load_sklearn_digits(*, image_size: int = 8) -> SplitDataset:
     return SplitDataset(name="digits", splits={"test": test}, preprocessing=prep)
 
 
+def load_sklearn_table(name: str) -> SplitDataset:
+    """A real table shipped with scikit-learn (no download) as a TEST domain of feature vectors.
+
+    ``"iris"`` (150 rows x 4 features, 3 classes), ``"wine"`` (178 x 13, 3), ``"breast-cancer"``
+    (569 x 30, 2) and ``"digits-table"`` (the 1,797 8x8 digits as 64 raw pixel values 0..16, 10
+    classes). The raw feature values are kept (float32, no scaling): few-shot episodes are
+    standardised with their own support rows (:func:`metafit.data.gp.standardise_tasks`). All
+    classes are in ``"test"``: these tables test a learner trained elsewhere (e.g. on
+    :class:`metafit.data.gp.TabularPriorTasks`).
+    """
+    from sklearn import datasets
+
+    loaders = {
+        "iris": datasets.load_iris,
+        "wine": datasets.load_wine,
+        "breast-cancer": datasets.load_breast_cancer,
+        "digits-table": datasets.load_digits,
+    }
+    key = BUILTIN_DATASETS.get(str(name).lower())
+    if key not in loaders:
+        raise ValueError(f"name must be one of {SKLEARN_TABLES}, got {name!r}")
+    bunch = loaders[key]()
+    x = torch.as_tensor(np.asarray(bunch.data, dtype=np.float32))
+    test = _labelled(x, np.asarray(bunch.target, dtype=np.int64))
+    names = [str(n) for n in getattr(bunch, "target_names", [])]
+    if len(names) == test.num_classes:
+        test = LabelledDataset(test.x, test.y, tuple(names), test.groups)
+    prep = {
+        "kind": "table",
+        "source": f"sklearn.datasets.load_{'breast_cancer' if key == 'breast-cancer' else key.split('-')[0]}",
+        "features": int(x.shape[1]),
+        "scaling": "none (raw values); episodes are standardised with their support rows",
+        "class_split": {"rule": f"test domain: all {test.num_classes} classes in 'test'"},
+    }
+    return SplitDataset(name=key, splits={"test": test}, preprocessing=prep)
+
+
 def download_sklearn_digits() -> str:
     """Nothing to download: the digits ship inside scikit-learn (no network needed).
 
@@ -1412,6 +1458,8 @@ def resolve_dataset(
         return load_kuzushiji_kanji(root, image_size=image_size or 28, seed=seed, cache_dir=cache_dir)
     if key == "digits":
         return load_sklearn_digits(image_size=image_size or 8)
+    if key in SKLEARN_TABLES:
+        return load_sklearn_table(key)
     p = Path(name).expanduser()
     if not p.exists():
         raise ValueError(
