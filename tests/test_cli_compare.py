@@ -121,6 +121,9 @@ def test_trained_beats_untrained_and_seeds_are_grouped(
     assert "seeds" in s and any(g["n_seeds"] == 2 for g in s["seeds"]["groups"])
     assert "nearest centroid (raw inputs)" in s["scores"]
     assert dest.with_suffix(".md").is_file() and list(tmp_path.glob("cmp_reliability_3w1s_*.png"))
+    prov = out["provenance"]
+    assert prov["command"].startswith("metafit compare ") and "--out" in prov["command"]
+    assert {"commit", "date", "cpu", "cores", "threads", "torch", "python"} <= set(prov)
     # each run's steps and training minutes (from its checkpoint) head the report
     assert out["runs"]["trained-s0"]["step"] == 60 and out["runs"]["untrained"]["step"] == 0
     assert out["runs"]["trained-s0"]["train_minutes"] > 0 and out["runs"]["untrained"]["train_minutes"] == 0

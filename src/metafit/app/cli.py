@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -299,8 +300,10 @@ def _setting(text: str) -> tuple[int, int]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from metafit.app.compare import compare, compare_markdown
+    from metafit.app.provenance import provenance
     from metafit.checkpoint import atomic_write_bytes
 
+    started = time.time()
     _check_flags(args, {"--episodes": 1, "--n-query": 1, "--seed": 0}, [])
     if args.imbalanced_query is not None and not args.imbalanced_query > 0:
         raise ValueError(f"--imbalanced-query must be a Dirichlet concentration > 0, got {args.imbalanced_query}")
@@ -320,6 +323,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         test=args.test,
         temperature=args.temperature_scale,
     )
+    out = {"provenance": provenance(getattr(args, "argv", []), started=started), **out}
     md = compare_markdown(out)
     if args.out:
         p = Path(args.out)
