@@ -38,6 +38,7 @@ __all__ = [
     "RunConfig",
     "DATASETS",
     "CLASSIFICATION_FAMILIES",
+    "IMAGE_COMPLETION",
     "REGRESSION_FAMILIES",
     "TASK_FAMILIES",
     "ARCHS",
@@ -51,7 +52,8 @@ __all__ = [
 ]
 
 #: Regression task families (generated, no data files): MAML's sinusoids and 1-D Gaussian processes.
-REGRESSION_FAMILIES = ("sinusoid", "gp-rbf", "gp-matern52", "gp-periodic")
+IMAGE_COMPLETION = ("completion-omniglot", "completion-fashion-mnist")  # pixels as points (x: row, col)
+REGRESSION_FAMILIES = ("sinusoid", "gp-rbf", "gp-matern52", "gp-periodic", *IMAGE_COMPLETION)
 CLASSIFICATION_FAMILIES = ("tabular-prior",)  # synthetic classification task families (no stored data)
 TASK_FAMILIES = (*REGRESSION_FAMILIES, *CLASSIFICATION_FAMILIES)
 DATASETS = (*TASK_FAMILIES, "omniglot", "fashion-mnist", "kuzushiji-kanji", "digits")  # built-ins; also a path
@@ -101,6 +103,10 @@ class DataConfig:
         dataset: ``"sinusoid"`` (MAML §5.1 regression), ``"gp-rbf"`` / ``"gp-matern52"`` /
             ``"gp-periodic"`` (1-D Gaussian-process regression, the NP benchmark; its held-out tasks
             have per-task context sizes, for learners with a padding mask: ``anp``, ``tnp``),
+            ``"completion-omniglot"`` / ``"completion-fashion-mnist"`` (image completion, the NP
+            image benchmark: a task is one image of the split, ``x`` a pixel's (row, column) in
+            ``[-1, 1]^2``, ``y`` its intensity; the context is ``k_shot..k_shot_max`` random pixels,
+            the targets every pixel; :class:`metafit.data.gp.ImageCompletionTasks`),
             ``"tabular-prior"`` (few-shot tabular classification tasks from a random-MLP prior,
             :class:`metafit.data.gp.TabularPriorTasks`, ``n_features`` wide; evaluate on real tables
             with ``metafit compare RUN --dataset iris``), a built-in classification dataset

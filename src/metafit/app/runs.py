@@ -43,7 +43,7 @@ from metafit import callbacks as cbk
 from metafit import seeding
 from metafit.algorithms.base import Algorithm, MetaParams, flat_meta_params
 from metafit.algorithms.registry import build_learner
-from metafit.app.config import REGRESSION_FAMILIES, TASK_FAMILIES, RunConfig, config_diff
+from metafit.app.config import IMAGE_COMPLETION, REGRESSION_FAMILIES, TASK_FAMILIES, RunConfig, config_diff
 from metafit.checkpoint import (
     Checkpoint,
     atomic_write_bytes,
@@ -160,6 +160,7 @@ def build_model(config: RunConfig, shape: Sequence[int] | None = None) -> nn.Mod
     m = config.model
     shape = tuple(input_shape(config) if shape is None else shape)
     network = _entry(config).network
+    x_dim = 2 if config.data.dataset in IMAGE_COMPLETION else 1  # regression: a pixel's (row, column) or x
     if network == "cnp":
         return seeding.seeded(config.train.seed, lambda: _build_cnp(config))
     if network == "np":
@@ -169,7 +170,7 @@ def build_model(config: RunConfig, shape: Sequence[int] | None = None) -> nn.Mod
             config.train.seed,
             lambda: build_np_network(
                 _entry(config).np_kind or config.algo.name,
-                x_dim=1,
+                x_dim=x_dim,
                 y_dim=1,
                 d_model=m.d_model,
                 n_heads=m.n_heads,
@@ -204,7 +205,7 @@ def build_model(config: RunConfig, shape: Sequence[int] | None = None) -> nn.Mod
     fixed = _spec(config).head == "fixed"
     if config.resolved_arch == "mlp":
         if config.data.dataset in REGRESSION_FAMILIES:
-            return seeding.seeded(config.train.seed, lambda: MLP(1, m.hidden, 1))
+            return seeding.seeded(config.train.seed, lambda: MLP(x_dim, m.hidden, 1))
         if len(shape) != 1:
             raise ValueError(
                 f"model.arch='mlp' needs flat examples (tables, arrays of vectors), got example shape {shape}"
@@ -233,7 +234,7 @@ def _build_cnp(config: RunConfig) -> nn.Module:
     m = config.model
     if config.resolved_arch == "mlp":
         return CNPRegressor(
-            1,
+            2 if config.data.dataset in IMAGE_COMPLETION else 1,
             1,
             r_dim=m.r_dim,
             encoder_hidden=(m.r_dim,) * 3,
@@ -387,6 +388,41 @@ def _dataset(config: RunConfig, split: str) -> Any:
     return src.split(split)
 
 
+def _completion_images(config: RunConfig, split: str) -> Any:
+    """The images of ``split`` behind an image-completion family (``completion-<dataset>``)."""
+    d = config.data
+    base = d.dataset.removeprefix("completion-")
+    if base == "omniglot":
+        if split == "trainval":
+            return _concat([_omniglot(config, "train"), _omniglot(config, "val")])
+        return _omniglot(config, split)
+    from metafit.data.sources import resolve_dataset
+
+    root = d.data_root or os.environ.get("METAFIT_DATA")
+    key = (base, root, d.image_size, "completion")
+    if key not in _SOURCES:
+        _SOURCES[key] = resolve_dataset(base, root=root, image_size=d.image_size, cache_dir=d.cache_dir)
+    src = _SOURCES[key]
+    if split == "trainval":
+        parts = [src.splits[k] for k in ("train", "val") if k in src.splits]
+        return parts[0] if len(parts) == 1 else _concat(parts)
+    return src.split(split)
+
+
+def _completion_tasks(
+    config: RunConfig, split: str, generator: torch.Generator, n_tasks: int, k: int, k_max: int
+) -> Any:
+    from metafit.data.gp import ImageCompletionTasks
+
+    return ImageCompletionTasks(
+        dataset=_completion_images(config, split),
+        generator=generator,
+        tasks_per_batch=n_tasks,
+        min_context=k,
+        max_context=k_max,
+    )
+
+
 def _concat(parts: Sequence[Any]) -> Any:
     """The classes of several LabelledDatasets as one (class ids offset in order)."""
     from metafit.data.datasets import LabelledDataset
@@ -404,6 +440,8 @@ def _concat(parts: Sequence[Any]) -> Any:
 def input_shape(config: RunConfig) -> tuple[int, ...]:
     """Per-example model input shape of the run's data."""
     d = config.data
+    if d.dataset in IMAGE_COMPLETION:
+        return (2,)
     if d.dataset in REGRESSION_FAMILIES:
         return (1,)
     if d.dataset == "tabular-prior":
@@ -449,6 +487,10 @@ def check_data(config: RunConfig) -> None:
 def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[TaskBatch]:
     """Endless meta-training batches drawn from ``generator`` only (lazily, one per step)."""
     d = config.data
+    if d.dataset in IMAGE_COMPLETION:  # context k_shot..k_shot_max pixels, targets every pixel
+        return _completion_tasks(
+            config, d.train_split, generator, d.tasks_per_batch, d.k_shot, d.k_shot_max or d.k_shot
+        )
     if d.dataset.startswith("gp-"):
         from metafit.data.gp import GPTasks
 
@@ -580,6 +622,8 @@ def eval_tasks(
     seed = d.eval_seed if seed is None else seed
     if d.dataset == "sinusoid":
         return sinusoid_eval_tasks(n_tasks, k_shot, n_query or d.eval_n_query or 100, seed=seed)
+    if d.dataset in IMAGE_COMPLETION:  # held-out images, k_shot context pixels, every pixel a target
+        return _completion_tasks(config, split, seeding.generator(seed), n_tasks, k_shot, k_shot).sample_batch()
     if d.dataset.startswith("gp-"):  # per-task context sizes, padded with a mask column (the GP protocol)
         from metafit.data.gp import gp_eval_tasks
 
@@ -623,6 +667,15 @@ def eval_tasks(
 def preprocessing_info(config: RunConfig) -> dict[str, Any]:
     """How raw inputs must be turned into model inputs (recorded in every checkpoint)."""
     d = config.data
+    if d.dataset in IMAGE_COMPLETION:
+        return {
+            "kind": "image-completion",
+            "input_shape": [2],
+            "images": d.dataset.removeprefix("completion-"),
+            "image_size": d.image_size,
+            "x": "a pixel's (row, column) scaled to [-1, 1]^2 (metafit.data.gp.pixel_coordinates)",
+            "y": "the pixel's intensity as stored (0..1)",
+        }
     if d.dataset in REGRESSION_FAMILIES:
         return {"kind": "scalar", "input_shape": [1]}
     if d.dataset == "tabular-prior":
