@@ -19,7 +19,8 @@ Sources
       encoded with the categories seen in the TRAIN classes (:func:`apply_table_preprocessing`).
     * Built-ins, offline from a data root: :func:`load_fashion_mnist` (a test domain),
       :func:`load_kuzushiji_kanji` (720/180/180 classes), :func:`load_sklearn_digits` (a test
-      domain) and Omniglot (:func:`metafit.data.omniglot.omniglot_split`).
+      domain), the scikit-learn tables (:func:`load_sklearn_table`, test domains) and Omniglot
+      (:func:`metafit.data.omniglot.omniglot_split`).
     * :func:`resolve_dataset` maps a name or a path to one of the above.
 
 Image conventions (the same as :mod:`metafit.data.omniglot`, so that cross-domain evaluation
@@ -1426,7 +1427,8 @@ def resolve_dataset(
 
     Names (``BUILTIN_DATASETS``): ``omniglot`` (:func:`load_omniglot_dataset`), ``fashion-mnist``
     (:func:`load_fashion_mnist`), ``kuzushiji-kanji`` / ``kanji`` (:func:`load_kuzushiji_kanji`),
-    ``digits`` (:func:`load_sklearn_digits`); they read ``root`` (default ``$METAFIT_DATA``).
+    ``digits`` (:func:`load_sklearn_digits`), the tables ``iris``, ``wine``, ``breast-cancer`` and
+    ``digits-table`` (:func:`load_sklearn_table`); they read ``root`` (default ``$METAFIT_DATA``).
     Paths: a folder holding ``dataset_spec.json`` (Meta-Dataset records,
     :func:`metafit.data.metadataset.load_metadataset_source`), any other folder (images,
     :func:`load_image_folder_dataset`), ``.csv``/``.parquet`` (:func:`load_table_dataset`, needs
