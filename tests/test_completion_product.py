@@ -60,7 +60,9 @@ def test_train_and_eval_a_neural_process_on_image_completion(tmp_path: Path) -> 
     run = tmp_path / "run"
     assert main(["train", str(cfg), "--run-dir", str(run), "--quiet"]) == 0
     assert main(["eval", str(run), "--k-shot", "10", "30", "--episodes", "3", "--out", str(tmp_path / "e.json")]) == 0
-    res = json.loads((tmp_path / "e.json").read_text())["results"]
+    out = json.loads((tmp_path / "e.json").read_text())
+    assert out["provenance"]["command"].startswith("metafit eval ")
+    res = out["results"]
     assert [r["k_shot"] for r in res] == [10, 30]
     for r in res:
         assert {"nll", "mse", "coverage_90"} <= set(r["metrics"]) and r["metrics"]["nll"]["n"] == 3

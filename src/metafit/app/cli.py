@@ -221,9 +221,11 @@ def _check_flags(args: argparse.Namespace, ints: dict[str, int], floats: Sequenc
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from metafit.app.provenance import provenance
     from metafit.app.runs import eval_markdown, evaluate_checkpoint
     from metafit.checkpoint import atomic_write_bytes
 
+    started = time.time()
     _check_flags(
         args,
         {"--inner-steps": 0, "--episodes": 1, "--n-way": 2, "--k-shot": 1, "--n-query": 1, "--seed": 0},
@@ -270,6 +272,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         label_column=args.label_column,
         test_rotations=args.test_rotations,
     )
+    out = {"provenance": provenance(getattr(args, "argv", []), started=started), **out}
     target = Path(args.target)
     default = (target if target.is_dir() else target.parent.parent) / "eval_cli.json"
     out_path = Path(args.out) if args.out else default
