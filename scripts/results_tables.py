@@ -805,6 +805,35 @@ def r_tabular(ds: list[Json]) -> tuple[list[str], Rows]:
     ], rows
 
 
+def r_completion(ds: list[Json]) -> tuple[list[str], Rows]:
+    """``metafit eval RUN --k-shot ...`` of image-completion runs: one JSON per learner, the same
+    held-out images and context pixels for each; every pixel of the image is a target."""
+    rows = []
+    for d in ds:
+        for r in d["results"]:
+            m = r["metrics"]
+            rows.append(
+                [
+                    r["algo"],
+                    str(r["k_shot"]),
+                    pm(m["nll"]["mean"], m["nll"]["ci95"], 3),
+                    pm(-m["nll"]["mean"], m["nll"]["ci95"], 3),
+                    pm(m["mse"]["mean"], m["mse"]["ci95"], 4),
+                    f"{m['coverage_90']['mean']:.3f}",
+                    f"{d['step']:,}",
+                ]
+            )
+    return [
+        "learner",
+        "context pixels",
+        "NLL per target pixel",
+        "log-likelihood per pixel",
+        "MSE",
+        "90% interval coverage",
+        "training steps",
+    ], rows
+
+
 def r_learner_targets(ds: list[Json]) -> tuple[list[str], Rows]:
     """The Omniglot targets of the learners issue, from the all-learner comparisons, the long
     Meta-SGD comparison and its monitor curve."""

@@ -86,8 +86,18 @@ def test_non_finite_values_are_refused_when_a_task_is_built(where: str) -> None:
 def test_non_finite_values_are_refused_when_a_dataset_is_built() -> None:
     x = torch.zeros(4, 2)
     x[2, 1] = float("inf")
-    with pytest.raises(ValueError, match=r"^x contains 1 non-finite value\(s\) \(NaN or inf\); expected none$"):
+    with pytest.raises(
+        ValueError, match=r"^x contains 1 non-finite value\(s\) \(NaN or inf; the first in row 2\); expected none$"
+    ):
         LabelledDataset(x, torch.tensor([0, 0, 1, 1]), ("a", "b"))
+    # checked block by block (a bounded buffer for memory-mapped data): the count spans blocks
+    y = torch.arange(10) % 2
+    big = torch.zeros(10, 3)
+    big[1, 0] = big[7, 2] = float("nan")
+    ds = LabelledDataset(torch.zeros(10, 3), y, ("a", "b"))
+    object.__setattr__(ds, "x", big)
+    with pytest.raises(ValueError, match=r"^x contains 2 non-finite value\(s\) \(NaN or inf; the first in row 1\)"):
+        ds.check_finite(chunk_elements=6)  # two rows per block
 
 
 def test_evaluate_refuses_tasks_changed_in_place_to_hold_nan(sine) -> None:
