@@ -115,6 +115,11 @@ def test_cli_refuses_existing_run_unless_resume_or_force(tmp_path: Path, capsys:
     assert json.loads((run / "config.json").read_text())["train"]["seed"] == 5
     # --resume without a config file continues the saved run (nothing left to do here).
     assert main(["train", "--run-dir", str(run), "--resume", "--quiet"]) == 0
+    # each invocation since the last --force is recorded with its command, commit and machine
+    calls = json.loads((run / "provenance.json").read_text())["invocations"]
+    assert len(calls) == 2 and "--force" in calls[0]["command"] and "--resume" in calls[1]["command"]
+    assert calls[0]["command"].startswith("metafit train ") and calls[1]["final_step"] == after.step
+    assert {"commit", "started", "date", "cpu", "threads", "torch"} <= set(calls[1])
 
 
 @pytest.mark.parametrize(

@@ -169,6 +169,20 @@ def _drop_seeds(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def _record_invocation(run_dir: Path, argv: Sequence[str], started: float, step: int) -> None:
+    """Appends this command's provenance to ``<run>/provenance.json`` (a resumed run lists each invocation)."""
+    from metafit.app.provenance import provenance
+    from metafit.checkpoint import atomic_write_bytes
+
+    path = run_dir / "provenance.json"
+    try:
+        done = json.loads(path.read_text())["invocations"] if path.is_file() else []
+    except (OSError, ValueError, KeyError, TypeError):
+        done = []
+    done.append({**provenance(argv, started=started), "final_step": step})
+    atomic_write_bytes(path, (json.dumps({"invocations": done}, indent=1) + "\n").encode())
+
+
 def _train_one(args: argparse.Namespace) -> int:
     from metafit.app.runs import apply_process_settings, eval_markdown, train
 
@@ -186,6 +200,7 @@ def _train_one(args: argparse.Namespace) -> int:
         from metafit.distributed import cleanup, init_from_env
 
         init_from_env(timeout=config.train.dist_timeout)  # launched by torchrun: join its process group
+    started = time.time()
     try:
         result = train(config, run_dir, resume=args.resume, force=args.force, progress=not args.quiet)
     finally:
@@ -193,6 +208,7 @@ def _train_one(args: argparse.Namespace) -> int:
             cleanup()
     if under_torchrun and int(os.environ.get("RANK", "0")) != 0:
         return 0
+    _record_invocation(Path(result.run_dir), args.argv, started, result.step)
     if not args.quiet:
         _out(f"run folder: {result.run_dir}  (step {result.step}, engine path {result.path})")
         if result.last_checkpoint:

@@ -106,7 +106,7 @@ RESUMABLE_FIELDS = frozenset(
         "name",
     }
 )
-_OUTPUTS = ("config.json", "metrics.jsonl", "checkpoints", "eval.json", "plots", "tensorboard")
+_OUTPUTS = ("config.json", "metrics.jsonl", "checkpoints", "eval.json", "plots", "tensorboard", "provenance.json")
 
 
 class RunError(RuntimeError):
