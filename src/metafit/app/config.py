@@ -411,6 +411,12 @@ class TrainConfig:
         dist_timeout: Seconds before a collective of a multi-process run fails (a hung rank).
         init_from: A trained run folder (or checkpoint) whose ``"model"`` parameters start this run
             (e.g. Meta-Baseline from a ``pretrain`` run); names and shapes must match.
+        distill_from: A trained ``pretrain`` run of the same architecture and classes to distil
+            from (RFS-distill, :class:`metafit.algorithms.distill.SelfDistill`; ``algo.name`` must
+            be ``"pretrain"``): the loss mixes the labels' cross-entropy (weight
+            ``1 - distill_weight``) and the distillation term (weight ``distill_weight``).
+        distill_weight: Weight of the distillation term, in ``[0, 1]`` (RFS: 0.5).
+        distill_temperature: Distillation temperature (RFS: 4).
 
     ``num_threads``, ``keep_freed_memory`` and ``deterministic`` are process-wide settings: the
     program that owns the process applies them (``metafit train`` does, with
@@ -439,11 +445,20 @@ class TrainConfig:
     tensorboard: bool = False
     dist_timeout: float = 300.0
     init_from: str | None = None
+    distill_from: str | None = None
+    distill_weight: float = 0.5
+    distill_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         s = "train"
-        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
-            _fail(s, "init_from", "a run folder or checkpoint path, or null", self.init_from)
+        for name in ("init_from", "distill_from"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, str) or not v):
+                _fail(s, name, "a run folder or checkpoint path, or null", v)
+        w = self.distill_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
+            _fail(s, "distill_weight", "a number in [0, 1]", w)
+        _check_pos_float(s, "distill_temperature", self.distill_temperature)
         _check_pos_float(s, "max_minutes", self.max_minutes, allow_none=True)
         for name in ("eval_every_seconds", "monitor_every_seconds"):
             v = getattr(self, name)
@@ -521,6 +536,8 @@ class RunConfig:
             _fail("algo", "name", "a masked neural process (anp, tnp, npcnp) for the padded GP tasks", self.algo.name)
         if regression and arch != "mlp":
             _fail("model", "arch", f"'mlp' or 'auto' for data.dataset={self.data.dataset!r}", self.model.arch)
+        if self.train.distill_from is not None and self.algo.name != "pretrain":
+            _fail("algo", "name", "'pretrain' when train.distill_from is set (RFS-distill)", self.algo.name)
         if self.data.dataset in CLASSIFICATION_FAMILIES and arch != "mlp":
             _fail("model", "arch", f"'mlp' or 'auto' for data.dataset={self.data.dataset!r}", self.model.arch)
         if self.data.n_way_min is not None and not regression:

@@ -998,7 +998,26 @@ def train(
 
     model = build_model(config)
     algorithm = build_algorithm(config)
-    meta_params = algorithm.init(model, generator=seeding.generator(t.seed))
+    if t.distill_from is not None:  # RFS-distill: the run is a pretrain run; only its training loss changes
+        from metafit.algorithms.distill import SelfDistill
+
+        teacher = load_trained(t.distill_from)
+        try:
+            algorithm = SelfDistill(
+                algorithm,  # type: ignore[arg-type]
+                teacher.meta_params,
+                ce_weight=1.0 - t.distill_weight,
+                kd_weight=t.distill_weight,
+                temperature=t.distill_temperature,
+            )
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"train.distill_from={t.distill_from}: {e}") from None
+    try:
+        meta_params = algorithm.init(model, generator=seeding.generator(t.seed))
+    except ValueError as e:
+        if t.distill_from is None:
+            raise
+        raise ValueError(f"train.distill_from={t.distill_from}: {e}") from None
     if t.init_from is not None:
         from metafit.algorithms.warm_start import init_from
 

@@ -88,6 +88,7 @@ class MLP(nn.Module):
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(prev, out_features)
         self.input_shape = (in_features,)
+        self.feature_dim = out_features  # as an embedding network (metric learners, pretraining)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
