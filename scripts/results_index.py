@@ -48,6 +48,17 @@ def pm(m: float, c: float) -> str:
 def holds(d: Json) -> str:
     """One line on what a benchmark JSON holds."""
     kind = d.get("benchmark", "?")
+    if kind == "?" and "settings" in d and "runs" in d:  # a `metafit compare --out` file
+        kind = "compare"
+    if kind == "?" and "results" in d and "checkpoint" in d:  # a `metafit eval --out` file
+        r0 = d["results"][0]
+        shots = ", ".join(str(r["k_shot"]) for r in d["results"])
+        return (
+            f"metafit eval: {r0['algo']} on {r0['dataset']}, k_shot {shots}, {r0['episodes']} held-out tasks each, "
+            f"step {d['step']:,}"
+        )
+    if kind == "monitor_curve":
+        return f"monitor curve of {d['run']}: {len(d['rows'])} points, final {d['final']}"
     if kind == "sinusoid":
         algos = sorted({r["algo"] for r in d["runs"]})
         ks = sorted({r["k_train"] for r in d["runs"]})
@@ -108,9 +119,11 @@ def holds(d: Json) -> str:
         )
     if kind == "compare":
         st = d["settings"][0]
+        ds = st.get("dataset")
+        where = ds if isinstance(ds, str) else (ds or {}).get("dataset", "")
         return (
             f"metafit compare: {len(d['runs'])} runs on {st['episodes']} fixed {st['n_way']}-way {st['k_shot']}-shot "
-            f"episodes, {st['protocol']} protocol, paired tests, seed groups, calibration"
+            f"episodes{', ' + where if where else ''}, {st['protocol']} protocol, paired tests, seed groups, calibration"
         )
     if kind == "data_path":
         return (
