@@ -136,5 +136,14 @@ def test_a_prior_run_is_scored_on_a_real_table_beside_the_classical_baselines(tm
     assert {"run", "logistic regression (support rows)", "gradient boosting (support rows)"} <= names
     lr = s["scores"]["logistic regression (support rows)"]["per_episode"]
     assert len(lr) == 20 and sum(lr) / 20 > 0.7  # iris is easy for a linear model at 5 shots
+    # a temperature is fitted on fresh prior tasks (never on the table)
+    out_t = tmp_path / "iris_t.json"
+    code = main(
+        ["compare", str(run), "--dataset", "iris", "--setting", "3:5", "--n-query", "5", "--episodes", "10"]
+        + ["--temperature-scale", "--out", str(out_t)]
+    )
+    assert code == 0
+    t = json.loads(out_t.read_text())["settings"][0]["scores"]["run"]["temperature"]
+    assert t["temperature"] > 0 and "nll" in t
     # metafit eval on the same table scores the same standardised, padded episodes
     assert main(["eval", str(run), "--dataset", "iris", "--n-way", "3", "--k-shot", "5", "--episodes", "6"]) == 0

@@ -186,6 +186,14 @@ def _fit_temperature(tr: Any, learner: Any, setting: tuple[int, int], n_query: i
     """``fit_temperature`` on the run's VALIDATION classes (never the test ones), or why it cannot be fitted."""
     from metafit.data import protocols as pr
 
+    if tr.config.data.dataset == "tabular-prior":  # validation = fresh tasks of the training prior, never the table
+        from metafit.app.runs import eval_tasks
+
+        tasks = eval_tasks(
+            tr.config, n_tasks=episodes, n_way=setting[0], k_shot=setting[1], n_query=n_query, seed=seed + 1
+        )
+        logits, labels = query_logits(learner, tr.model, tr.meta_params, tasks, buffers=tr.buffers)
+        return fit_temperature(logits, labels)
     try:
         val = _dataset(tr.config, "val")
     except (ValueError, KeyError) as e:
