@@ -224,3 +224,19 @@ def test_compiled_loss_cache_does_not_keep_models_alive() -> None:
     del model
     gc.collect()
     assert ref() is None
+
+
+def test_frozen_meta_parameters_are_never_stepped() -> None:
+    # requires_grad=False marks a meta-parameter as frozen: parameters_of leaves it out, so the
+    # optimiser (even with decoupled weight decay) never changes it; the others train.
+    model = seeded(0, lambda: MLP(1, (8,), 1))
+    algo = MAML(inner_lr=0.01, criterion="mse")
+    mp = algo.init(model)
+    frozen = mp["model"]["body.0.weight"].requires_grad_(False)
+    before = frozen.detach().clone()
+    others = {k: v.detach().clone() for k, v in mp["model"].items() if k != "body.0.weight"}
+    tr = Trainer(algo, model, meta_params=mp, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.5))
+    assert len(tr.parameters) == len(mp["model"]) - 1 and "model/body.0.weight" not in tr.parameter_names
+    tr.fit(SinusoidTasks(k_shot=5, generator=generator(0)), 3)
+    assert torch.equal(tr.meta_params["model"]["body.0.weight"], before)
+    assert all(not torch.equal(tr.meta_params["model"][k], v) for k, v in others.items())

@@ -78,8 +78,12 @@ class DivergenceError(RuntimeError):
 
 
 def parameters_of(meta_params: MetaParams) -> list[Tensor]:
-    """Every meta-parameter tensor, group by group, in a stable order (for optimisers)."""
-    return [t for g in meta_params for t in meta_params[g].values()]
+    """Every trainable meta-parameter tensor, group by group, in a stable order (for optimisers).
+
+    A tensor with ``requires_grad=False`` is frozen (e.g. a pretrained backbone kept fixed): it
+    is left out, so no optimiser state, gradient or weight decay ever touches it.
+    """
+    return [t for g in meta_params for t in meta_params[g].values() if t.requires_grad]
 
 
 def check_path(algorithm: Algorithm, model: nn.Module, path: Path) -> None:
@@ -522,7 +526,7 @@ class Trainer:
 
     @property
     def parameters(self) -> list[Tensor]:
-        """Every meta-parameter tensor in optimiser order."""
+        """Every trainable meta-parameter tensor in optimiser order (frozen ones left out)."""
         assert self.meta_params is not None
         return parameters_of(self.meta_params)
 
@@ -530,7 +534,7 @@ class Trainer:
     def parameter_names(self) -> list[str]:
         """``"group/name"`` of each tensor of :attr:`parameters`."""
         assert self.meta_params is not None
-        return [f"{g}/{k}" for g, d in self.meta_params.items() for k in d]
+        return [f"{g}/{k}" for g, d in self.meta_params.items() for k, v in d.items() if v.requires_grad]
 
     def request_stop(self, reason: str) -> None:
         """Asks :meth:`fit` to stop after the current step (the first reason is kept)."""

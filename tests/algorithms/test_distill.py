@@ -127,3 +127,48 @@ def test_distill_from_a_pretrain_run_on_the_product_path(tmp_path: Path, capsys:
         )
     with pytest.raises(ValueError, match=r"train.distill_weight must be a number in \[0, 1\], got 1.5"):
         RunConfig.from_dict({"algo": {"name": "pretrain"}, "train": {"distill_weight": 1.5}})
+
+
+def test_an_in_context_classifier_starts_from_a_frozen_pretrained_backbone(tmp_path: Path) -> None:
+    """``train.init_from`` + ``init_prefix = "backbone."`` + ``freeze = ["backbone."]``: the encoder
+    is the pretraining run's network and stays exactly so; the transformer is meta-trained."""
+    from safetensors.torch import load_file
+
+    g = np.random.default_rng(0)
+    y = np.repeat(np.arange(30), 10)
+    x = (g.normal(size=(30, 6))[y] * 3 + g.normal(size=(300, 6))).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    common = ["--dataset", str(tmp_path / "d.npz"), "--quiet", "--set", "data.n_way=3", "--set", "data.k_shot=2"]
+    common += ["--set", "data.n_query=3", "--set", "data.eval_tasks=5", "--set", "model.hidden=[16, 8]"]
+    pre = tmp_path / "pre"
+    assert main(["train", *common, "--algo", "pretrain", "--run-dir", str(pre), "--steps", "10"]) == 0
+    icl = tmp_path / "icl"
+    extra = ["--set", f"train.init_from={pre}", "--set", "train.init_prefix=backbone."]
+    extra += ["--set", 'train.freeze=["backbone."]', "--set", "model.d_model=16", "--set", "model.n_heads=2"]
+    assert main(["train", *common, "--algo", "caml", "--run-dir", str(icl), "--steps", "10", *extra]) == 0
+
+    def tensors(run: Path) -> dict[str, torch.Tensor]:
+        (ck,) = sorted((run / "checkpoints").glob("*.safetensors"))[-1:]
+        return load_file(str(ck))
+
+    a, b = tensors(pre), tensors(icl)
+    backbone = {k: v for k, v in b.items() if "backbone." in k}
+    assert backbone, sorted(b)[:5]
+    for k, v in backbone.items():
+        src = k.replace("backbone.", "", 1)
+        assert src in a and torch.equal(v, a[src]), k  # identical after 10 meta-training steps
+    fresh = tmp_path / "fresh"
+    assert main(["train", *common, "--algo", "caml", "--run-dir", str(fresh), "--steps", "0"]) == 0
+    others = [k for k in b if "backbone." not in k and k.startswith("meta") and "adam" not in k.lower()]
+    assert any(not torch.equal(b[k], tensors(fresh)[k]) for k in others), others[:5]  # the rest trained
+    with pytest.raises(ValueError, match=r"train.freeze entry 'nope.' matches no model parameter"):
+        from metafit.app.runs import train as run_train
+
+        cfg = RunConfig.from_dict(
+            {
+                "data": {"dataset": str(tmp_path / "d.npz"), "n_way": 3, "k_shot": 2, "n_query": 3},
+                "algo": {"name": "protonet"},
+                "train": {"steps": 1, "freeze": ["nope."]},
+            }
+        )
+        run_train(cfg, tmp_path / "bad")

@@ -69,3 +69,15 @@ def test_init_from_refuses_groups_and_unknown_target_group() -> None:
             {"x.a": torch.zeros(1), "y.a": torch.zeros(1)},
             prefix_map={"x.": "", "y.": ""},
         )
+
+
+def test_init_from_only_fills_the_names_under_a_prefix() -> None:
+    target = {"model": {"backbone.w": torch.zeros(2, 3), "backbone.b": torch.zeros(2), "attn.w": torch.full((4,), 5.0)}}
+    src = {"w": torch.ones(2, 3), "b": torch.full((2,), 2.0)}  # a pretraining network, no transformer
+    out = init_from(target, src, prefix_map={"": "backbone."}, only="backbone.")
+    assert float(out["model"]["backbone.w"].detach().sum()) == 6.0 and float(out["model"]["backbone.b"][0]) == 2.0
+    assert torch.equal(out["model"]["attn.w"].detach(), torch.full((4,), 5.0)) and out["model"]["attn.w"].requires_grad
+    with pytest.raises(ValueError, match=r"no parameter of group 'model' starts with only='head.'"):
+        init_from(target, src, only="head.")
+    with pytest.raises(ValueError, match=r"source_params has no parameter 'backbone.w'"):
+        init_from(target, {"b": torch.zeros(2)}, prefix_map={"": "backbone."}, only="backbone.")

@@ -38,6 +38,7 @@ def init_from(
     *,
     prefix_map: Mapping[str, str] | None = None,
     group: str = "model",
+    only: str | None = None,
 ) -> MetaParams:
     """A copy of ``meta_params`` whose group ``group`` holds the tensors of ``source_params``.
 
@@ -47,6 +48,9 @@ def init_from(
         prefix_map: Renames source names before matching: ``{source_prefix: target_prefix}``
             (the longest matching prefix applies), e.g. ``{"backbone.": ""}``.
         group: The target group to fill (``"model"``).
+        only: Fill only the target names starting with this prefix (e.g. ``"backbone."``: the
+            encoder of an in-context classifier from a pretraining run's network, with
+            ``prefix_map={"": "backbone."}``); the other names keep the target's values.
 
     Returns:
         New meta-parameters: leaf tensors requiring grad, in the target's dtype and device; the
@@ -76,7 +80,9 @@ def init_from(
         if new in renamed:
             raise ValueError(f"prefix_map renames both {origin[new]!r} and {name!r} to {new!r}")
         renamed[new], origin[new] = t, name
-    target = meta_params[group]
+    target = {k: v for k, v in meta_params[group].items() if only is None or k.startswith(only)}
+    if not target:
+        raise ValueError(f"no parameter of group {group!r} starts with only={only!r}")
     missing = [k for k in target if k not in renamed]
     if missing:
         raise ValueError(
@@ -95,7 +101,9 @@ def init_from(
         g: {k: v.detach().clone().requires_grad_(True) for k, v in d.items()} for g, d in meta_params.items()
     }
     out[group] = {
-        k: renamed[k].detach().to(dtype=v.dtype, device=v.device).clone().requires_grad_(True)
-        for k, v in target.items()
+        k: (renamed[k].detach().to(dtype=v.dtype, device=v.device) if k in target else v.detach())
+        .clone()
+        .requires_grad_(True)
+        for k, v in meta_params[group].items()
     }
     return out

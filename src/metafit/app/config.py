@@ -411,6 +411,12 @@ class TrainConfig:
         dist_timeout: Seconds before a collective of a multi-process run fails (a hung rank).
         init_from: A trained run folder (or checkpoint) whose ``"model"`` parameters start this run
             (e.g. Meta-Baseline from a ``pretrain`` run); names and shapes must match.
+        init_prefix: The prefix the ``init_from`` run's parameter names get in this run; only
+            this run's names under it are initialised (e.g. ``"backbone."``: an in-context
+            classifier's encoder from a ``pretrain`` run's network; ``""``: every name).
+        freeze: Prefixes of ``"model"`` parameter names that are not meta-trained (e.g.
+            ``["backbone."]`` for a frozen pretrained encoder): no gradient step, optimiser state
+            or weight decay touches them.
         distill_from: A trained ``pretrain`` run of the same architecture and classes to distil
             from (RFS-distill, :class:`metafit.algorithms.distill.SelfDistill`; ``algo.name`` must
             be ``"pretrain"``): the loss mixes the labels' cross-entropy (weight
@@ -445,6 +451,8 @@ class TrainConfig:
     tensorboard: bool = False
     dist_timeout: float = 300.0
     init_from: str | None = None
+    init_prefix: str = ""
+    freeze: tuple[str, ...] = ()
     distill_from: str | None = None
     distill_weight: float = 0.5
     distill_temperature: float = 4.0
@@ -455,6 +463,12 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, str) or not v):
                 _fail(s, name, "a run folder or checkpoint path, or null", v)
+        if not isinstance(self.init_prefix, str):
+            _fail(s, "init_prefix", "a string (a parameter-name prefix, '' for none)", self.init_prefix)
+        if isinstance(self.freeze, list):
+            object.__setattr__(self, "freeze", tuple(self.freeze))
+        if not isinstance(self.freeze, tuple) or not all(isinstance(f, str) and f for f in self.freeze):
+            _fail(s, "freeze", "a list of non-empty parameter-name prefixes", self.freeze)
         w = self.distill_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 1:
             _fail(s, "distill_weight", "a number in [0, 1]", w)

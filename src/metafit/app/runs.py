@@ -187,7 +187,8 @@ def build_model(config: RunConfig, shape: Sequence[int] | None = None) -> nn.Mod
             if config.resolved_arch == "mlp":  # tables and arrays of vectors
                 if len(shape) != 1:
                     raise ValueError(f"model.arch='mlp' needs flat examples, got example shape {shape}")
-                backbone, features = MLP(shape[0], m.hidden[:-1], m.hidden[-1]), m.hidden[-1]
+                # the embedding network of the other learners on vectors: a pretrain/protonet run's transfers
+                backbone, features = MLP(shape[0], m.hidden, m.hidden[-1]), m.hidden[-1]
             else:
                 conv = Conv4(shape[0], None, width=m.width, image_size=shape[1], downsample=m.downsample, norm=m.norm)  # type: ignore[arg-type]
                 backbone, features = conv, conv.feature_dim
@@ -1023,9 +1024,23 @@ def train(
 
         source = load_trained(t.init_from)
         try:
-            meta_params = init_from(meta_params, source.meta_params["model"])
+            if t.init_prefix:
+                meta_params = init_from(
+                    meta_params, source.meta_params["model"], prefix_map={"": t.init_prefix}, only=t.init_prefix
+                )
+            else:
+                meta_params = init_from(meta_params, source.meta_params["model"])
         except ValueError as e:
             raise ValueError(f"train.init_from={t.init_from}: {e}") from None
+    for prefix in t.freeze:  # not meta-trained: left out of the optimiser (engine.parameters_of)
+        hit = [k for k in meta_params["model"] if k.startswith(prefix)]
+        if not hit:
+            raise ValueError(
+                f"train.freeze entry {prefix!r} matches no model parameter; names include "
+                f"{sorted(meta_params['model'])[:6]}"
+            )
+        for k in hit:
+            meta_params["model"][k].requires_grad_(False)
     run_dir = Path(run_dir)
     resuming = _prepare_run_dir(config, run_dir, resume=resume, force=force) if main_rank else False
     if world > 1:
