@@ -805,9 +805,9 @@ def r_tabular(ds: list[Json]) -> tuple[list[str], Rows]:
     ], rows
 
 
-def r_completion(ds: list[Json]) -> tuple[list[str], Rows]:
-    """``metafit eval RUN --k-shot ...`` of image-completion runs: one JSON per learner, the same
-    held-out images and context pixels for each; every pixel of the image is a target."""
+def r_completion(ds: list[Json], context: str = "context pixels") -> tuple[list[str], Rows]:
+    """``metafit eval RUN --k-shot ...`` of regression runs (image completion, sinusoid): one JSON
+    per learner, the same held-out tasks and context sizes for each."""
     rows = []
     for d in ds:
         for r in d["results"]:
@@ -825,9 +825,9 @@ def r_completion(ds: list[Json]) -> tuple[list[str], Rows]:
             )
     return [
         "learner",
-        "context pixels",
-        "NLL per target pixel",
-        "log-likelihood per pixel",
+        context,
+        "NLL per target",
+        "log-likelihood per target",
         "MSE",
         "90% interval coverage",
         "training steps",
