@@ -66,3 +66,17 @@ def test_train_and_eval_a_neural_process_on_image_completion(tmp_path: Path) -> 
     assert [r["k_shot"] for r in res] == [10, 30]
     for r in res:
         assert {"nll", "mse", "coverage_90"} <= set(r["metrics"]) and r["metrics"]["nll"]["n"] == 3
+
+
+@pytest.mark.skipif(not (DATA_ROOT / "fashion-mnist").exists(), reason="Fashion-MNIST not found")
+def test_completion_on_a_source_without_train_classes_splits_its_images() -> None:
+    from metafit.app.runs import _completion_images
+
+    cfg = RunConfig.from_dict(
+        {**TINY, "data": {**TINY["data"], "dataset": "completion-fashion-mnist", "image_size": 28}}
+    )
+    parts = {s: _completion_images(cfg, s) for s in ("train", "val", "test")}
+    n = sum(len(p.x) for p in parts.values())
+    assert len(parts["train"].x) == int(0.8 * n) and len(parts["test"].x) == n - int(0.9 * n)
+    b = next(iter(train_batches(cfg, generator(0))))
+    assert b.query_x.shape == (2, 28 * 28, 2)

@@ -147,3 +147,18 @@ def test_a_prior_run_is_scored_on_a_real_table_beside_the_classical_baselines(tm
     assert t["temperature"] > 0 and "nll" in t
     # metafit eval on the same table scores the same standardised, padded episodes
     assert main(["eval", str(run), "--dataset", "iris", "--n-way", "3", "--k-shot", "5", "--episodes", "6"]) == 0
+
+
+def test_a_fixed_head_on_the_prior_keeps_its_way_and_compare_needs_a_table(tmp_path: Path) -> None:
+    cfg = RunConfig.from_dict(
+        {**TINY, "data": {**TINY["data"], "n_way_min": None, "eval_n_way": 3}, "algo": {"name": "fomaml"}}
+    )
+    with pytest.raises(ValueError, match=r"n_way=3 at evaluation, but algo.name='fomaml' has a 4-way head"):
+        eval_tasks(cfg)
+    path = tmp_path / "tab.json"
+    path.write_text(json.dumps({**TINY, "train": {**TINY["train"], "steps": 1}}))
+    assert main(["train", str(path), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    from metafit.app.compare import compare
+
+    with pytest.raises(ValueError, match=r"no test classes of its own: compare it on a table, e.g. --dataset iris"):
+        compare([tmp_path / "run"], settings=[(3, 5)], episodes=2)

@@ -172,3 +172,22 @@ def test_an_in_context_classifier_starts_from_a_frozen_pretrained_backbone(tmp_p
             }
         )
         run_train(cfg, tmp_path / "bad")
+
+
+def test_the_teacher_keeps_its_own_classifier_kind() -> None:
+    from metafit.algorithms.pretrain import CosineClassifier
+
+    batch = _batch()
+    model = seeded(0, lambda: MLP(5, (8,), 4)).double()
+    student = Pretrain(n_classes=6, feature_dim=4)  # a linear classifier
+    cosine = Pretrain(n_classes=6, feature_dim=4, classifier=CosineClassifier(scale=5.0))
+    teacher = cosine.init(seeded(1, lambda: MLP(5, (8,), 4)).double())
+    assert "bias" not in teacher["classifier"]
+    algo = SelfDistill(student, teacher, teacher_learner=cosine, ce_weight=0.0, kd_weight=1.0)
+    mp = algo.init(model)
+    task = batch[0]
+    s_logits = student.classifier_logits(model, mp, {}, task.query_x)
+    t_logits = cosine.classifier_logits(model, teacher, {}, task.query_x)
+    torch.testing.assert_close(algo.loss(model, mp, {}, task)[0], distillation_loss(s_logits, t_logits, 4.0))
+    with pytest.raises(TypeError, match=r"teacher_learner must be a Pretrain learner"):
+        SelfDistill(student, teacher, teacher_learner=object())  # type: ignore[arg-type]

@@ -61,6 +61,8 @@ class SelfDistill:
         student: The student learner (its classifier must match the teacher's classes).
         teacher: The teacher's meta-parameters ``{"model": ..., "classifier": ...}`` (e.g. a
             pretraining run's); detached copies are kept.
+        teacher_learner: The teacher's own :class:`Pretrain` (its classifier kind and scale give
+            the teacher's logits); ``None``: the student's.
         ce_weight: Weight of the cross-entropy on the labels.
         kd_weight: Weight of the distillation term.
         temperature: Distillation temperature ``T``.
@@ -68,6 +70,7 @@ class SelfDistill:
 
     student: Pretrain
     teacher: MetaParams = field(repr=False)
+    teacher_learner: Pretrain | None = None
     ce_weight: float = 0.5
     kd_weight: float = 0.5
     temperature: float = 4.0
@@ -78,6 +81,10 @@ class SelfDistill:
         if not isinstance(self.teacher, dict) or not {"model", "classifier"} <= set(self.teacher):
             got = sorted(self.teacher) if isinstance(self.teacher, dict) else type(self.teacher).__name__
             raise ValueError(f"teacher must hold the groups 'model' and 'classifier' of a pretraining run, got {got}")
+        if self.teacher_learner is not None and not isinstance(self.teacher_learner, Pretrain):
+            raise TypeError(
+                f"teacher_learner must be a Pretrain learner (a pretraining run), got {type(self.teacher_learner).__name__}"
+            )
         for name in ("ce_weight", "kd_weight"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and v >= 0):
@@ -143,7 +150,8 @@ class SelfDistill:
         check_labels("query_y", task.query_y, task.n_way, what="the pretraining classifier")
         logits = self.student.classifier_logits(model, meta_params, buffers, task.query_x)
         with torch.no_grad():
-            teacher_logits = self.student.classifier_logits(model, self.teacher, buffers, task.query_x)
+            teacher = self.teacher_learner if self.teacher_learner is not None else self.student
+            teacher_logits = teacher.classifier_logits(model, self.teacher, buffers, task.query_x)
         ce = F.cross_entropy(logits, task.query_y)
         kd = distillation_loss(logits, teacher_logits, self.temperature)
         loss = self.ce_weight * ce + self.kd_weight * kd

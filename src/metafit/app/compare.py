@@ -99,6 +99,11 @@ def _episodes(
     if dataset is not None:
         test, conv = cross_domain_dataset(first.config, dataset, first.checkpoint.meta.get("preprocessing", {}))
         info["dataset"] = conv
+    elif first.config.data.dataset == "tabular-prior":
+        raise ValueError(
+            "a run trained on tabular-prior tasks has no test classes of its own: compare it on a table, "
+            "e.g. --dataset iris (or wine, breast-cancer, digits-table, a .csv/.parquet/.npz file)"
+        )
     else:
         test = _dataset(first.config, "test")
         info["dataset"] = first.config.data.dataset
@@ -269,6 +274,12 @@ def compare(
         if any(name == n for n, _ in loaded):
             name = str(p)
         loaded.append((name, tr))
+    priors = {n for n, tr in loaded if tr.config.data.dataset == "tabular-prior"}
+    if priors and len(priors) != len(loaded):
+        raise ValueError(
+            f"runs {sorted(priors)} were trained on tabular-prior tasks (episodes standardised with their support "
+            f"rows) and the others were not: compare them separately"
+        )
     if baseline is not None and baseline not in [n for n, _ in loaded]:
         raise ValueError(f"baseline must be one of the runs {[n for n, _ in loaded]}, got {baseline!r}")
     first = loaded[0][1]

@@ -59,7 +59,8 @@ def provenance(argv: Sequence[str], *, started: float | None = None) -> dict[str
 
     Returns:
         ``{"command", "commit", "started", "date", "cpu", "cores", "threads", "torch", "python",
-        "cuda"}`` (UTC times; ``commit`` is ``None`` outside a git checkout).
+        "cuda", "executable"}`` (UTC times; ``commit`` is the git checkout holding this module's
+        source, ``None`` outside one: an editable install reports the code that ran).
     """
     fmt = "%Y-%m-%d %H:%M:%S UTC"
     return {

@@ -389,25 +389,43 @@ def _dataset(config: RunConfig, split: str) -> Any:
     return src.split(split)
 
 
+COMPLETION_SPLIT = (0.8, 0.1)  # train / val shares of a source's images (the rest: test), seed 0
+
+
 def _completion_images(config: RunConfig, split: str) -> Any:
-    """The images of ``split`` behind an image-completion family (``completion-<dataset>``)."""
+    """The images of ``split`` behind an image-completion family (``completion-<dataset>``).
+
+    Omniglot keeps its class split (``data.protocol``). Other sources (Fashion-MNIST holds only
+    test classes) pool every image and split the images, not the classes, by one seeded
+    permutation: 80% train, 10% val, 10% test (:data:`COMPLETION_SPLIT`).
+    """
     d = config.data
     base = d.dataset.removeprefix("completion-")
     if base == "omniglot":
         if split == "trainval":
             return _concat([_omniglot(config, "train"), _omniglot(config, "val")])
         return _omniglot(config, split)
+    from metafit.data.datasets import LabelledDataset
     from metafit.data.sources import resolve_dataset
 
     root = d.data_root or os.environ.get("METAFIT_DATA")
     key = (base, root, d.image_size, "completion")
     if key not in _SOURCES:
-        _SOURCES[key] = resolve_dataset(base, root=root, image_size=d.image_size, cache_dir=d.cache_dir)
-    src = _SOURCES[key]
+        src = resolve_dataset(base, root=root, image_size=d.image_size, cache_dir=d.cache_dir)
+        x = torch.cat([ds.x for ds in src.splits.values()])
+        order = torch.randperm(x.shape[0], generator=seeding.generator(0))
+        a, b = int(COMPLETION_SPLIT[0] * len(order)), int(sum(COMPLETION_SPLIT) * len(order))
+        parts = {"train": order[:a], "val": order[a:b], "test": order[b:]}
+        # one pseudo-class: completion tasks ignore labels
+        _SOURCES[key] = {
+            k: LabelledDataset(x[i], torch.zeros(len(i), dtype=torch.int64), ("images",)) for k, i in parts.items()
+        }
+    images = _SOURCES[key]
     if split == "trainval":
-        parts = [src.splits[k] for k in ("train", "val") if k in src.splits]
-        return parts[0] if len(parts) == 1 else _concat(parts)
-    return src.split(split)
+        return _concat([images["train"], images["val"]])
+    if split not in images:
+        raise ValueError(f"split must be one of {sorted(images)} or 'trainval', got {split!r}")
+    return images[split]
 
 
 def _completion_tasks(
@@ -630,6 +648,17 @@ def eval_tasks(
 
         return gp_eval_tasks(d.dataset[3:], n_tasks, seed=seed)
     n_way = n_way or d.eval_n_way or d.n_way
+    spec = _spec(config)
+    if spec.head == "fixed" and n_way != d.n_way:
+        raise ValueError(
+            f"n_way={n_way} at evaluation, but algo.name={config.algo.name!r} has a {d.n_way}-way head "
+            "(learners with a fixed head cannot change n_way after training; metric learners such as protonet can)"
+        )
+    if spec.head == "max" and n_way > _max_way(config):
+        raise ValueError(
+            f"n_way={n_way} at evaluation exceeds the {_max_way(config)} classes this run's CNP was built for "
+            "(set data.eval_n_way before training)"
+        )
     if d.dataset == "tabular-prior":
         from metafit.data.gp import TabularPriorTasks, standardise_tasks
 
@@ -647,17 +676,6 @@ def eval_tasks(
             generator=seeding.generator(seed),
         )
         return prior.sample_batch(n_tasks)
-    spec = _spec(config)
-    if spec.head == "fixed" and n_way != d.n_way:
-        raise ValueError(
-            f"n_way={n_way} at evaluation, but algo.name={config.algo.name!r} has a {d.n_way}-way head "
-            "(learners with a fixed head cannot change n_way after training; metric learners such as protonet can)"
-        )
-    if spec.head == "max" and n_way > _max_way(config):
-        raise ValueError(
-            f"n_way={n_way} at evaluation exceeds the {_max_way(config)} classes this run's CNP was built for "
-            "(set data.eval_n_way before training)"
-        )
     if dataset is None:
         dataset = _dataset(config, split)
     from metafit.data.sampling import fixed_episodes
@@ -676,6 +694,8 @@ def preprocessing_info(config: RunConfig) -> dict[str, Any]:
             "image_size": d.image_size,
             "x": "a pixel's (row, column) scaled to [-1, 1]^2 (metafit.data.gp.pixel_coordinates)",
             "y": "the pixel's intensity as stored (0..1)",
+            "split": "Omniglot: the data.protocol class split; other sources: their images split 80/10/10 "
+            "(train/val/test) by one permutation of seed 0",
         }
     if d.dataset in REGRESSION_FAMILIES:
         return {"kind": "scalar", "input_shape": [1]}
@@ -770,7 +790,8 @@ def cross_domain_dataset(
         return ds, conversion
     if len(target) == 1 and len(ds.example_shape) == 1 and ds.example_shape[0] < target[0]:
         width = int(target[0])
-        x = torch.cat([ds.x, ds.x.new_zeros(ds.x.shape[0], width - ds.x.shape[1])], 1)
+        xf = ds.x if ds.x.is_floating_point() else ds.x.float()
+        x = torch.cat([xf, xf.new_zeros(xf.shape[0], width - xf.shape[1])], 1)
         conversion["converted"] = f"{ds.example_shape[0]} features zero-padded to {width}"
         return LabelledDataset(x, ds.y, ds.class_names, ds.groups), conversion
     if len(target) != 3 or len(ds.example_shape) != 3:
@@ -1007,6 +1028,7 @@ def train(
             algorithm = SelfDistill(
                 algorithm,  # type: ignore[arg-type]
                 teacher.meta_params,
+                teacher_learner=teacher.algorithm,  # type: ignore[arg-type]
                 ce_weight=1.0 - t.distill_weight,
                 kd_weight=t.distill_weight,
                 temperature=t.distill_temperature,
@@ -1041,6 +1063,8 @@ def train(
             )
         for k in hit:
             meta_params["model"][k].requires_grad_(False)
+    if t.freeze and not parameters_of(meta_params):
+        raise ValueError(f"train.freeze={list(t.freeze)} freezes every meta-parameter: nothing would be trained")
     run_dir = Path(run_dir)
     resuming = _prepare_run_dir(config, run_dir, resume=resume, force=force) if main_rank else False
     if world > 1:
@@ -1230,7 +1254,9 @@ def _evaluate_trained(
         val = [
             t
             for k in shots
-            for t in eval_tasks(config, n_tasks=d.val_tasks * 10, k_shot=k, seed=d.eval_seed + 7919 + (k or 0))
+            for t in eval_tasks(
+                config, n_tasks=d.val_tasks * 10, k_shot=k, seed=d.eval_seed + 7919 + (k or 0), split="val"
+            )
         ]
         algorithm = fit_variance_scale(algorithm, model, meta_params, val, buffers=buffers, method=recalibrate)  # type: ignore[arg-type]
         scale_info = {"method": recalibrate, "variance_scale": algorithm.variance_scale, "val_tasks": len(val)}  # type: ignore[attr-defined]
