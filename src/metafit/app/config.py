@@ -415,8 +415,9 @@ class TrainConfig:
             this run's names under it are initialised (e.g. ``"backbone."``: an in-context
             classifier's encoder from a ``pretrain`` run's network; ``""``: every name).
         freeze: Prefixes of ``"model"`` parameter names that are not meta-trained (e.g.
-            ``["backbone."]`` for a frozen pretrained encoder): no gradient step, optimiser state
-            or weight decay touches them.
+            ``["backbone."]`` for a frozen pretrained encoder): the outer optimiser never updates
+            them (no optimiser state, no weight decay); a gradient learner's inner loop still
+            adapts them within each task.
         distill_from: A trained ``pretrain`` run of the same architecture and classes to distil
             from (RFS-distill, :class:`metafit.algorithms.distill.SelfDistill`; ``algo.name`` must
             be ``"pretrain"``): the loss mixes the labels' cross-entropy (weight
@@ -465,6 +466,8 @@ class TrainConfig:
                 _fail(s, name, "a run folder or checkpoint path, or null", v)
         if not isinstance(self.init_prefix, str):
             _fail(s, "init_prefix", "a string (a parameter-name prefix, '' for none)", self.init_prefix)
+        if self.init_prefix and self.init_from is None:
+            _fail(s, "init_prefix", "'' unless train.init_from is set", self.init_prefix)
         if isinstance(self.freeze, list):
             object.__setattr__(self, "freeze", tuple(self.freeze))
         if not isinstance(self.freeze, tuple) or not all(isinstance(f, str) and f for f in self.freeze):
@@ -552,6 +555,15 @@ class RunConfig:
             _fail("model", "arch", f"'mlp' or 'auto' for data.dataset={self.data.dataset!r}", self.model.arch)
         if self.train.distill_from is not None and self.algo.name != "pretrain":
             _fail("algo", "name", "'pretrain' when train.distill_from is set (RFS-distill)", self.algo.name)
+        if self.data.dataset == "tabular-prior" and self.data.k_shot_max is not None:
+            _fail(
+                "data",
+                "k_shot_max",
+                "None for data.dataset='tabular-prior' (its tasks have k_shot shots)",
+                self.data.k_shot_max,
+            )
+        if self.data.dataset != "tabular-prior" and self.data.n_features_min is not None:
+            _fail("data", "n_features_min", "None unless data.dataset='tabular-prior'", self.data.n_features_min)
         if self.data.dataset in CLASSIFICATION_FAMILIES and arch != "mlp":
             _fail("model", "arch", f"'mlp' or 'auto' for data.dataset={self.data.dataset!r}", self.model.arch)
         if self.data.n_way_min is not None and not regression:
