@@ -104,7 +104,7 @@ def test_config_checks_for_the_prior() -> None:
     with pytest.raises(ValueError, match=r"data.n_way_min must be None for algo.name='maml'"):
         RunConfig.from_dict({**TINY, "algo": {"name": "maml"}})
     with pytest.raises(ValueError, match=r"data.k_shot_max must be None for data.dataset='tabular-prior'"):
-        RunConfig.from_dict({**TINY, "data": {**TINY["data"], "k_shot_max": 9}})
+        RunConfig.from_dict({**TINY, "data": {**TINY["data"], "k_shot_max": 9, "n_way_min": None}})
     with pytest.raises(ValueError, match=r"data.n_features_min must be None unless data.dataset='tabular-prior'"):
         RunConfig.from_dict({"data": {"dataset": "omniglot", "n_features_min": 3}, "algo": {"name": "protonet"}})
     bad = {**TINY, "data": {**TINY["data"], "n_features_min": 17}}
