@@ -69,10 +69,13 @@ def test_standardise_tasks_uses_support_statistics_only() -> None:
     torch.testing.assert_close(out.support_x[..., :3].std(1, unbiased=False), torch.ones(2, 3), atol=1e-5, rtol=0)
     assert torch.equal(out.support_x[..., 3], torch.zeros(2, 6))
     mu, sd = sx.mean(1, keepdim=True), sx.std(1, unbiased=False, keepdim=True)
-    sd = torch.where(sd > 1e-8, sd, torch.ones_like(sd))
-    torch.testing.assert_close(out.query_x, (qx - mu) / sd)
+    want = (qx - mu) / sd
+    want[..., 3] = 0.0  # constant on the support: dropped from the queries too, not divided by a dummy 1
+    torch.testing.assert_close(out.query_x, want)
     moved = TaskBatch(sx, b.support_y, qx * 100, b.query_y, n_way=1)  # other queries: the same statistics
-    torch.testing.assert_close(standardise_tasks(moved).query_x, (qx * 100 - mu) / sd)
+    want = (qx * 100 - mu) / sd
+    want[..., 3] = 0.0
+    torch.testing.assert_close(standardise_tasks(moved).query_x, want)
 
 
 def test_support_baseline_logits_match_sklearn_predictions() -> None:

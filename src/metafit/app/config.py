@@ -423,7 +423,8 @@ class TrainConfig:
             be ``"pretrain"``): the loss mixes the labels' cross-entropy (weight
             ``1 - distill_weight``) and the distillation term (weight ``distill_weight``).
         distill_weight: Weight of the distillation term, in ``[0, 1]`` (RFS: 0.5).
-        distill_temperature: Distillation temperature (RFS: 4).
+        distill_temperature: Distillation temperature (RFS: 4). The teacher is read from
+            ``distill_from`` at every start, a resumed run included: keep that run unchanged.
 
     ``num_threads``, ``keep_freed_memory`` and ``deterministic`` are process-wide settings: the
     program that owns the process applies them (``metafit train`` does, with

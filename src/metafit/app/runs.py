@@ -788,7 +788,8 @@ def cross_domain_dataset(
     if ds.example_shape == target:
         conversion["converted"] = "none (same format)"
         return ds, conversion
-    if len(target) == 1 and len(ds.example_shape) == 1 and ds.example_shape[0] < target[0]:
+    padded_prior = preprocessing.get("kind") == "tabular-prior"  # zero padding is the prior's own layout
+    if padded_prior and len(ds.example_shape) == 1 and ds.example_shape[0] < target[0]:
         width = int(target[0])
         xf = ds.x if ds.x.is_floating_point() else ds.x.float()
         x = torch.cat([xf, xf.new_zeros(xf.shape[0], width - xf.shape[1])], 1)
@@ -797,7 +798,8 @@ def cross_domain_dataset(
     if len(target) != 3 or len(ds.example_shape) != 3:
         raise ValueError(
             f"dataset {other!r} has examples of shape {ds.example_shape}, the checkpoint expects {target}: only images "
-            "(resize, grey/RGB) and tables with fewer features (zero-padded) can be converted"
+            "(resize, grey/RGB) can be converted, and tables with fewer features for a run trained on tabular-prior "
+            "tasks (zero-padded)"
         )
     x = convert_images(ds.x, image_size=int(target[1]), channels=int(target[0]))
     conversion["converted"] = (

@@ -517,17 +517,22 @@ class ImageCompletionTasks:
 # -- tabular classification --------------------------------------------------------------------------
 
 
-def _standardise(sx: Tensor, qx: Tensor) -> tuple[Tensor, Tensor]:
-    """Standardises both with the SUPPORT rows' mean and sd (a constant feature keeps sd 1)."""
-    mu = sx.mean(0, keepdim=True)
-    sd = sx.std(0, unbiased=False, keepdim=True)
-    sd = torch.where(sd > 1e-8, sd, torch.ones_like(sd))
-    return (sx - mu) / sd, (qx - mu) / sd
+def _standardise(sx: Tensor, qx: Tensor, dim: int = 0) -> tuple[Tensor, Tensor]:
+    """Standardises both with the SUPPORT rows' mean and sd along ``dim``. A feature constant on
+    the support rows (sd <= 1e-8, zero padding included) tells the support classes nothing: it is
+    0 in the support and in the queries (never a raw query value divided by a dummy sd of 1)."""
+    mu = sx.mean(dim, keepdim=True)
+    sd = sx.std(dim, unbiased=False, keepdim=True)
+    keep = sd > 1e-8
+    sd = torch.where(keep, sd, torch.ones_like(sd))
+    zero = sx.new_zeros(())
+    return torch.where(keep, (sx - mu) / sd, zero), torch.where(keep, (qx - mu) / sd, zero)
 
 
 def standardise_tasks(tasks: TaskBatch) -> TaskBatch:
     """Each task's features standardised with its SUPPORT rows' mean and sd (inductive: the
-    queries never inform the statistics; a constant feature, e.g. zero padding, keeps sd 1).
+    queries never inform the statistics; a feature constant on the support rows, e.g. zero
+    padding or a pixel blank in every support image, is 0 in support and queries).
 
     The preprocessing of :class:`TabularPriorTasks` and :func:`sklearn_table_tasks`, for episodes
     drawn elsewhere (e.g. from a table loaded as a dataset).
@@ -542,12 +547,8 @@ def standardise_tasks(tasks: TaskBatch) -> TaskBatch:
         raise ValueError(
             f"standardise_tasks needs (T, N, features) inputs, got support_x {tuple(tasks.support_x.shape)}"
         )
-    mu = tasks.support_x.mean(1, keepdim=True)
-    sd = tasks.support_x.std(1, unbiased=False, keepdim=True)
-    sd = torch.where(sd > 1e-8, sd, torch.ones_like(sd))
-    return TaskBatch(
-        (tasks.support_x - mu) / sd, tasks.support_y, (tasks.query_x - mu) / sd, tasks.query_y, n_way=tasks.n_way
-    )
+    sx, qx = _standardise(tasks.support_x, tasks.query_x, dim=1)
+    return TaskBatch(sx, tasks.support_y, qx, tasks.query_y, n_way=tasks.n_way)
 
 
 def _split_classes(pools: Sequence[Tensor], k_shot: int, n_query: int, g: torch.Generator) -> tuple[Tensor, ...]:
