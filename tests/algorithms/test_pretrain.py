@@ -98,7 +98,8 @@ def test_pretrain_loss_is_classifier_cross_entropy_and_vmap_equals_loop() -> Non
 
 def test_pretrain_init_needs_feature_dim_and_n_classes() -> None:
     with pytest.raises(ValueError, match="Pretrain needs the feature size"):
-        Pretrain(n_classes=5).init(MLP(2, (3,), 4))
+        Pretrain(n_classes=5).init(torch.nn.Sequential(torch.nn.Linear(2, 4)))  # no feature_dim attribute
+    assert Pretrain(n_classes=5).init(MLP(2, (3,), 4))["classifier"]["weight"].shape == (5, 4)  # MLP.feature_dim
     with pytest.raises(ValueError, match="n_classes must be the number of training classes"):
         Pretrain()
     a = Pretrain(n_classes=3, feature_dim=4).init(MLP(2, (3,), 4))["classifier"]

@@ -456,8 +456,8 @@ def test_resolve_dataset_dispatches_on_path_kind(tmp_path: Path) -> None:
     assert resolve_dataset(path, label_column="species").preprocessing["kind"] == "table"
     with pytest.raises(
         ValueError,
-        match=r"dataset 'nope' is neither a built-in name \(digits, fashion-mnist, "
-        r"kuzushiji-kanji, omniglot\)",
+        match=r"dataset 'nope' is neither a built-in name \(breast-cancer, digits, digits-table, fashion-mnist, "
+        r"iris, kuzushiji-kanji, omniglot, wine\)",
     ):
         resolve_dataset("nope")
 
