@@ -169,7 +169,7 @@ def _drop_seeds(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _record_invocation(run_dir: Path, argv: Sequence[str], started: float, step: int) -> None:
+def _record_invocation(run_dir: Path, argv: Sequence[str], started: float, commit: str | None, step: int) -> None:
     """Appends this command's provenance to ``<run>/provenance.json`` (a resumed run lists each invocation)."""
     from metafit.app.provenance import provenance
     from metafit.checkpoint import atomic_write_bytes
@@ -179,7 +179,7 @@ def _record_invocation(run_dir: Path, argv: Sequence[str], started: float, step:
         done = json.loads(path.read_text())["invocations"] if path.is_file() else []
     except (OSError, ValueError, KeyError, TypeError):
         done = []
-    done.append({**provenance(argv, started=started), "final_step": step})
+    done.append({**provenance(argv, started=started, commit=commit), "final_step": step})
     atomic_write_bytes(path, (json.dumps({"invocations": done}, indent=1) + "\n").encode())
 
 
@@ -200,7 +200,9 @@ def _train_one(args: argparse.Namespace) -> int:
         from metafit.distributed import cleanup, init_from_env
 
         init_from_env(timeout=config.train.dist_timeout)  # launched by torchrun: join its process group
-    started = time.time()
+    from metafit.app.provenance import start_commit
+
+    started, commit = time.time(), start_commit()
     try:
         result = train(config, run_dir, resume=args.resume, force=args.force, progress=not args.quiet)
     finally:
@@ -208,7 +210,7 @@ def _train_one(args: argparse.Namespace) -> int:
             cleanup()
     if under_torchrun and int(os.environ.get("RANK", "0")) != 0:
         return 0
-    _record_invocation(Path(result.run_dir), args.argv, started, result.step)
+    _record_invocation(Path(result.run_dir), args.argv, started, commit, result.step)
     if not args.quiet:
         _out(f"run folder: {result.run_dir}  (step {result.step}, engine path {result.path})")
         if result.last_checkpoint:
@@ -237,11 +239,11 @@ def _check_flags(args: argparse.Namespace, ints: dict[str, int], floats: Sequenc
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from metafit.app.provenance import provenance
+    from metafit.app.provenance import provenance, start_commit
     from metafit.app.runs import eval_markdown, evaluate_checkpoint
     from metafit.checkpoint import atomic_write_bytes
 
-    started = time.time()
+    started, commit = time.time(), start_commit()
     _check_flags(
         args,
         {"--inner-steps": 0, "--episodes": 1, "--n-way": 2, "--k-shot": 1, "--n-query": 1, "--seed": 0},
@@ -288,7 +290,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         label_column=args.label_column,
         test_rotations=args.test_rotations,
     )
-    out = {"provenance": provenance(getattr(args, "argv", []), started=started), **out}
+    out = {"provenance": provenance(getattr(args, "argv", []), started=started, commit=commit), **out}
     target = Path(args.target)
     default = (target if target.is_dir() else target.parent.parent) / "eval_cli.json"
     out_path = Path(args.out) if args.out else default
@@ -319,10 +321,10 @@ def _setting(text: str) -> tuple[int, int]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from metafit.app.compare import compare, compare_markdown
-    from metafit.app.provenance import provenance
+    from metafit.app.provenance import provenance, start_commit
     from metafit.checkpoint import atomic_write_bytes
 
-    started = time.time()
+    started, commit = time.time(), start_commit()
     _check_flags(args, {"--episodes": 1, "--n-query": 1, "--seed": 0}, [])
     if args.imbalanced_query is not None and not args.imbalanced_query > 0:
         raise ValueError(f"--imbalanced-query must be a Dirichlet concentration > 0, got {args.imbalanced_query}")
@@ -342,7 +344,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         test=args.test,
         temperature=args.temperature_scale,
     )
-    out = {"provenance": provenance(getattr(args, "argv", []), started=started), **out}
+    out = {"provenance": provenance(getattr(args, "argv", []), started=started, commit=commit), **out}
     md = compare_markdown(out)
     if args.out:
         p = Path(args.out)

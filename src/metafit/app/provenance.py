@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["provenance"]
+__all__ = ["provenance", "start_commit"]
 
 
 def _commit() -> str | None:
@@ -50,12 +50,19 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
-def provenance(argv: Sequence[str], *, started: float | None = None) -> dict[str, Any]:
+def start_commit() -> str | None:
+    """The commit to record for a command that runs long: read it when the command starts (the
+    checkout may move while it runs; the code already imported does not)."""
+    return _commit()
+
+
+def provenance(argv: Sequence[str], *, started: float | None = None, commit: str | None = None) -> dict[str, Any]:
     """The provenance record of a result.
 
     Args:
         argv: The command's arguments after the program name (``sys.argv[1:]`` of ``metafit``).
         started: ``time.time()`` when the command started (default: now).
+        commit: The commit read when the command started (:func:`start_commit`; default: now).
 
     Returns:
         ``{"command", "commit", "started", "date", "cpu", "cores", "threads", "torch", "python",
@@ -65,7 +72,7 @@ def provenance(argv: Sequence[str], *, started: float | None = None) -> dict[str
     fmt = "%Y-%m-%d %H:%M:%S UTC"
     return {
         "command": " ".join(["metafit", *argv]),
-        "commit": _commit(),
+        "commit": commit if commit is not None else _commit(),
         "started": time.strftime(fmt, time.gmtime(started if started is not None else time.time())),
         "date": time.strftime(fmt, time.gmtime()),
         "cpu": _cpu(),
