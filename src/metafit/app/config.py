@@ -158,6 +158,11 @@ class DataConfig:
             always ``n_way``), for learners that take any number of classes (not a fixed head).
         n_features: ``"tabular-prior"``: feature width of the tasks (a real table with fewer
             features is zero-padded to it at evaluation).
+        prior: ``"tabular-prior"``: ``"clusters"`` (each class a Gaussian cluster of latent causes
+            seen through a random MLP; the default) or ``"ranked"`` (a random MLP's scalar ranked
+            into classes); see :class:`metafit.data.gp.TabularPriorTasks` ``classes``.
+        prior_latent_dim: ``"tabular-prior"``: the most latent causes of a task (``latent_dim``;
+            ``0``: independent features read directly, ``"ranked"`` only).
         n_features_min: ``"tabular-prior"``: each task uses its first ``d ~ U{n_features_min..n_features}``
             features, the rest zero (``None``: all ``n_features``), the layout of a padded table.
         monitor_tasks: Fixed TEST episodes (evaluation settings) scored every
@@ -194,6 +199,8 @@ class DataConfig:
     n_way_min: int | None = None
     n_features: int = 64
     n_features_min: int | None = None
+    prior: str = "clusters"
+    prior_latent_dim: int = 4
 
     def __post_init__(self) -> None:
         s = "data"
@@ -203,6 +210,10 @@ class DataConfig:
         _check_int(s, "n_features", self.n_features, 1)
         _check_opt_int(s, "n_way_min", self.n_way_min, 2)
         _check_opt_int(s, "n_features_min", self.n_features_min, 1)
+        _check_choice(s, "prior", self.prior, ("clusters", "ranked"))
+        _check_int(s, "prior_latent_dim", self.prior_latent_dim, 0)
+        if self.prior == "clusters" and self.prior_latent_dim < 1:
+            _fail(s, "prior_latent_dim", "an int >= 1 for data.prior='clusters'", self.prior_latent_dim)
         if self.n_features_min is not None and self.n_features_min > self.n_features:
             _fail(s, "n_features_min", f"an int in 1..data.n_features={self.n_features}", self.n_features_min)
         if self.n_way_min is not None and self.n_way_min > self.n_way:

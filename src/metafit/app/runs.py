@@ -524,6 +524,8 @@ def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[Tas
                 k_shot=d.k_shot,
                 n_query=d.n_query,
                 min_features=d.n_features_min,
+                latent_dim=d.prior_latent_dim or None,
+                classes=d.prior,
                 tasks_per_batch=d.tasks_per_batch,
                 generator=generator,
             )
@@ -673,6 +675,8 @@ def eval_tasks(
             k_shot=k_shot,
             n_query=n_query or d.eval_n_query or d.n_query,
             min_features=d.n_features_min,
+            latent_dim=d.prior_latent_dim or None,
+            classes=d.prior,
             generator=seeding.generator(seed),
         )
         return prior.sample_batch(n_tasks)
@@ -704,7 +708,7 @@ def preprocessing_info(config: RunConfig) -> dict[str, Any]:
             "kind": "tabular-prior",
             "input_shape": [d.n_features],
             "n_features": d.n_features,
-            "prior": "metafit.data.gp.TabularPriorTasks (random MLP, ranked into balanced classes)",
+            "prior": f"metafit.data.gp.TabularPriorTasks (classes={d.prior!r}, latent_dim={d.prior_latent_dim})",
             "standardisation": "per task, each feature by the support rows' mean and sd (standardise_tasks)",
             "padding": "a table with fewer features is zero-padded to n_features",
         }

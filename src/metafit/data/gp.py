@@ -588,6 +588,16 @@ class TabularPriorTasks:
         n_query: Query rows per class.
         min_features: Smallest per-task count of real features (``None``: every task uses all
             ``n_features``).
+        latent_dim: With it, each task draws ``r ~ U{1, ..., latent_dim}`` latent causes
+            ``u ~ N(0, I_r)``; its features are noisy mixtures ``u A + feature_noise * eps``
+            (``A ~ N(0, 1)``, so the columns are correlated, as in real tables) and the random MLP
+            reads ``u``. ``None``: independent features read directly (the classes then depend
+            on every feature, which few shots cannot identify).
+        feature_noise: Noise on each feature with ``latent_dim``.
+        classes: ``"ranked"`` (the random MLP's scalar ranked into ``n_way`` equal bins) or
+            ``"clusters"`` (needs ``latent_dim``: each class a Gaussian cluster of latent causes,
+            centres ``N(0, s^2 I_r)`` with ``s ~ U[1, 3]``, unit spread; the features are the
+            random MLP of the causes mixed into ``d`` columns, plus ``feature_noise``).
         hidden: Hidden width of the random MLP.
         depth: Hidden layers of the random MLP.
         noise_std: Noise on every hidden activation.
@@ -602,6 +612,9 @@ class TabularPriorTasks:
     k_shot: int = 5
     n_query: int = 15
     min_features: int | None = None
+    latent_dim: int | None = None
+    feature_noise: float = 0.3
+    classes: str = "ranked"
     hidden: int = 16
     depth: int = 2
     noise_std: float = 0.1
@@ -625,6 +638,14 @@ class TabularPriorTasks:
             _check_int(name, getattr(self, name), minimum)
         if not self.noise_std >= 0:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std!r}")
+        if self.classes not in ("ranked", "clusters"):
+            raise ValueError(f"classes must be 'ranked' or 'clusters', got {self.classes!r}")
+        if self.classes == "clusters" and self.latent_dim is None:
+            raise ValueError("classes='clusters' needs latent_dim (the clusters live in the latent space)")
+        if self.latent_dim is not None:
+            _check_int("latent_dim", self.latent_dim, 1)
+        if not self.feature_noise >= 0:
+            raise ValueError(f"feature_noise must be >= 0, got {self.feature_noise!r}")
         if self.min_features is not None:
             _check_int("min_features", self.min_features, 1)
             if self.min_features > self.n_features:
@@ -639,8 +660,16 @@ class TabularPriorTasks:
         d = self.n_features
         if self.min_features is not None:
             d = int(torch.randint(self.min_features, self.n_features + 1, (1,), generator=g))
-        x = torch.randn(n, d, generator=g, dtype=torch.float64)
-        h = x
+        if self.classes == "clusters":
+            return self._cluster_task(d)
+        if self.latent_dim is None:
+            x = torch.randn(n, d, generator=g, dtype=torch.float64)
+            h = x
+        else:
+            r = int(torch.randint(1, self.latent_dim + 1, (1,), generator=g))
+            h = torch.randn(n, r, generator=g, dtype=torch.float64)  # the causes the MLP reads
+            mix = torch.randn(r, d, generator=g, dtype=torch.float64)
+            x = h @ mix + self.feature_noise * torch.randn(n, d, generator=g, dtype=torch.float64)
         for _ in range(self.depth):
             w = torch.randn(h.shape[1], self.hidden, generator=g, dtype=torch.float64) / math.sqrt(h.shape[1])
             b = torch.randn(self.hidden, generator=g, dtype=torch.float64)
@@ -652,6 +681,29 @@ class TabularPriorTasks:
         pools: list[Tensor] = [x[:0]] * self.n_way
         for b in range(self.n_way):
             pools[int(classes[b])] = x[order[b * m : (b + 1) * m]]
+        sx, sy, qx, qy = _split_classes(pools, self.k_shot, self.n_query, g)
+        sx, qx = _standardise(sx, qx)
+        if d < self.n_features:
+            sx = torch.cat([sx, sx.new_zeros(sx.shape[0], self.n_features - d)], 1)
+            qx = torch.cat([qx, qx.new_zeros(qx.shape[0], self.n_features - d)], 1)
+        return Task(sx.to(self.dtype), sy, qx.to(self.dtype), qy, n_way=self.n_way)
+
+    def _cluster_task(self, d: int) -> Task:
+        g = self.generator
+        assert g is not None and self.latent_dim is not None
+        per = self.k_shot + self.n_query
+        r = int(torch.randint(1, self.latent_dim + 1, (1,), generator=g))
+        spread = 1.0 + 2.0 * float(torch.rand((), generator=g, dtype=torch.float64))
+        centres = spread * torch.randn(self.n_way, r, generator=g, dtype=torch.float64)
+        u = centres.repeat_interleave(per, 0) + torch.randn(self.n_way * per, r, generator=g, dtype=torch.float64)
+        h = u
+        for _ in range(self.depth):  # the causes through a random MLP, then mixed into d columns
+            w = torch.randn(h.shape[1], self.hidden, generator=g, dtype=torch.float64) / math.sqrt(h.shape[1])
+            b = torch.randn(self.hidden, generator=g, dtype=torch.float64)
+            h = torch.tanh(h @ w + b)
+        mix = torch.randn(h.shape[1], d, generator=g, dtype=torch.float64) / math.sqrt(h.shape[1])
+        x = h @ mix + self.feature_noise * torch.randn(h.shape[0], d, generator=g, dtype=torch.float64)
+        pools = [x[c * per : (c + 1) * per] for c in range(self.n_way)]
         sx, sy, qx, qy = _split_classes(pools, self.k_shot, self.n_query, g)
         sx, qx = _standardise(sx, qx)
         if d < self.n_features:
