@@ -1059,11 +1059,30 @@ TABLES: dict[str, Table] = {
     "fusion_heterogeneous_1": Table(r_fusion, ("results/fusion_heterogeneous.json",), {"k_shot": 1}),
     "fusion_heterogeneous_5": Table(r_fusion, ("results/fusion_heterogeneous.json",), {"k_shot": 5}),
     "distributed": Table(r_distributed, ("results/distributed.json",)),
-    "learner_targets": Table(r_learner_targets, ('results/compare_all_5w1s.json', 'results/compare_all_20w1s.json', 'results/compare_all_5w1s.json', 'results/metasgd60_monitor.json', 'results/omniglot_maml20_cpu_compile.json')),
-    "all_5w1s": Table(r_compare, ('results/compare_all_5w1s.json',)),
-    "all_20w1s": Table(r_compare, ('results/compare_all_20w1s.json',)),
-    "all_fashion": Table(r_compare, ('results/compare_all_fashion_5w1s.json',)),
-    "all_digits": Table(r_compare, ('results/compare_all_digits_5w1s.json',)),
+    "learner_targets": Table(
+        r_learner_targets,
+        (
+            "results/compare_all_5w1s.json",
+            "results/compare_all_20w1s.json",
+            "results/compare_all_5w1s.json",
+            "results/metasgd60_monitor.json",
+            "results/omniglot_maml20_cpu_compile.json",
+        ),
+    ),
+    "all_5w1s": Table(r_compare, ("results/compare_all_5w1s.json",)),
+    "all_20w1s": Table(r_compare, ("results/compare_all_20w1s.json",)),
+    "all_fashion": Table(r_compare, ("results/compare_all_fashion_5w1s.json",)),
+    "all_digits": Table(r_compare, ("results/compare_all_digits_5w1s.json",)),
+    "tabular": Table(
+        r_tabular,
+        (
+            "results/tabular_iris.json",
+            "results/tabular_wine.json",
+            "results/tabular_breast-cancer.json",
+            "results/tabular_digits-table.json",
+        ),
+    ),
+    "completion": Table(r_completion, ("results/completion_npcnp.json", "results/completion_anp.json")),
 }
 
 
