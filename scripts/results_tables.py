@@ -1083,6 +1083,7 @@ TABLES: dict[str, Table] = {
         ),
     ),
     "completion": Table(r_completion, ("results/completion_npcnp.json", "results/completion_anp.json")),
+    "sine_np": Table(r_completion, ("results/sine_anp.json", "results/sine_tnp.json"), {"context": "context points"}),
 }
 
 
