@@ -670,10 +670,7 @@ class TabularPriorTasks:
             h = torch.randn(n, r, generator=g, dtype=torch.float64)  # the causes the MLP reads
             mix = torch.randn(r, d, generator=g, dtype=torch.float64)
             x = h @ mix + self.feature_noise * torch.randn(n, d, generator=g, dtype=torch.float64)
-        for _ in range(self.depth):
-            w = torch.randn(h.shape[1], self.hidden, generator=g, dtype=torch.float64) / math.sqrt(h.shape[1])
-            b = torch.randn(self.hidden, generator=g, dtype=torch.float64)
-            h = torch.tanh(h @ w + b) + self.noise_std * torch.randn(n, self.hidden, generator=g, dtype=torch.float64)
+        h = self._random_mlp(h, noisy=True)
         z = h @ torch.randn(self.hidden, generator=g, dtype=torch.float64)
         order = z.argsort()
         m = n // self.n_way
@@ -681,7 +678,24 @@ class TabularPriorTasks:
         pools: list[Tensor] = [x[:0]] * self.n_way
         for b in range(self.n_way):
             pools[int(classes[b])] = x[order[b * m : (b + 1) * m]]
-        sx, sy, qx, qy = _split_classes(pools, self.k_shot, self.n_query, g)
+        return self._task(pools, d)
+
+    def _random_mlp(self, h: Tensor, *, noisy: bool) -> Tensor:
+        """``depth`` tanh layers of ``hidden`` units, weights ``N(0, 1 / fan_in)``, biases ``N(0, 1)``
+        (plus ``noise_std`` Gaussian noise on every activation when ``noisy``)."""
+        g = self.generator
+        for _ in range(self.depth):
+            w = torch.randn(h.shape[1], self.hidden, generator=g, dtype=torch.float64) / math.sqrt(h.shape[1])
+            b = torch.randn(self.hidden, generator=g, dtype=torch.float64)
+            h = torch.tanh(h @ w + b)
+            if noisy:
+                h = h + self.noise_std * torch.randn(h.shape[0], self.hidden, generator=g, dtype=torch.float64)
+        return h
+
+    def _task(self, pools: Sequence[Tensor], d: int) -> Task:
+        """Support and query rows from the per-class pools, standardised, zero-padded to ``n_features``."""
+        assert self.generator is not None
+        sx, sy, qx, qy = _split_classes(pools, self.k_shot, self.n_query, self.generator)
         sx, qx = _standardise(sx, qx)
         if d < self.n_features:
             sx = torch.cat([sx, sx.new_zeros(sx.shape[0], self.n_features - d)], 1)
@@ -696,20 +710,10 @@ class TabularPriorTasks:
         spread = 1.0 + 2.0 * float(torch.rand((), generator=g, dtype=torch.float64))
         centres = spread * torch.randn(self.n_way, r, generator=g, dtype=torch.float64)
         u = centres.repeat_interleave(per, 0) + torch.randn(self.n_way * per, r, generator=g, dtype=torch.float64)
-        h = u
-        for _ in range(self.depth):  # the causes through a random MLP, then mixed into d columns
-            w = torch.randn(h.shape[1], self.hidden, generator=g, dtype=torch.float64) / math.sqrt(h.shape[1])
-            b = torch.randn(self.hidden, generator=g, dtype=torch.float64)
-            h = torch.tanh(h @ w + b)
+        h = self._random_mlp(u, noisy=False)  # the causes through a random MLP, then mixed into d columns
         mix = torch.randn(h.shape[1], d, generator=g, dtype=torch.float64) / math.sqrt(h.shape[1])
         x = h @ mix + self.feature_noise * torch.randn(h.shape[0], d, generator=g, dtype=torch.float64)
-        pools = [x[c * per : (c + 1) * per] for c in range(self.n_way)]
-        sx, sy, qx, qy = _split_classes(pools, self.k_shot, self.n_query, g)
-        sx, qx = _standardise(sx, qx)
-        if d < self.n_features:
-            sx = torch.cat([sx, sx.new_zeros(sx.shape[0], self.n_features - d)], 1)
-            qx = torch.cat([qx, qx.new_zeros(qx.shape[0], self.n_features - d)], 1)
-        return Task(sx.to(self.dtype), sy, qx.to(self.dtype), qy, n_way=self.n_way)
+        return self._task([x[c * per : (c + 1) * per] for c in range(self.n_way)], d)
 
     def sample_batch(self, n_tasks: int | None = None) -> TaskBatch:
         """``n_tasks`` (default ``tasks_per_batch``) tasks stacked."""
