@@ -25,4 +25,7 @@ if [ "$TORCH_SPEC" != "skip" ]; then
 fi
 $VENV/bin/python -c "import torch; print('torch', torch.__version__)"
 $PIP install -q -e ".[${EXTRAS}]" 2>&1 | grep -v "^WARNING: Location" || true
+# Parquet support (the `parquet` extra) on its own line: an index without pyarrow must not stop the
+# rest of the set-up; the Parquet tests skip without it
+$PIP install -q "pyarrow>=12" 2>&1 | grep -v "^WARNING: Location" || true
 $VENV/bin/python -c "import metafit; print('metafit', metafit.__version__)"
