@@ -120,6 +120,25 @@ def test_cli_refuses_existing_run_unless_resume_or_force(tmp_path: Path, capsys:
     assert len(calls) == 2 and "--force" in calls[0]["command"] and "--resume" in calls[1]["command"]
     assert calls[0]["command"].startswith("metafit train ") and calls[1]["final_step"] == after.step
     assert {"commit", "started", "date", "cpu", "threads", "torch"} <= set(calls[1])
+    assert [c["status"] for c in calls] == ["finished", "finished"]
+
+
+def test_a_killed_train_command_leaves_its_running_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import metafit.app.runs as runs
+
+    run = tmp_path / "run"
+
+    def killed(config: object, run_dir: Path, **kwargs: object) -> None:
+        Path(run_dir).mkdir(parents=True)
+        for callback in kwargs["callbacks"]:  # type: ignore[attr-defined]
+            callback.on_fit_start(None)
+        raise KeyboardInterrupt  # the process dies mid-training
+
+    monkeypatch.setattr(runs, "train", killed)
+    assert _train(run) != 0  # "metafit: error: interrupted"
+    (call,) = json.loads((run / "provenance.json").read_text())["invocations"]
+    assert call["status"] == "running" and call["final_step"] is None
+    assert call["command"].startswith("metafit train ") and "commit" in call
 
 
 @pytest.mark.parametrize(

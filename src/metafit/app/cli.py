@@ -169,8 +169,13 @@ def _drop_seeds(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _record_invocation(run_dir: Path, argv: Sequence[str], started: float, commit: str | None, step: int) -> None:
-    """Appends this command's provenance to ``<run>/provenance.json`` (a resumed run lists each invocation)."""
+def _record_invocation(
+    run_dir: Path, argv: Sequence[str], started: float, commit: str | None, step: int | None, *, running: bool = False
+) -> None:
+    """Records this command's provenance in ``<run>/provenance.json`` (a resumed run lists each
+    invocation). With ``running`` the entry says ``"status": "running"`` and no final step (written
+    when training starts, so a killed command still leaves its record); the finished command's
+    entry then replaces it."""
     from metafit.app.provenance import provenance
     from metafit.checkpoint import atomic_write_bytes
 
@@ -179,8 +184,26 @@ def _record_invocation(run_dir: Path, argv: Sequence[str], started: float, commi
         done = json.loads(path.read_text())["invocations"] if path.is_file() else []
     except (OSError, ValueError, KeyError, TypeError):
         done = []
-    done.append({**provenance(argv, started=started, commit=commit), "final_step": step})
+    entry = {**provenance(argv, started=started, commit=commit), "final_step": step}
+    entry["status"] = "running" if running else "finished"
+    if done and done[-1].get("status") == "running" and done[-1].get("started") == entry["started"]:
+        done[-1] = entry  # this command's own running record
+    else:
+        done.append(entry)
     atomic_write_bytes(path, (json.dumps({"invocations": done}, indent=1) + "\n").encode())
+
+
+def _record_start(run_dir: Path, argv: Sequence[str], started: float, commit: str | None) -> Any:
+    """A callback that writes this command's "running" provenance record once training starts
+    (the run folder exists then; rank 0 only)."""
+    from metafit.engine import Callback
+
+    class RecordStart(Callback):
+        def on_fit_start(self, trainer: Any) -> None:
+            if int(os.environ.get("RANK", "0")) == 0:
+                _record_invocation(run_dir, argv, started, commit, None, running=True)
+
+    return RecordStart()
 
 
 def _train_one(args: argparse.Namespace) -> int:
@@ -203,8 +226,11 @@ def _train_one(args: argparse.Namespace) -> int:
     from metafit.app.provenance import start_commit
 
     started, commit = time.time(), start_commit()
+    record = _record_start(run_dir, args.argv, started, commit)
     try:
-        result = train(config, run_dir, resume=args.resume, force=args.force, progress=not args.quiet)
+        result = train(
+            config, run_dir, resume=args.resume, force=args.force, progress=not args.quiet, callbacks=[record]
+        )
     finally:
         if under_torchrun:
             cleanup()

@@ -280,6 +280,10 @@ class ModelConfig:
         n_heads: Attention heads of those learners.
         n_layers: Their attention layers (0: each network's default).
         d_ff: Feed-forward width of their attention layers.
+        label_dim: ``caml``: width of the label part of a token (``None``: ``d_model // 4``; 0:
+            label vectors added to the features; see :class:`metafit.models.InContextClassifier`).
+        norm_first: ``caml``: pre-norm transformer layers (``false``: post-norm).
+        tied_qk: ``caml``: one projection for the attention's queries and keys.
     """
 
     arch: str = "auto"
@@ -295,14 +299,21 @@ class ModelConfig:
     n_heads: int = 4
     n_layers: int = 0
     d_ff: int = 128
+    label_dim: int | None = None
+    norm_first: bool = True
+    tied_qk: bool = True
 
     def __post_init__(self) -> None:
         s = "model"
         for name, minimum in (("d_model", 1), ("n_heads", 1), ("n_layers", 0), ("d_ff", 1)):
             _check_int(s, name, getattr(self, name), minimum)
+        _check_opt_int(s, "label_dim", self.label_dim, 0)
         if self.d_model % self.n_heads:
             _fail(s, "d_model", f"a multiple of model.n_heads={self.n_heads}", self.d_model)
-        _check_bool(s, "channels_last", self.channels_last)
+        if self.label_dim is not None and self.label_dim >= self.d_model:
+            _fail(s, "label_dim", f"an int below model.d_model={self.d_model}", self.label_dim)
+        for name in ("channels_last", "norm_first", "tied_qk"):
+            _check_bool(s, name, getattr(self, name))
         _check_choice(s, "arch", self.arch, ARCHS)
         if isinstance(self.hidden, list):
             object.__setattr__(self, "hidden", tuple(self.hidden))

@@ -200,6 +200,9 @@ def build_model(config: RunConfig, shape: Sequence[int] | None = None) -> nn.Mod
                 n_heads=m.n_heads,
                 n_layers=m.n_layers or 2,
                 d_ff=m.d_ff,
+                label_dim=m.label_dim,
+                norm_first=m.norm_first,
+                tied_qk=m.tied_qk,
             )
 
         return seeding.seeded(config.train.seed, icl)

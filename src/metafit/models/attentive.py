@@ -81,6 +81,7 @@ class MultiheadAttention(nn.Module):
         n_heads: Heads; ``d_model`` must be divisible by it.
         d_key: Width of the key inputs (default ``d_model``).
         d_value: Width of the value inputs (default ``d_model``).
+        tied_qk: One projection for queries and keys (self-attention only; no ``k`` parameters).
 
     Shapes:
         ``query (Lq, d_model)``, ``key (Lk, d_key)``, ``value (Lk, d_value)``, ``mask (Lq, Lk)``
@@ -88,12 +89,24 @@ class MultiheadAttention(nn.Module):
         ``True`` entry (an all-masked row has no defined attention).
     """
 
-    def __init__(self, d_model: int, n_heads: int, *, d_key: int | None = None, d_value: int | None = None) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        d_key: int | None = None,
+        d_value: int | None = None,
+        tied_qk: bool = False,
+    ) -> None:
         super().__init__()
         _check_heads(d_model, n_heads)
+        if tied_qk and d_key not in (None, d_model):
+            raise ValueError(f"tied_qk needs keys of the queries' width d_model={d_model}, got d_key={d_key}")
         self.n_heads = n_heads
         self.q = nn.Linear(d_model, d_model)
-        self.k = nn.Linear(d_key or d_model, d_model)
+        # tied: one projection for queries and keys, so the score <Wx, Wx'> is a positive
+        # semi-definite kernel of the inputs (a token most resembles itself from the first step)
+        self.k = None if tied_qk else nn.Linear(d_key or d_model, d_model)
         self.v = nn.Linear(d_value or d_model, d_model)
         self.out = nn.Linear(d_model, d_model)
 
@@ -102,7 +115,8 @@ class MultiheadAttention(nn.Module):
         return t.reshape(*lead, n, self.n_heads, d // self.n_heads).transpose(-3, -2)  # (..., H, L, dh)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> Tensor:
-        q, k, v = self._heads(self.q(query)), self._heads(self.k(key)), self._heads(self.v(value))
+        key_projection = self.q if self.k is None else self.k
+        q, k, v = self._heads(self.q(query)), self._heads(key_projection(key)), self._heads(self.v(value))
         m = None if mask is None else mask.unsqueeze(-3)  # broadcast over heads
         h = F.scaled_dot_product_attention(q, k, v, attn_mask=m)  # (..., H, Lq, dh)
         h = h.transpose(-3, -2).flatten(-2)
@@ -110,24 +124,41 @@ class MultiheadAttention(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    """A post-norm transformer encoder layer (as ``nn.TransformerEncoderLayer``, ReLU, no dropout).
+    """A transformer encoder layer (as ``nn.TransformerEncoderLayer``, ReLU, no dropout).
 
-    ``x <- LN(x + MHA(x, x, x, mask))``; ``x <- LN(x + FF(x))``. Post-norm matches the
-    ``nn.TransformerEncoderLayer`` default used by the TNP reference code.
+    Post-norm (default): ``x <- LN(x + MHA(x, x, x, mask))``; ``x <- LN(x + FF(x))``, the
+    ``nn.TransformerEncoderLayer`` default used by the TNP reference code. Pre-norm
+    (``norm_first``): ``x <- x + MHA(LN(x), ..., mask)``; ``x <- x + FF(LN(x))`` (Xiong et al.
+    2020, "On Layer Normalization in the Transformer Architecture"): the residual stream is
+    never normalised, so a token's input reaches the output unchanged at initialisation.
+
+    Args:
+        d_model: Token width.
+        n_heads: Attention heads.
+        d_ff: Feed-forward width.
+        norm_first: Pre-norm instead of post-norm.
+        tied_qk: See :class:`MultiheadAttention`.
 
     Shapes:
         ``x (L, d_model)``, ``mask (L, L)`` bool or ``None`` -> ``(L, d_model)``.
     """
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int, d_ff: int, *, norm_first: bool = False, tied_qk: bool = False
+    ) -> None:
         super().__init__()
         _check_dims(d_ff=d_ff)
-        self.attn = MultiheadAttention(d_model, n_heads)
+        self.norm_first = bool(norm_first)
+        self.attn = MultiheadAttention(d_model, n_heads, tied_qk=tied_qk)
         self.ff = _mlp([d_model, d_ff, d_model])
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if self.norm_first:
+            h = self.norm1(x)
+            x = x + self.attn(h, h, h, mask)
+            return x + self.ff(self.norm2(x))
         x = self.norm1(x + self.attn(x, x, x, mask))
         return self.norm2(x + self.ff(x))
 
@@ -355,15 +386,24 @@ def icl_mask(n_support: int, n_query: int, *, device: torch.device | None = None
 class InContextClassifier(nn.Module):
     """In-context transformer few-shot classifier, CAML-style (Fifty et al., ICLR 2024, arXiv 2310.10971).
 
-    A support token is ``P phi(x_i) + E[y_i]`` and a query token ``P phi(x_q) + u``, where ``phi``
-    is any feature network, ``P`` a linear projection, ``E`` a learned table of ``max_way`` label
-    vectors and ``u`` a learned "unknown label" vector. A transformer encoder (post-norm, no
-    positional encodings) runs over ``[support; queries]`` under :func:`icl_mask`; the logit of
-    class ``c`` for a query is ``<W h_q, E[c]>`` for ``c < n_way`` (the label table doubles as the
-    readout, so any ``n_way <= max_way`` works; the logits of an ``n_way``-way task are the first
-    ``n_way`` columns of those computed with a larger ``n_way``). The function is NOT invariant to
-    relabelling the classes (the label vectors differ); training on tasks with random label
-    assignments makes it so on average, as in CAML.
+    A support token is ``[P phi(x_i) ; E[y_i]]`` and a query token ``[P phi(x_q) ; u]`` (the
+    concatenation of a feature part and a label part, as CAML concatenates its image embedding
+    and label code), where ``phi`` is any feature network, ``P`` a linear projection, ``E`` a
+    learned table of ``max_way`` label vectors and ``u`` a learned "unknown label" vector. A
+    transformer encoder (no positional encodings) runs over ``[support; queries]`` under
+    :func:`icl_mask`; the logit of class ``c`` for a query is ``<W LN(h_q), E[c]>`` for
+    ``c < n_way`` (the label table doubles as the readout, so any ``n_way <= max_way`` works; the
+    logits of an ``n_way``-way task are the first ``n_way`` columns of those computed with a larger
+    ``n_way``). The function is NOT invariant to relabelling the classes (the label vectors
+    differ); training on tasks with random label assignments makes it so on average, as in CAML.
+
+    What makes it trainable in minutes: the layers are pre-norm and the query/key projections
+    are tied (``norm_first``, ``tied_qk``). With post-norm layers, untied projections and the label
+    vector added to the features, the same network sat on the chance plateau (loss
+    ``ln n_way``) for thousands of steps on the tabular prior: at initialisation a query attends
+    uniformly, so the labels it reads carry no signal and the attention gets no gradient. A tied
+    projection makes a query attend most to the support tokens whose features resemble its own
+    from the first step, and pre-norm keeps the label part of the residual stream intact.
 
     Differences from CAML: CAML fixes the label vectors to an ELMES code and freezes a
     pre-trained CLIP/ViT backbone; here the table is learned and the backbone is any module,
@@ -384,6 +424,11 @@ class InContextClassifier(nn.Module):
         n_heads: Attention heads.
         n_layers: Transformer layers.
         d_ff: Feed-forward width.
+        label_dim: Width of the label part of a token (``< d_model``; default ``d_model // 4``);
+            ``0``: the label vector is ADDED to a ``d_model``-wide feature projection instead (one
+            shared channel).
+        norm_first: Pre-norm layers and a final LayerNorm (``False``: post-norm, no final norm).
+        tied_qk: One projection for the attention's queries and keys in every layer.
 
     Shapes:
         ``forward(support_x (S, *input_shape), support_y (S,) int64, query_x (Q, *input_shape),
@@ -400,19 +445,35 @@ class InContextClassifier(nn.Module):
         n_heads: int = 4,
         n_layers: int = 2,
         d_ff: int = 256,
+        label_dim: int | None = None,
+        norm_first: bool = True,
+        tied_qk: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"backbone must be an nn.Module, got {type(backbone).__name__}")
         _check_dims(feature_dim=feature_dim, max_way=max_way)
         _check_heads(d_model, n_heads)
+        if label_dim is None:
+            label_dim = d_model // 4
+        if isinstance(label_dim, bool) or not isinstance(label_dim, int) or not 0 <= label_dim < d_model:
+            raise ValueError(f"label_dim must be an int in 0..{d_model - 1} (below d_model), got {label_dim!r}")
         self.backbone = backbone
-        self.feature_dim, self.max_way = int(feature_dim), int(max_way)
-        self.project = nn.Linear(self.feature_dim, d_model)
-        self.label_table = nn.Parameter(torch.randn(max_way, d_model) / math.sqrt(d_model))
-        self.unknown = nn.Parameter(torch.randn(d_model) / math.sqrt(d_model))
-        self.layers = nn.ModuleList(TransformerLayer(d_model, n_heads, d_ff) for _ in range(n_layers))
-        self.readout = nn.Linear(d_model, d_model)
+        self.feature_dim, self.max_way, self.label_dim = int(feature_dim), int(max_way), int(label_dim)
+        width = label_dim or d_model  # of a label vector
+        self.project = nn.Linear(self.feature_dim, d_model - label_dim)
+        self.label_table = nn.Parameter(torch.randn(max_way, width) / math.sqrt(width))
+        self.unknown = nn.Parameter(torch.randn(width) / math.sqrt(width))
+        self.layers = nn.ModuleList(
+            TransformerLayer(d_model, n_heads, d_ff, norm_first=norm_first, tied_qk=tied_qk) for _ in range(n_layers)
+        )
+        self.final_norm = nn.LayerNorm(d_model) if norm_first else None
+        self.readout = nn.Linear(d_model, width)
+
+    def _tokens(self, features: Tensor, labels: Tensor) -> Tensor:
+        if self.label_dim:
+            return torch.cat([features, labels], -1)
+        return features + labels
 
     def forward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, n_way: int) -> Tensor:
         if isinstance(n_way, bool) or not isinstance(n_way, int) or not 1 <= n_way <= self.max_way:
@@ -422,11 +483,18 @@ class InContextClassifier(nn.Module):
             raise ValueError("an in-context classifier needs at least one support example, got 0")
         fs = self.project(self.backbone(support_x).flatten(1))
         fq = self.project(self.backbone(query_x).flatten(1))
-        h = torch.cat([fs + F.embedding(support_y, self.label_table), fq + self.unknown], 0)
+        h = torch.cat(
+            [
+                self._tokens(fs, F.embedding(support_y, self.label_table)),
+                self._tokens(fq, self.unknown.expand(q, -1)),
+            ],
+            0,
+        )
         mask = icl_mask(s, q, device=h.device)
         for layer in self.layers:
             h = layer(h, mask)
-        return self.readout(h[s:]) @ self.label_table[:n_way].transpose(0, 1)
+        out = h[s:] if self.final_norm is None else self.final_norm(h[s:])
+        return self.readout(out) @ self.label_table[:n_way].transpose(0, 1)
 
 
 NP_NETWORKS = ("cnp", "anp", "tnp")
