@@ -59,6 +59,9 @@ def test_config_unknown_key_in_file_names_the_file(tmp_path: Path) -> None:
         ("algo", {"name": "mamal"}, r"algo\.name must be one of .*'mamal'"),
         ("data", {"n_way": 0}, r"data\.n_way must be an int >= 1, got 0"),
         ("model", {"hidden": [4, -2]}, r"model\.hidden must be a list of ints >= 1"),
+        ("model", {"label_dim": 64}, r"model\.label_dim must be an int below model\.d_model=64, got 64"),
+        ("model", {"label_dim": -1}, r"model\.label_dim must be .*>= 0.*-1"),
+        ("model", {"tied_qk": "yes"}, r"model\.tied_qk must be"),
     ],
 )
 def test_config_bad_values_name_field_expected_and_actual(section: str, values: dict, pattern: str) -> None:
