@@ -1082,6 +1082,7 @@ TABLES: dict[str, Table] = {
             "results/tabular_digits-table.json",
         ),
     ),
+    "caml4_5w1s": Table(r_compare, ("results/compare_caml4_5w1s.json",)),
     "completion": Table(r_completion, ("results/completion_npcnp.json", "results/completion_anp.json")),
     "sine_np": Table(r_completion, ("results/sine_anp.json", "results/sine_tnp.json"), {"context": "context points"}),
 }
