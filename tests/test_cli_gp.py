@@ -4,6 +4,7 @@ held-out GP tasks; a learner that cannot read the padding is refused before anyt
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,10 @@ def test_gp_config_trains_and_evaluates_a_masked_neural_process(
     )
     assert code == 0, capsys.readouterr().err
     res = json.loads((run / "eval.json").read_text())["results"][0]
-    assert res["episodes"] == 8 and {"nll", "mse"} <= set(res["metrics"])
+    assert res["episodes"] == 8 and {"nll", "mse", "context_nll"} <= set(res["metrics"])
+    # the context log-likelihood scores each task's own (real) context points, not its targets
+    ctx = res["per_task"]["context_nll"]
+    assert len(ctx) == 8 and all(math.isfinite(v) for v in ctx) and ctx != res["per_task"]["nll"]
     assert main(["eval", str(run), "--episodes", "8", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["results"][0]["metrics"]["nll"]["mean"] == pytest.approx(
         res["metrics"]["nll"]["mean"]

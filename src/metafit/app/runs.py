@@ -1227,6 +1227,11 @@ def _checked(batches: Iterable[TaskBatch], trainer: Trainer) -> Iterator[TaskBat
         yield batch
 
 
+def _context_as_targets(task: Task) -> Task:
+    """The task whose targets are its own context points (for the context log-likelihood)."""
+    return Task(task.support_x, task.support_y, task.support_x, task.support_y, n_way=task.n_way)
+
+
 def _evaluate_trained(
     config: RunConfig,
     algorithm: Algorithm,
@@ -1277,6 +1282,11 @@ def _evaluate_trained(
         res: EvalResult = evaluate(
             algorithm, model, meta_params, tasks, buffers=buffers, steps=inner_steps, lr=inner_lr, chunk=chunk
         )
+        if algorithm.spec.distribution and not algorithm.spec.inner_loop:
+            # the NP literature's context log-likelihood: each task's context points as its targets
+            ctx = evaluate(algorithm, model, meta_params, [_context_as_targets(t) for t in tasks], buffers=buffers)
+            res.metrics["context_nll"] = ctx.metrics["nll"]
+            res.per_task["context_nll"] = ctx.per_task["nll"]
         if algorithm.spec.distribution and not padded:  # coverage of the central predictive intervals, per task
             cov = calibration(algorithm, model, meta_params, tasks, buffers=buffers, levels=COVERAGE_LEVELS)  # type: ignore[arg-type]
             for level, values in cov.items():
