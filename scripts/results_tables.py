@@ -834,6 +834,33 @@ def r_completion(ds: list[Json], context: str = "context pixels") -> tuple[list[
     ], rows
 
 
+def r_gp_product(ds: list[Json]) -> tuple[list[str], Rows]:
+    """``metafit eval RUN`` of GP-regression runs (padded held-out tasks): target and context
+    log-likelihood per point, one JSON per learner, the same tasks for each."""
+    rows = []
+    for d in ds:
+        (r,) = d["results"]
+        m = r["metrics"]
+        rows.append(
+            [
+                r["algo"],
+                f"{d['step']:,}",
+                pm(-m["nll"]["mean"], m["nll"]["ci95"], 3),
+                pm(-m["context_nll"]["mean"], m["context_nll"]["ci95"], 3),
+                pm(m["mse"]["mean"], m["mse"]["ci95"], 4),
+                str(r["episodes"]),
+            ]
+        )
+    return [
+        "learner",
+        "training steps",
+        "target log-likelihood per point",
+        "context log-likelihood per point",
+        "target MSE",
+        "held-out tasks",
+    ], rows
+
+
 def r_learner_targets(ds: list[Json]) -> tuple[list[str], Rows]:
     """The Omniglot targets of the learners issue, from the all-learner comparisons, the long
     Meta-SGD comparison and its monitor curve."""
@@ -1083,6 +1110,10 @@ TABLES: dict[str, Table] = {
         ),
     ),
     "caml4_5w1s": Table(r_compare, ("results/compare_caml4_5w1s.json",)),
+    "multisource_omniglot": Table(r_compare, ("results/compare_multisource_omniglot.json",)),
+    "multisource_kanji": Table(r_compare, ("results/compare_multisource_kuzushiji-kanji.json",)),
+    "multisource_fashion": Table(r_compare, ("results/compare_multisource_fashion-mnist.json",)),
+    "multisource_digits": Table(r_compare, ("results/compare_multisource_digits.json",)),
     "completion": Table(r_completion, ("results/completion_npcnp.json", "results/completion_anp.json")),
     "sine_np": Table(r_completion, ("results/sine_anp.json", "results/sine_tnp.json"), {"context": "context points"}),
 }
