@@ -189,3 +189,47 @@ def test_the_cluster_prior_has_structure_a_few_shots_can_find() -> None:
     assert sorted(t.support_y.tolist()) == [0] * 5 + [1] * 5
     with pytest.raises(ValueError, match=r"classes='clusters' needs latent_dim"):
         TabularPriorTasks(classes="clusters", generator=generator(0))
+
+
+def test_a_caml_checkpoint_from_before_the_pre_norm_network_loads_as_the_post_norm_one(tmp_path: Path) -> None:
+    from metafit.app.runs import checkpoint_config, load_trained
+    from metafit.checkpoint import latest_checkpoint
+
+    old = json.loads(json.dumps(TINY))
+    old["model"].update(norm_first=False, tied_qk=False, label_dim=0)
+    cfg = tmp_path / "old.json"
+    cfg.write_text(json.dumps(old))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--run-dir", str(run), "--quiet"]) == 0
+    before = load_trained(run)
+    # the checkpoint as the earlier release wrote it: no such keys in its recorded config
+    path = latest_checkpoint(run / "checkpoints")
+    assert path is not None
+    meta = json.loads(path.read_text())
+    for key in ("norm_first", "tied_qk", "label_dim"):
+        del meta["config"]["model"][key]
+    path.write_text(json.dumps(meta))
+    after = load_trained(run)
+    assert after.model.final_norm is None and after.model.label_dim == 0 and after.model.layers[0].attn.k is not None
+    batch = next(iter(train_batches(after.config, generator(3))))
+    x, y, q = batch.support_x[0], batch.support_y[0], batch.query_x[0]
+    torch.testing.assert_close(
+        before.algorithm.predict(
+            before.model,
+            before.meta_params,
+            before.buffers,
+            before.algorithm.adapt(before.model, before.meta_params, before.buffers, x, y, n_way=batch.n_way),
+            q,
+        ),
+        after.algorithm.predict(
+            after.model,
+            after.meta_params,
+            after.buffers,
+            after.algorithm.adapt(after.model, after.meta_params, after.buffers, x, y, n_way=batch.n_way),
+            q,
+        ),
+    )
+    # a current checkpoint and other learners keep their recorded fields
+    current = checkpoint_config({**TINY, "model": {**TINY["model"], "norm_first": True}})
+    assert current.model.tied_qk and current.model.label_dim is None
+    assert checkpoint_config({"algo": {"name": "protonet"}, "data": {"dataset": "omniglot"}}).model.norm_first

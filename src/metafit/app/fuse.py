@@ -82,8 +82,7 @@ def load_base_run(path: str | Path) -> BaseRun:
             network trained on Omniglot (the message names the run, the expected and the
             actual value).
     """
-    from metafit.app.config import RunConfig
-    from metafit.app.runs import load_trained
+    from metafit.app.runs import checkpoint_config, load_trained
     from metafit.checkpoint import load_checkpoint
 
     where = f"base run {path}"
@@ -96,7 +95,7 @@ def load_base_run(path: str | Path) -> BaseRun:
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     try:
-        config = RunConfig.from_dict(ck.meta["config"])
+        config = checkpoint_config(ck.meta["config"])
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(
             f"{where}: expected a checkpoint written by `metafit train` (holding its run config), "

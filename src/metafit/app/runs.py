@@ -846,6 +846,23 @@ class Trained:
     checkpoint: Checkpoint
 
 
+def checkpoint_config(recorded: Any) -> RunConfig:
+    """The :class:`RunConfig` a checkpoint records, read with the defaults of the release that
+    wrote it: a ``caml`` checkpoint from before ``model.norm_first`` existed holds the post-norm,
+    untied, summed-label network (``norm_first = false``, ``tied_qk = false``, ``label_dim = 0``).
+
+    Raises:
+        ValueError, TypeError, KeyError: not a valid run config.
+    """
+    if not isinstance(recorded, dict):
+        raise TypeError(f"expected the run config as a mapping, got {type(recorded).__name__}")
+    model = dict(recorded.get("model") or {})
+    if (recorded.get("algo") or {}).get("name") == "caml" and "norm_first" not in model:
+        model.update(norm_first=False, tied_qk=False, label_dim=0)
+        recorded = {**recorded, "model": model}
+    return RunConfig.from_dict(recorded)
+
+
 def load_trained(path: str | Path) -> Trained:
     """Loads a checkpoint (run folder, checkpoints folder or file) into a fresh model/learner.
 
@@ -854,8 +871,8 @@ def load_trained(path: str | Path) -> Trained:
     """
     ck = load_checkpoint(path)
     try:
-        config = RunConfig.from_dict(ck.meta["config"])
-    except (KeyError, ValueError) as e:
+        config = checkpoint_config(ck.meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"checkpoint {ck.path} holds no valid config: {e}") from None
     recorded = ck.meta.get("preprocessing", {}).get("input_shape")
     model = build_model(config, recorded)
