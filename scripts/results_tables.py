@@ -835,12 +835,21 @@ def r_completion(ds: list[Json], context: str = "context pixels") -> tuple[list[
 
 
 def r_gp_product(ds: list[Json]) -> tuple[list[str], Rows]:
-    """``metafit eval RUN`` of GP-regression runs (padded held-out tasks): target and context
-    log-likelihood per point, one JSON per learner, the same tasks for each."""
+    """``metafit eval RUN`` of GP-regression runs on the same padded held-out tasks (one JSON per
+    learner, the reference last): target and context log-likelihood per point, and the paired
+    difference of target log-likelihood to the reference over the shared tasks."""
+    ref = ds[-1]["results"][0]["per_task"]["nll"]
     rows = []
     for d in ds:
         (r,) = d["results"]
-        m = r["metrics"]
+        m, per = r["metrics"], r["per_task"]["nll"]
+        if per is ref:
+            paired = "reference"
+        else:
+            diff = [b - a for a, b in zip(per, ref, strict=True)]  # log-likelihood = -nll
+            mu = sum(diff) / len(diff)
+            h = 1.96 * math.sqrt(sum((x - mu) ** 2 for x in diff) / (len(diff) - 1)) / math.sqrt(len(diff))
+            paired = f"{mu:+.3f} [{mu - h:+.3f}, {mu + h:+.3f}]"
         rows.append(
             [
                 r["algo"],
@@ -848,6 +857,7 @@ def r_gp_product(ds: list[Json]) -> tuple[list[str], Rows]:
                 pm(-m["nll"]["mean"], m["nll"]["ci95"], 3),
                 pm(-m["context_nll"]["mean"], m["context_nll"]["ci95"], 3),
                 pm(m["mse"]["mean"], m["mse"]["ci95"], 4),
+                paired,
                 str(r["episodes"]),
             ]
         )
@@ -857,6 +867,7 @@ def r_gp_product(ds: list[Json]) -> tuple[list[str], Rows]:
         "target log-likelihood per point",
         "context log-likelihood per point",
         "target MSE",
+        "target log-likelihood minus the CNP's (paired over the tasks)",
         "held-out tasks",
     ], rows
 
@@ -1110,6 +1121,7 @@ TABLES: dict[str, Table] = {
         ),
     ),
     "caml4_5w1s": Table(r_compare, ("results/compare_caml4_5w1s.json",)),
+    "gp_product": Table(r_gp_product, ("results/gp_rbf_tnp_product.json", "results/gp_rbf_npcnp_product.json")),
     "multisource_omniglot": Table(r_compare, ("results/compare_multisource_omniglot.json",)),
     "multisource_kanji": Table(r_compare, ("results/compare_multisource_kuzushiji-kanji.json",)),
     "multisource_fashion": Table(r_compare, ("results/compare_multisource_fashion-mnist.json",)),
