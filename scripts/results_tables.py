@@ -1126,6 +1126,15 @@ TABLES: dict[str, Table] = {
     "multisource_kanji": Table(r_compare, ("results/compare_multisource_kuzushiji-kanji.json",)),
     "multisource_fashion": Table(r_compare, ("results/compare_multisource_fashion-mnist.json",)),
     "multisource_digits": Table(r_compare, ("results/compare_multisource_digits.json",)),
+    "tabular_long": Table(
+        r_tabular,
+        (
+            "results/tabular_long_iris.json",
+            "results/tabular_long_wine.json",
+            "results/tabular_long_breast-cancer.json",
+            "results/tabular_long_digits-table.json",
+        ),
+    ),
     "completion": Table(r_completion, ("results/completion_npcnp.json", "results/completion_anp.json")),
     "sine_np": Table(r_completion, ("results/sine_anp.json", "results/sine_tnp.json"), {"context": "context points"}),
 }
