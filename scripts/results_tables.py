@@ -1121,6 +1121,7 @@ TABLES: dict[str, Table] = {
         ),
     ),
     "caml4_5w1s": Table(r_compare, ("results/compare_caml4_5w1s.json",)),
+    "caml30_5w1s": Table(r_compare, ("results/compare_caml30_5w1s.json",)),
     "gp_product": Table(r_gp_product, ("results/gp_rbf_tnp_product.json", "results/gp_rbf_npcnp_product.json")),
     "multisource_omniglot": Table(r_compare, ("results/compare_multisource_omniglot.json",)),
     "multisource_kanji": Table(r_compare, ("results/compare_multisource_kuzushiji-kanji.json",)),
