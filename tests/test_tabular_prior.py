@@ -209,6 +209,10 @@ def test_a_caml_checkpoint_from_before_the_pre_norm_network_loads_as_the_post_no
     for key in ("norm_first", "tied_qk", "label_dim"):
         del meta["config"]["model"][key]
     path.write_text(json.dumps(meta))
+    saved = json.loads((run / "config.json").read_text())
+    for key in ("norm_first", "tied_qk", "label_dim"):
+        del saved["model"][key]
+    (run / "config.json").write_text(json.dumps(saved))
     after = load_trained(run)
     assert after.model.final_norm is None and after.model.label_dim == 0 and after.model.layers[0].attn.k is not None
     batch = next(iter(train_batches(after.config, generator(3))))
@@ -229,6 +233,9 @@ def test_a_caml_checkpoint_from_before_the_pre_norm_network_loads_as_the_post_no
             q,
         ),
     )
+    # the run folder of that release resumes too (its config.json predates the fields as well)
+    assert main(["train", "--run-dir", str(run), "--resume", "--steps", "6", "--quiet"]) == 0
+    assert load_trained(run).checkpoint.meta["step"] == 6
     # a current checkpoint and other learners keep their recorded fields
     current = checkpoint_config({**TINY, "model": {**TINY["model"], "norm_first": True}})
     assert current.model.tied_qk and current.model.label_dim is None

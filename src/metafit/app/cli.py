@@ -56,7 +56,9 @@ def _train_config(args: argparse.Namespace) -> Any:
     if args.config:
         config = load_config(args.config)
     elif args.resume and run_dir is not None and (run_dir / "config.json").exists():
-        config = load_config(run_dir / "config.json")
+        from metafit.app.runs import checkpoint_config
+
+        config = checkpoint_config(json.loads((run_dir / "config.json").read_text(encoding="utf-8")))
     else:
         config = RunConfig()
     sets: list[str] = []

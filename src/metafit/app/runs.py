@@ -847,8 +847,8 @@ class Trained:
 
 
 def checkpoint_config(recorded: Any) -> RunConfig:
-    """The :class:`RunConfig` a checkpoint records, read with the defaults of the release that
-    wrote it: a ``caml`` checkpoint from before ``model.norm_first`` existed holds the post-norm,
+    """The :class:`RunConfig` a checkpoint or a run folder's ``config.json`` records, read with
+    the defaults of the release that wrote it: a ``caml`` checkpoint from before ``model.norm_first`` existed holds the post-norm,
     untied, summed-label network (``norm_first = false``, ``tied_qk = false``, ``label_dim = 0``).
 
     Raises:
@@ -934,8 +934,8 @@ def _prepare_run_dir(config: RunConfig, run_dir: Path, *, resume: bool, force: b
     cfg_path = run_dir / "config.json"
     if cfg_path.exists():
         try:
-            saved = RunConfig.from_dict(json.loads(cfg_path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, ValueError) as e:
+            saved = checkpoint_config(json.loads(cfg_path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
             if not force:
                 raise ValueError(
                     f"run folder {run_dir} holds an unreadable config.json ({e}); pass --force to start over"
