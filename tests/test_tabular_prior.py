@@ -240,3 +240,69 @@ def test_a_caml_checkpoint_from_before_the_pre_norm_network_loads_as_the_post_no
     current = checkpoint_config({**TINY, "model": {**TINY["model"], "norm_first": True}})
     assert current.model.tied_qk and current.model.label_dim is None
     assert checkpoint_config({"algo": {"name": "protonet"}, "data": {"dataset": "omniglot"}}).model.norm_first
+
+
+def test_irrelevant_columns_are_shuffled_copies_that_lose_the_class() -> None:
+    prior = TabularPriorTasks(n_features=20, irrelevant=0.99, generator=generator(0))
+    labels = torch.arange(4).repeat_interleave(50).double()
+    x = labels[:, None].repeat(1, 20)  # every column is the class
+    counts = []
+    for _ in range(20):
+        out = prior._corrupt(x)
+        same = (out == x).all(0)
+        for c in (~same).nonzero().flatten().tolist():  # a shuffled column: the same values, reordered
+            assert torch.equal(out[:, c].sort().values, x[:, c].sort().values)
+            assert float((out[:, c] == labels).double().mean()) < 0.6
+        counts.append(int((~same).sum()))
+    assert min(counts) <= 5 and max(counts) >= 12  # f ~ U[0, 0.99] of the 20 columns
+    assert TabularPriorTasks(n_features=20, generator=generator(0))._corrupt(x) is x  # off: untouched
+
+
+def test_warped_columns_are_monotone_and_discrete_sparse_or_heavy_tailed() -> None:
+    prior = TabularPriorTasks(n_features=60, warp=1.0, generator=generator(1))
+    x = torch.randn(300, 60, generator=generator(2), dtype=torch.float64)
+    out = prior._corrupt(x)
+    kinds = set()
+    for c in range(60):
+        order = x[:, c].argsort()
+        assert bool((out[order, c].diff() >= -1e-12).all()), f"column {c} is not a monotone warp"
+        col = out[:, c]
+        if col.unique().numel() <= 17:
+            kinds.add("quantised")
+        elif float((col == 0).double().mean()) >= 0.29:
+            kinds.add("rectified")
+        else:
+            assert float(col.min()) > 0 and float(((col - col.mean()) ** 3).mean()) > 0, f"column {c}"
+            kinds.add("exponentiated")
+    assert kinds == {"quantised", "rectified", "exponentiated"}
+    t = TabularPriorTasks(
+        n_features=16,
+        n_way=3,
+        k_shot=5,
+        n_query=5,
+        latent_dim=3,
+        classes="clusters",
+        warp=0.5,
+        irrelevant=0.5,
+        generator=generator(3),
+    ).sample_task()
+    assert torch.isfinite(t.support_x).all() and torch.isfinite(t.query_x).all()
+    with pytest.raises(ValueError, match=r"irrelevant must be a fraction in \[0, 1\), got 1.0"):
+        TabularPriorTasks(irrelevant=1.0, generator=generator(0))
+    with pytest.raises(ValueError, match=r"warp must be a probability in \[0, 1\], got -0.1"):
+        TabularPriorTasks(warp=-0.1, generator=generator(0))
+
+
+def test_the_prior_fields_of_a_config_reach_its_tasks_and_are_checked() -> None:
+    cfg = RunConfig.from_dict({**TINY, "data": {**TINY["data"], "prior_irrelevant": 0.5, "prior_warp": 0.25}})
+    sampler = next(iter(train_batches(cfg, generator(0)).samplers.values()))  # type: ignore[attr-defined]
+    assert (sampler.irrelevant, sampler.warp) == (0.5, 0.25)
+    from metafit.app.runs import preprocessing_info
+
+    assert "irrelevant=0.5, warp=0.25" in preprocessing_info(cfg)["prior"]
+    with pytest.raises(ValueError, match=r"data.prior_warp must be a number in \[0, 1\], got 1.5"):
+        RunConfig.from_dict({**TINY, "data": {**TINY["data"], "prior_warp": 1.5}})
+    with pytest.raises(ValueError, match=r"data.prior_irrelevant must be a number in \[0, 1\), got 1"):
+        RunConfig.from_dict({**TINY, "data": {**TINY["data"], "prior_irrelevant": 1}})
+    with pytest.raises(ValueError, match=r"data.prior_warp must be 0 unless data.dataset='tabular-prior', got 0.5"):
+        RunConfig.from_dict({"data": {"dataset": "omniglot", "prior_warp": 0.5}, "algo": {"name": "protonet"}})

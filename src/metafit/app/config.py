@@ -163,6 +163,10 @@ class DataConfig:
             into classes); see :class:`metafit.data.gp.TabularPriorTasks` ``classes``.
         prior_latent_dim: ``"tabular-prior"``: the most latent causes of a task (``latent_dim``;
             ``0``: independent features read directly, ``"ranked"`` only).
+        prior_irrelevant: ``"tabular-prior"``: each task shuffles up to this fraction of its
+            columns across rows, uninformative columns (``TabularPriorTasks`` ``irrelevant``).
+        prior_warp: ``"tabular-prior"``: the chance that a column is quantised, rectified or
+            exponentiated (``TabularPriorTasks`` ``warp``).
         n_features_min: ``"tabular-prior"``: each task uses its first ``d ~ U{n_features_min..n_features}``
             features, the rest zero (``None``: all ``n_features``), the layout of a padded table.
         monitor_tasks: Fixed TEST episodes (evaluation settings) scored every
@@ -201,6 +205,8 @@ class DataConfig:
     n_features_min: int | None = None
     prior: str = "clusters"
     prior_latent_dim: int = 4
+    prior_irrelevant: float = 0.0
+    prior_warp: float = 0.0
 
     def __post_init__(self) -> None:
         s = "data"
@@ -214,6 +220,14 @@ class DataConfig:
         _check_int(s, "prior_latent_dim", self.prior_latent_dim, 0)
         if self.prior == "clusters" and self.prior_latent_dim < 1:
             _fail(s, "prior_latent_dim", "an int >= 1 for data.prior='clusters'", self.prior_latent_dim)
+        for name, top, closed in (("prior_irrelevant", 1.0, False), ("prior_warp", 1.0, True)):
+            v = getattr(self, name)
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not (0 <= v <= top if closed else 0 <= v < top)
+            ):
+                _fail(s, name, "a number in [0, 1]" if closed else "a number in [0, 1)", v)
         if self.n_features_min is not None and self.n_features_min > self.n_features:
             _fail(s, "n_features_min", f"an int in 1..data.n_features={self.n_features}", self.n_features_min)
         if self.n_way_min is not None and self.n_way_min > self.n_way:
@@ -587,6 +601,9 @@ class RunConfig:
             )
         if self.data.dataset != "tabular-prior" and self.data.n_features_min is not None:
             _fail("data", "n_features_min", "None unless data.dataset='tabular-prior'", self.data.n_features_min)
+        for name in ("prior_irrelevant", "prior_warp"):
+            if self.data.dataset != "tabular-prior" and getattr(self.data, name) != 0:
+                _fail("data", name, "0 unless data.dataset='tabular-prior'", getattr(self.data, name))
         if self.data.dataset in CLASSIFICATION_FAMILIES and arch != "mlp":
             _fail("model", "arch", f"'mlp' or 'auto' for data.dataset={self.data.dataset!r}", self.model.arch)
         if self.data.n_way_min is not None and not regression:

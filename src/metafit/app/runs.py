@@ -506,6 +506,26 @@ def check_data(config: RunConfig) -> None:
             )
 
 
+def tabular_prior(config: RunConfig, n_way: int, k_shot: int, n_query: int, generator: torch.Generator) -> Any:
+    """The run's :class:`metafit.data.gp.TabularPriorTasks` for one way and shot (``data.*`` prior fields)."""
+    from metafit.data.gp import TabularPriorTasks
+
+    d = config.data
+    return TabularPriorTasks(
+        n_features=d.n_features,
+        n_way=n_way,
+        k_shot=k_shot,
+        n_query=n_query,
+        min_features=d.n_features_min,
+        latent_dim=d.prior_latent_dim or None,
+        classes=d.prior,
+        irrelevant=d.prior_irrelevant,
+        warp=d.prior_warp,
+        tasks_per_batch=d.tasks_per_batch,
+        generator=generator,
+    )
+
+
 def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[TaskBatch]:
     """Endless meta-training batches drawn from ``generator`` only (lazily, one per step)."""
     d = config.data
@@ -518,24 +538,12 @@ def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[Tas
 
         return GPTasks(d.dataset[3:], tasks_per_batch=d.tasks_per_batch, generator=generator)
     if d.dataset == "tabular-prior":
-        from metafit.data.gp import TabularPriorTasks
-
-        def prior(n_way: int) -> TabularPriorTasks:
-            return TabularPriorTasks(
-                n_features=d.n_features,
-                n_way=n_way,
-                k_shot=d.k_shot,
-                n_query=d.n_query,
-                min_features=d.n_features_min,
-                latent_dim=d.prior_latent_dim or None,
-                classes=d.prior,
-                tasks_per_batch=d.tasks_per_batch,
-                generator=generator,
-            )
-
         if d.n_way_min is not None:
-            return VariableShot({n: prior(n) for n in range(d.n_way_min, d.n_way + 1)}, generator)
-        return prior(d.n_way)
+            return VariableShot(
+                {n: tabular_prior(config, n, d.k_shot, d.n_query, generator) for n in range(d.n_way_min, d.n_way + 1)},
+                generator,
+            )
+        return tabular_prior(config, d.n_way, d.k_shot, d.n_query, generator)
     if d.dataset == "sinusoid":
         if d.k_shot_max is not None:
             return VariableShot(
@@ -665,23 +673,14 @@ def eval_tasks(
             "(set data.eval_n_way before training)"
         )
     if d.dataset == "tabular-prior":
-        from metafit.data.gp import TabularPriorTasks, standardise_tasks
+        from metafit.data.gp import standardise_tasks
 
         if dataset is not None:  # a real table (zero-padded to n_features): standardised as the prior's tasks
             from metafit.data.sampling import fixed_episodes
 
             tasks = fixed_episodes(dataset, n_way, k_shot, n_query or d.eval_n_query or d.n_query, n_tasks, seed=seed)
             return standardise_tasks(tasks)  # type: ignore[arg-type]
-        prior = TabularPriorTasks(
-            n_features=d.n_features,
-            n_way=n_way,
-            k_shot=k_shot,
-            n_query=n_query or d.eval_n_query or d.n_query,
-            min_features=d.n_features_min,
-            latent_dim=d.prior_latent_dim or None,
-            classes=d.prior,
-            generator=seeding.generator(seed),
-        )
+        prior = tabular_prior(config, n_way, k_shot, n_query or d.eval_n_query or d.n_query, seeding.generator(seed))
         return prior.sample_batch(n_tasks)
     if dataset is None:
         dataset = _dataset(config, split)
@@ -711,7 +710,8 @@ def preprocessing_info(config: RunConfig) -> dict[str, Any]:
             "kind": "tabular-prior",
             "input_shape": [d.n_features],
             "n_features": d.n_features,
-            "prior": f"metafit.data.gp.TabularPriorTasks (classes={d.prior!r}, latent_dim={d.prior_latent_dim})",
+            "prior": f"metafit.data.gp.TabularPriorTasks (classes={d.prior!r}, latent_dim={d.prior_latent_dim}, "
+            f"irrelevant={d.prior_irrelevant}, warp={d.prior_warp})",
             "standardisation": "per task, each feature by the support rows' mean and sd (standardise_tasks)",
             "padding": "a table with fewer features is zero-padded to n_features",
         }

@@ -594,6 +594,15 @@ class TabularPriorTasks:
             reads ``u``. ``None``: independent features read directly (the classes then depend
             on every feature, which few shots cannot identify).
         feature_noise: Noise on each feature with ``latent_dim``.
+        irrelevant: Each task replaces a fraction ``f ~ U[0, irrelevant]`` of its ``d`` columns
+            (at random positions) by the same column with its rows shuffled across the classes:
+            the marginal distribution of a real feature, no information about the class, as the
+            uninformative columns of real tables (``0``: every column informative).
+        warp: Probability that a column passes through a random monotone warp before the
+            support standardisation, one of three with equal chance: quantised into 2..16 levels
+            between its quantiles (a discrete or ordinal feature), rectified at a random quantile
+            in [0.3, 0.9] (a sparse feature, mostly zero, as a blank pixel or a count), or
+            exponentiated with a rate in [0.5, 2] (a heavy right tail, as an area or a price).
         classes: ``"ranked"`` (the random MLP's scalar ranked into ``n_way`` equal bins) or
             ``"clusters"`` (needs ``latent_dim``: each class a Gaussian cluster of latent causes,
             centres ``N(0, s^2 I_r)`` with ``s ~ U[1, 3]``, unit spread; the features are the
@@ -614,6 +623,8 @@ class TabularPriorTasks:
     min_features: int | None = None
     latent_dim: int | None = None
     feature_noise: float = 0.3
+    irrelevant: float = 0.0
+    warp: float = 0.0
     classes: str = "ranked"
     hidden: int = 16
     depth: int = 2
@@ -646,6 +657,10 @@ class TabularPriorTasks:
             _check_int("latent_dim", self.latent_dim, 1)
         if not self.feature_noise >= 0:
             raise ValueError(f"feature_noise must be >= 0, got {self.feature_noise!r}")
+        if not 0 <= self.irrelevant < 1:
+            raise ValueError(f"irrelevant must be a fraction in [0, 1), got {self.irrelevant!r}")
+        if not 0 <= self.warp <= 1:
+            raise ValueError(f"warp must be a probability in [0, 1], got {self.warp!r}")
         if self.min_features is not None:
             _check_int("min_features", self.min_features, 1)
             if self.min_features > self.n_features:
@@ -672,6 +687,7 @@ class TabularPriorTasks:
             x = h @ mix + self.feature_noise * torch.randn(n, d, generator=g, dtype=torch.float64)
         h = self._random_mlp(h, noisy=True)
         z = h @ torch.randn(self.hidden, generator=g, dtype=torch.float64)
+        x = self._corrupt(x)
         order = z.argsort()
         m = n // self.n_way
         classes = torch.randperm(self.n_way, generator=g)  # bin b -> class classes[b]
@@ -713,7 +729,39 @@ class TabularPriorTasks:
         h = self._random_mlp(u, noisy=False)  # the causes through a random MLP, then mixed into d columns
         mix = torch.randn(h.shape[1], d, generator=g, dtype=torch.float64) / math.sqrt(h.shape[1])
         x = h @ mix + self.feature_noise * torch.randn(h.shape[0], d, generator=g, dtype=torch.float64)
+        x = self._corrupt(x)
         return self._task([x[c * per : (c + 1) * per] for c in range(self.n_way)], d)
+
+    def _corrupt(self, x: Tensor) -> Tensor:
+        """The task's rows ``(n, d)`` with ``irrelevant`` columns shuffled across rows and
+        ``warp`` columns warped (see the class docstring); unchanged when both are 0."""
+        g = self.generator
+        n, d = x.shape
+        if self.irrelevant > 0:
+            frac = self.irrelevant * float(torch.rand((), generator=g, dtype=torch.float64))
+            cols = torch.randperm(d, generator=g)[: int(frac * d)]
+            if cols.numel():
+                rows = torch.rand(n, cols.numel(), generator=g).argsort(0)  # one row shuffle per column
+                x = x.clone()
+                x[:, cols] = x[:, cols].gather(0, rows)
+        if self.warp > 0:
+            chosen = torch.rand(d, generator=g, dtype=torch.float64) < self.warp
+            kinds = torch.randint(0, 3, (d,), generator=g)
+            t = torch.rand(d, generator=g, dtype=torch.float64)  # each column's warp parameter in [0, 1)
+            if bool(chosen.any()):
+                rank = x.argsort(0).argsort(0).to(x.dtype)  # 0..n-1 within each column
+                # quantised: 2..16 levels of equal frequency (the level index of each value)
+                levels = (2 + (t * 15).floor()).clamp_max(16)
+                quantised = (rank * levels / n).floor()
+                # rectified at the column's (0.3 + 0.6 t)-quantile (nearest rank): mostly zero
+                cut = x.sort(0).values.gather(0, ((0.3 + 0.6 * t) * (n - 1)).round().long()[None])
+                rectified = (x - cut).clamp_min(0)
+                # exponentiated at a rate 0.5..2 per standardised unit: a heavy right tail
+                z = (x - x.mean(0)) / x.std(0).clamp_min(1e-12)
+                exponentiated = torch.exp((0.5 + 1.5 * t) * z)
+                warped = torch.where(kinds == 0, quantised, torch.where(kinds == 1, rectified, exponentiated))
+                x = torch.where(chosen, warped, x)
+        return x
 
     def sample_batch(self, n_tasks: int | None = None) -> TaskBatch:
         """``n_tasks`` (default ``tasks_per_batch``) tasks stacked."""
