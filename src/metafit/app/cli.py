@@ -353,7 +353,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from metafit.checkpoint import atomic_write_bytes
 
     started, commit = time.time(), start_commit()
-    _check_flags(args, {"--episodes": 1, "--n-query": 1, "--seed": 0}, [])
+    _check_flags(args, {"--episodes": 1, "--n-query": 1, "--seed": 0, "--k-shot": 1}, [])
     if args.imbalanced_query is not None and not args.imbalanced_query > 0:
         raise ValueError(f"--imbalanced-query must be a Dirichlet concentration > 0, got {args.imbalanced_query}")
     settings = [_setting(s) for s in args.setting] if args.setting else None
@@ -371,6 +371,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         test=args.test,
         temperature=args.temperature_scale,
+        shots=args.k_shot,
     )
     out = {"provenance": provenance(getattr(args, "argv", []), started=started, commit=commit), **out}
     md = compare_markdown(out)
@@ -680,6 +681,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("runs", nargs="+", help="run folders (or checkpoints)")
     c.add_argument(
         "--setting", action="append", metavar="N_WAY:K_SHOT", help="test setting, repeatable (default: the first run's)"
+    )
+    c.add_argument(
+        "--k-shot",
+        type=int,
+        nargs="+",
+        metavar="K",
+        help="regression runs (sinusoid, image completion): context points per task, one comparison each "
+        "(Gaussian-process tasks draw their own)",
     )
     c.add_argument("--episodes", type=int, default=600, help="fixed episodes per setting (default 600)")
     c.add_argument(

@@ -28,12 +28,13 @@ from typing import Any
 
 import torch
 
+from metafit.app.config import REGRESSION_FAMILIES
 from metafit.app.runs import _dataset, cross_domain_dataset, load_trained
 from metafit.calibration import apply_temperature, calibration_metrics, fit_temperature, query_logits
 from metafit.comparison import class_bootstrap_ci, compare_runs, compare_seeds, per_class_values
 from metafit.data.task import TaskBatch
 
-__all__ = ["compare", "compare_markdown", "NAIVE"]
+__all__ = ["compare", "compare_regression", "compare_markdown", "NAIVE"]
 
 NAIVE = "nearest centroid (raw inputs)"
 TABLE_BASELINES = {
@@ -236,8 +237,13 @@ def compare(
     alpha: float = 0.05,
     test: str = "t",
     temperature: bool = False,
+    shots: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Evaluates trained runs on identical fixed episodes and compares them (see the module docstring).
+
+    Regression runs (sinusoid, Gaussian-process and image-completion families) are compared on
+    identical held-out tasks of their family instead (:func:`compare_regression`): ``shots``
+    gives the context sizes; the classification options do not apply to them.
 
     Args:
         runs: Run folders or checkpoints (at least one); a run's name is its folder's name.
@@ -255,6 +261,8 @@ def compare(
         temperature: Also fit a temperature per run on episodes of its VALIDATION classes
             (:func:`metafit.calibration.fit_temperature`) and report the test calibration after
             scaling beside the raw one (accuracy is unchanged by a temperature).
+        shots: Regression runs only: context points per task, one comparison per value (default:
+            the first run's evaluation shot; Gaussian-process tasks draw their own sizes).
 
     Returns:
         JSON-able ``{"settings": [...], "runs": {...}}`` (see :func:`compare_markdown`).
@@ -274,6 +282,39 @@ def compare(
         if any(name == n for n, _ in loaded):
             name = str(p)
         loaded.append((name, tr))
+    regression = [n for n, tr in loaded if tr.config.data.dataset in REGRESSION_FAMILIES]
+    if regression:
+        if len(regression) != len(loaded):
+            raise ValueError(
+                f"runs {regression} were trained on regression tasks and the others on classification: "
+                "compare them separately"
+            )
+        given = {
+            "settings": settings,
+            "protocol": None if protocol == "standard" else protocol,
+            "dataset": dataset,
+            "imbalanced": imbalanced,
+            "inductive": inductive or None,
+            "temperature": temperature or None,
+        }
+        wrong = [k for k, v in given.items() if v is not None]
+        if wrong:
+            raise ValueError(
+                f"{wrong} apply to classification episodes; regression runs are compared on their own "
+                "family's held-out tasks (give shots for the context sizes)"
+            )
+        return compare_regression(
+            loaded,
+            shots=shots,
+            episodes=episodes,
+            seed=seed,
+            n_query=n_query,
+            baseline=baseline,
+            alpha=alpha,
+            test=test,
+        )
+    if shots is not None:
+        raise ValueError("shots (context sizes) apply to regression runs; classification runs take settings")
     priors = {n for n, tr in loaded if tr.config.data.dataset == "tabular-prior"}
     if priors and len(priors) != len(loaded):
         raise ValueError(
@@ -293,17 +334,7 @@ def compare(
             seen.add((key, tr.config.train.seed))
             groups.setdefault(key, []).append(name)
     out: dict[str, Any] = {
-        "runs": {
-            n: {
-                "checkpoint": str(tr.checkpoint.path),
-                "step": tr.checkpoint.step,
-                "algo": tr.config.algo.name,
-                "seed": tr.config.train.seed,
-                "config_name": tr.config.name,
-                "train_minutes": _train_minutes(tr.checkpoint.meta),
-            }
-            for n, tr in loaded
-        },
+        "runs": {n: _run_record(tr) for n, tr in loaded},
         "inductive": inductive,
         "settings": [],
     }
@@ -351,6 +382,122 @@ def compare(
     return out
 
 
+def _run_record(tr: Any) -> dict[str, Any]:
+    return {
+        "checkpoint": str(tr.checkpoint.path),
+        "step": tr.checkpoint.step,
+        "algo": tr.config.algo.name,
+        "seed": tr.config.train.seed,
+        "config_name": tr.config.name,
+        "train_minutes": _train_minutes(tr.checkpoint.meta),
+    }
+
+
+def compare_regression(
+    loaded: Sequence[tuple[str, Any]],
+    *,
+    shots: Sequence[int] | None = None,
+    episodes: int = 600,
+    seed: int = 2024,
+    n_query: int | None = None,
+    baseline: str | None = None,
+    alpha: float = 0.05,
+    test: str = "t",
+) -> dict[str, Any]:
+    """Regression runs of one task family on identical held-out tasks, compared pairwise.
+
+    The tasks are drawn once per context size from the first run's family
+    (:func:`metafit.app.runs.eval_tasks` with ``seed``) and every run predicts them. Per run and
+    task: the query (target) MSE, and for learners with a Gaussian predictive the target
+    log-likelihood per point and the context log-likelihood (each task's context points as its
+    targets; learners without an inner loop). Then :func:`metafit.comparison.compare_runs` on the
+    per-task target log-likelihood (higher is better, in nats) among the Gaussian learners and on
+    the per-task MSE (lower is better) among all, with their verdicts.
+
+    Args:
+        loaded: ``(name, TrainedRun)`` pairs, every run trained on the same regression family.
+        shots: Context points per task, one comparison per value (default: the first run's
+            ``eval_k_shot``/``k_shot``). Gaussian-process families draw a context size per task
+            (the GP protocol) and take no shots.
+        episodes: Tasks per context size.
+        seed: Seed of the tasks (the same for every run).
+        n_query: Target points per task (sinusoid; default: the first run's evaluation targets).
+        baseline: The reference run's name (default: the best run).
+        alpha: Family-wise significance level of the verdicts.
+        test: ``"t"`` or ``"wilcoxon"`` for the verdicts.
+
+    Returns:
+        JSON-able ``{"kind": "regression", "runs": {...}, "settings": [...]}``; each setting has
+        ``"scores"`` (per-task lists and means), ``"comparisons"`` (``"target_ll"``, ``"mse"``) and
+        ``"verdicts"``.
+
+    Raises:
+        ValueError: runs of different families, shots for Gaussian-process tasks, an unknown baseline.
+    """
+    from metafit.app.runs import _context_as_targets, eval_algorithm, eval_tasks
+    from metafit.evaluation import evaluate, summarize
+
+    families = {tr.config.data.dataset for _, tr in loaded}
+    if len(families) != 1:
+        raise ValueError(f"regression runs are compared on one family's tasks, got runs trained on {sorted(families)}")
+    (family,) = families
+    first = loaded[0][1].config
+    if family.startswith("gp-") and shots is not None:
+        raise ValueError(
+            f"{family} tasks draw their own context sizes (the GP protocol): give no shots, got {list(shots)}"
+        )
+    names = [n for n, _ in loaded]
+    if baseline is not None and baseline not in names:
+        raise ValueError(f"baseline must be one of the runs {names}, got {baseline!r}")
+    out: dict[str, Any] = {"kind": "regression", "runs": {n: _run_record(tr) for n, tr in loaded}, "settings": []}
+    for k in list(shots) if shots is not None else [None]:
+        tasks = eval_tasks(first, n_tasks=episodes, k_shot=k, n_query=n_query, seed=seed)
+        scores: dict[str, Any] = {}
+        for name, tr in loaded:
+            learner = eval_algorithm(tr.config, tr.algorithm)
+            res = evaluate(learner, tr.model, tr.meta_params, tasks, buffers=tr.buffers)
+            sc: dict[str, Any] = {"mse": res.per_task["mse"]}
+            if "nll" in res.per_task:
+                sc["target_ll"] = [-v for v in res.per_task["nll"]]
+                if not learner.spec.inner_loop:
+                    ctx = evaluate(
+                        learner, tr.model, tr.meta_params, [_context_as_targets(t) for t in tasks], buffers=tr.buffers
+                    )
+                    sc["context_ll"] = [-v for v in ctx.per_task["nll"]]
+            sc["summary"] = {m: vars(summarize(v)) for m, v in sc.items() if isinstance(v, list)}
+            scores[name] = sc
+        first_task = tasks[0]
+        entry: dict[str, Any] = {
+            "dataset": family,
+            "k_shot": k or first.data.eval_k_shot or first.data.k_shot,
+            "context": "per task (the GP protocol)" if family.startswith("gp-") else "fixed",
+            "n_query": first_task.query_x.shape[0],
+            "episodes": len(tasks),
+            "seed": seed,
+            "scores": scores,
+            "comparisons": {},
+            "verdicts": [],
+        }
+        for metric, higher, unit in (("target_ll", True, "nats per target point"), ("mse", False, "MSE")):
+            values = {n: sc[metric] for n, sc in scores.items() if metric in sc}
+            if len(values) < 2:
+                continue
+            ref = baseline if baseline in values else None
+            cmp = compare_runs(
+                values,
+                baseline=ref,
+                alpha=alpha,
+                test=test,
+                higher_is_better=higher,
+                scale=1.0,  # type: ignore[arg-type]
+                unit=unit,
+            )
+            entry["comparisons"][metric] = cmp.to_dict()
+            entry["verdicts"] += _verdicts(cmp)
+        out["settings"].append(entry)
+    return out
+
+
 def _train_minutes(meta: dict[str, Any]) -> float | None:
     """Training minutes recorded in a checkpoint (``None`` for checkpoints that predate the record)."""
     seconds = meta.get("train_seconds")
@@ -365,15 +512,58 @@ def _p(v: float | None) -> str:
     return "-" if v is None else f"{v:.3g}"
 
 
-def compare_markdown(out: dict[str, Any]) -> str:
-    """Tables (accuracy % with both intervals, paired differences, calibration) and the verdicts."""
+def _runs_markdown(out: dict[str, Any]) -> list[str]:
     lines: list[str] = ["| run | learner | seed | steps | training minutes |", "|---|---|---|---|---|"]
     for name, r in out["runs"].items():
         minutes = r.get("train_minutes")
         lines.append(
             f"| {name} | {r['algo']} | {r['seed']} | {r['step']:,} | {'-' if minutes is None else f'{minutes:.1f}'} |"
         )
-    lines.append("")
+    return [*lines, ""]
+
+
+def _cell(summary: dict[str, Any], metric: str, digits: int) -> str:
+    if metric not in summary:
+        return "-"
+    return f"{summary[metric]['mean']:.{digits}f} ± {summary[metric]['ci95']:.{digits}f}"
+
+
+def _diff_cell(diffs: dict[str, dict[str, Any]], metric: str, name: str) -> str:
+    if name not in diffs.get(metric, {}):
+        return "-"
+    d = diffs[metric][name]
+    return "reference" if d is None else f"{d['mean']:+.4g} [{d['low']:+.4g}, {d['high']:+.4g}]"
+
+
+def _regression_markdown(out: dict[str, Any]) -> str:
+    lines = _runs_markdown(out)
+    for s in out["settings"]:
+        size = s["context"] if s["context"] != "fixed" else f"{s['k_shot']} context points"
+        lines.append(f"## {s['dataset']}, {size}, {s['n_query']} target points, {s['episodes']} fixed tasks\n")
+        diffs = {
+            m: {d["run"]: d for d in c["differences"]} | {c["reference"]: None} for m, c in s["comparisons"].items()
+        }
+        lines.append(
+            "| run | target log-likelihood per point ± 95% CI | paired diff (nats) | context log-likelihood | "
+            "target MSE ± 95% CI | paired diff (MSE) |"
+        )
+        lines.append("|---|---|---|---|---|---|")
+        for name, sc in s["scores"].items():
+            summ = sc["summary"]
+            lines.append(
+                f"| {name} | {_cell(summ, 'target_ll', 3)} | {_diff_cell(diffs, 'target_ll', name)} | "
+                f"{_cell(summ, 'context_ll', 3)} | {_cell(summ, 'mse', 4)} | {_diff_cell(diffs, 'mse', name)} |"
+            )
+        lines += ["", "Verdicts:\n", *[f"- {v}" for v in s["verdicts"]], ""]
+    return "\n".join(lines) + "\n"
+
+
+def compare_markdown(out: dict[str, Any]) -> str:
+    """Tables (accuracy % with both intervals, paired differences, calibration) and the verdicts
+    (regression comparisons: log-likelihood and MSE with their paired differences)."""
+    if out.get("kind") == "regression":
+        return _regression_markdown(out)
+    lines = _runs_markdown(out)
     for s in out["settings"]:
         ds = s.get("dataset")
         where = ds if isinstance(ds, str) else (ds or {}).get("dataset", "")
