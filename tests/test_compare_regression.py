@@ -41,7 +41,8 @@ def test_regression_runs_are_compared_on_the_same_tasks_as_eval_scores_them(
     s = res["settings"][0]
     assert s["episodes"] == 12 and s["n_query"] == 20
     assert set(s["scores"]["maml"]) == {"mse", "summary"}  # no predictive distribution
-    assert {"mse", "target_ll", "context_ll"} <= set(s["scores"]["cnp"])
+    assert {"mse", "target_ll", "context_ll", "coverage_90"} <= set(s["scores"]["cnp"])
+    assert all(0 <= v <= 1 for v in s["scores"]["cnp"]["coverage_90"])
     assert "target_ll" not in s["comparisons"]  # one Gaussian learner: nothing to pair
     # the paired MSE difference is the mean of the per-task differences
     diff = next(d for d in s["comparisons"]["mse"]["differences"])
@@ -59,6 +60,7 @@ def test_regression_runs_are_compared_on_the_same_tasks_as_eval_scores_them(
     assert ev["mse"] == pytest.approx(s["scores"]["cnp"]["mse"])
     assert [-v for v in ev["nll"]] == pytest.approx(s["scores"]["cnp"]["target_ll"])
     assert [-v for v in ev["context_nll"]] == pytest.approx(s["scores"]["cnp"]["context_ll"])
+    assert ev["coverage_90"] == pytest.approx(s["scores"]["cnp"]["coverage_90"])
     md = out.with_suffix(".md").read_text()
     assert "| cnp |" in md and "target log-likelihood per point" in md and "5 context points" in md
 
@@ -96,3 +98,4 @@ def test_regression_compare_refuses_what_does_not_apply(
     assert main(["compare", str(gp), "--episodes", "5", "--out", str(out)]) == 0
     s = json.loads(out.read_text())["settings"][0]
     assert s["context"] == "per task (the GP protocol)" and len(s["scores"]["gp"]["target_ll"]) == 5
+    assert "coverage_90" not in s["scores"]["gp"]  # padded tasks: no interval coverage

@@ -409,8 +409,9 @@ def compare_regression(
     The tasks are drawn once per context size from the first run's family
     (:func:`metafit.app.runs.eval_tasks` with ``seed``) and every run predicts them. Per run and
     task: the query (target) MSE, and for learners with a Gaussian predictive the target
-    log-likelihood per point and the context log-likelihood (each task's context points as its
-    targets; learners without an inner loop). Then :func:`metafit.comparison.compare_runs` on the
+    log-likelihood per point, the context log-likelihood (each task's context points as its
+    targets; learners without an inner loop) and the coverage of the central 90% predictive
+    interval (the fraction of targets inside it; not on padded Gaussian-process tasks). Then :func:`metafit.comparison.compare_runs` on the
     per-task target log-likelihood (higher is better, in nats) among the Gaussian learners and on
     the per-task MSE (lower is better) among all, with their verdicts.
 
@@ -434,6 +435,7 @@ def compare_regression(
     Raises:
         ValueError: runs of different families, shots for Gaussian-process tasks, an unknown baseline.
     """
+    from metafit.algorithms.cnp import calibration
     from metafit.app.runs import _context_as_targets, eval_algorithm, eval_tasks
     from metafit.evaluation import evaluate, summarize
 
@@ -455,7 +457,8 @@ def compare_regression(
         scores: dict[str, Any] = {}
         for name, tr in loaded:
             learner = eval_algorithm(tr.config, tr.algorithm)
-            res = evaluate(learner, tr.model, tr.meta_params, tasks, buffers=tr.buffers)
+            chunk = 250 if family == "sinusoid" and learner.spec.inner_loop else 0  # vmap over tasks: same numbers
+            res = evaluate(learner, tr.model, tr.meta_params, tasks, buffers=tr.buffers, chunk=chunk)
             sc: dict[str, Any] = {"mse": res.per_task["mse"]}
             if "nll" in res.per_task:
                 sc["target_ll"] = [-v for v in res.per_task["nll"]]
@@ -464,6 +467,9 @@ def compare_regression(
                         learner, tr.model, tr.meta_params, [_context_as_targets(t) for t in tasks], buffers=tr.buffers
                     )
                     sc["context_ll"] = [-v for v in ctx.per_task["nll"]]
+                if not family.startswith("gp-"):  # how often the central 90% interval holds the target
+                    cov = calibration(learner, tr.model, tr.meta_params, tasks, buffers=tr.buffers, levels=(0.9,))  # type: ignore[arg-type]
+                    sc["coverage_90"] = cov[0.9]
             sc["summary"] = {m: vars(summarize(v)) for m, v in sc.items() if isinstance(v, list)}
             scores[name] = sc
         first_task = tasks[0]
@@ -545,14 +551,15 @@ def _regression_markdown(out: dict[str, Any]) -> str:
         }
         lines.append(
             "| run | target log-likelihood per point ± 95% CI | paired diff (nats) | context log-likelihood | "
-            "target MSE ± 95% CI | paired diff (MSE) |"
+            "target MSE ± 95% CI | paired diff (MSE) | 90% interval coverage |"
         )
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|")
         for name, sc in s["scores"].items():
             summ = sc["summary"]
             lines.append(
                 f"| {name} | {_cell(summ, 'target_ll', 3)} | {_diff_cell(diffs, 'target_ll', name)} | "
-                f"{_cell(summ, 'context_ll', 3)} | {_cell(summ, 'mse', 4)} | {_diff_cell(diffs, 'mse', name)} |"
+                f"{_cell(summ, 'context_ll', 3)} | {_cell(summ, 'mse', 4)} | {_diff_cell(diffs, 'mse', name)} | "
+                f"{_cell(summ, 'coverage_90', 3)} |"
             )
         lines += ["", "Verdicts:\n", *[f"- {v}" for v in s["verdicts"]], ""]
     return "\n".join(lines) + "\n"
