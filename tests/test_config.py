@@ -104,3 +104,12 @@ def test_config_missing_and_unparsable_files(tmp_path: Path) -> None:
     odd.write_text("")
     with pytest.raises(ValueError, match=r"\.json, \.yaml"):
         load_config(odd)
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")), ids=lambda p: p.name
+)
+def test_every_shipped_config_loads(path: Path) -> None:
+    # each reported figure's config parses and validates (a broken one fails here, not hours into a queue)
+    cfg = load_config(path)
+    assert cfg.name and cfg.algo.name
