@@ -1147,6 +1147,10 @@ TABLES: dict[str, Table] = {
     "multisource_kanji": Table(r_compare, ("results/compare_multisource_kuzushiji-kanji.json",)),
     "multisource_fashion": Table(r_compare, ("results/compare_multisource_fashion-mnist.json",)),
     "multisource_digits": Table(r_compare, ("results/compare_multisource_digits.json",)),
+    "single_omniglot": Table(r_compare, ("results/compare_single_omniglot.json",)),
+    "single_kanji": Table(r_compare, ("results/compare_single_kuzushiji-kanji.json",)),
+    "single_fashion": Table(r_compare, ("results/compare_single_fashion-mnist.json",)),
+    "single_digits": Table(r_compare, ("results/compare_single_digits.json",)),
     "tabular_long": Table(
         r_tabular,
         (
