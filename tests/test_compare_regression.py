@@ -99,3 +99,4 @@ def test_regression_compare_refuses_what_does_not_apply(
     s = json.loads(out.read_text())["settings"][0]
     assert s["context"] == "per task (the GP protocol)" and len(s["scores"]["gp"]["target_ll"]) == 5
     assert "coverage_90" not in s["scores"]["gp"]  # padded tasks: no interval coverage
+    assert s["n_query"] is None and "context and target sizes per task" in out.with_suffix(".md").read_text()

@@ -477,7 +477,7 @@ def compare_regression(
             "dataset": family,
             "k_shot": k or first.data.eval_k_shot or first.data.k_shot,
             "context": "per task (the GP protocol)" if family.startswith("gp-") else "fixed",
-            "n_query": first_task.query_x.shape[0],
+            "n_query": None if family.startswith("gp-") else first_task.query_x.shape[0],  # GP: sizes per task
             "episodes": len(tasks),
             "seed": seed,
             "scores": scores,
@@ -544,8 +544,11 @@ def _diff_cell(diffs: dict[str, dict[str, Any]], metric: str, name: str) -> str:
 def _regression_markdown(out: dict[str, Any]) -> str:
     lines = _runs_markdown(out)
     for s in out["settings"]:
-        size = s["context"] if s["context"] != "fixed" else f"{s['k_shot']} context points"
-        lines.append(f"## {s['dataset']}, {size}, {s['n_query']} target points, {s['episodes']} fixed tasks\n")
+        if s["context"] == "fixed":
+            size = f"{s['k_shot']} context points, {s['n_query']} target points"
+        else:
+            size = f"context and target sizes {s['context']}"
+        lines.append(f"## {s['dataset']}, {size}, {s['episodes']} fixed tasks (seed {s['seed']})\n")
         diffs = {
             m: {d["run"]: d for d in c["differences"]} | {c["reference"]: None} for m, c in s["comparisons"].items()
         }
