@@ -772,6 +772,57 @@ TABLE_GBM = "gradient boosting (support rows)"
 NAIVE_ROW = "nearest centroid (raw inputs)"
 
 
+def r_regression_compare(ds: list[Json]) -> tuple[list[str], Rows]:
+    """A ``metafit compare --out`` result of regression runs: every context size, every run, the
+    target and context log-likelihood, MSE and 90% coverage with the paired differences."""
+    (d,) = ds
+    rows = []
+    for s in d["settings"]:
+        size = str(s["k_shot"]) if s["context"] == "fixed" else s["context"]
+        diffs = {
+            m: {x["run"]: x for x in c["differences"]} | {c["reference"]: None} for m, c in s["comparisons"].items()
+        }
+
+        def paired(metric: str, name: str, digits: int, diffs: dict[str, Any] = diffs) -> str:
+            if name not in diffs.get(metric, {}):
+                return "–"
+            x = diffs[metric][name]
+            return (
+                "reference"
+                if x is None
+                else f"{x['mean']:+.{digits}f} [{x['low']:+.{digits}f}, {x['high']:+.{digits}f}]"
+            )
+
+        for name, sc in s["scores"].items():
+            summ, run = sc["summary"], d["runs"][name]
+
+            def cell(metric: str, digits: int, summ: Json = summ) -> str:
+                return "–" if metric not in summ else pm(summ[metric]["mean"], summ[metric]["ci95"], digits)
+
+            rows.append(
+                [
+                    size,
+                    f"{name} ({run['algo']}, {run['step']:,} steps)",
+                    cell("target_ll", 3),
+                    paired("target_ll", name, 3),
+                    cell("context_ll", 3),
+                    cell("mse", 4),
+                    paired("mse", name, 4),
+                    cell("coverage_90", 3),
+                ]
+            )
+    return [
+        "context points",
+        "run",
+        "target log-likelihood per point",
+        "paired diff to the best (nats)",
+        "context log-likelihood",
+        "target MSE",
+        "paired diff to the best (MSE)",
+        "90% interval coverage",
+    ], rows
+
+
 def r_tabular(ds: list[Json], run: str | None = None, versus: str | None = None) -> tuple[list[str], Rows]:
     """``metafit compare RUN --dataset TABLE`` of a tabular-prior run, one JSON per real table:
     the in-context learner against the classical classifiers fitted on the same support rows
@@ -1160,6 +1211,8 @@ TABLES: dict[str, Table] = {
             "results/tabular_long_digits-table.json",
         ),
     ),
+    "compare_sine": Table(r_regression_compare, ("results/compare_sine.json",)),
+    "compare_gp_rbf": Table(r_regression_compare, ("results/compare_gp_rbf.json",)),
     "tabular_warped": Table(
         r_tabular,
         (
@@ -1170,6 +1223,7 @@ TABLES: dict[str, Table] = {
         ),
         {"run": "tabular_warped", "versus": "tabular_long"},
     ),
+    "caml_frozen_5w1s": Table(r_compare, ("results/compare_caml_frozen_5w1s.json",)),
     "caml20_20w1s": Table(r_compare, ("results/compare_caml20_20w1s.json",)),
     "caml20_5w1s": Table(r_compare, ("results/compare_caml20_5w1s.json",)),
     "mb30_5w1s": Table(r_compare, ("results/compare_mb30_5w1s.json",)),
