@@ -117,6 +117,13 @@ def holds(d: Json) -> str:
         return "metafit eval --no-test-rotations of the product-path ProtoNets runs: " + "; ".join(
             f"{k} {pm(v['accuracy'], v['ci95'])}%" for k, v in d["runs"].items()
         )
+    if kind == "compare" and d.get("kind") == "regression":
+        st = d["settings"][0]
+        sizes = ", ".join(str(s["k_shot"]) if s["context"] == "fixed" else "drawn per task" for s in d["settings"])
+        return (
+            f"metafit compare of regression runs: {len(d['runs'])} runs on {st['episodes']} fixed {st['dataset']} "
+            f"tasks per context size ({sizes}), paired target log-likelihood and MSE"
+        )
     if kind == "compare":
         st = d["settings"][0]
         ds = st.get("dataset")
