@@ -411,9 +411,10 @@ def compare_regression(
     task: the query (target) MSE, and for learners with a Gaussian predictive the target
     log-likelihood per point, the context log-likelihood (each task's context points as its
     targets; learners without an inner loop) and the coverage of the central 90% predictive
-    interval (the fraction of targets inside it; not on padded Gaussian-process tasks). Then :func:`metafit.comparison.compare_runs` on the
-    per-task target log-likelihood (higher is better, in nats) among the Gaussian learners and on
-    the per-task MSE (lower is better) among all, with their verdicts.
+    interval (the fraction of targets inside it; not on padded Gaussian-process tasks). Then
+    :func:`metafit.comparison.compare_runs` on the per-task target log-likelihood (higher is
+    better, in nats) among the Gaussian learners and on the per-task MSE (lower is better) among
+    all, with their verdicts.
 
     Args:
         loaded: ``(name, TrainedRun)`` pairs, every run trained on the same regression family.
@@ -490,12 +491,12 @@ def compare_regression(
                 continue
             ref = baseline if baseline in values else None
             cmp = compare_runs(
-                values,
+                values,  # type: ignore[arg-type]
                 baseline=ref,
                 alpha=alpha,
                 test=test,
                 higher_is_better=higher,
-                scale=1.0,  # type: ignore[arg-type]
+                scale=1.0,
                 unit=unit,
             )
             entry["comparisons"][metric] = cmp.to_dict()
