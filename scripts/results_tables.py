@@ -815,10 +815,10 @@ def r_regression_compare(ds: list[Json]) -> tuple[list[str], Rows]:
         "context points",
         "run",
         "target log-likelihood per point",
-        "paired diff to the best (nats)",
+        "paired diff to the reference (nats)",
         "context log-likelihood",
         "target MSE",
-        "paired diff to the best (MSE)",
+        "paired diff to the reference (MSE)",
         "90% interval coverage",
     ], rows
 
@@ -1226,6 +1226,7 @@ TABLES: dict[str, Table] = {
     ),
     "compare_sine": Table(r_regression_compare, ("results/compare_sine.json",)),
     "compare_gp_rbf": Table(r_regression_compare, ("results/compare_gp_rbf.json",)),
+    "compare_completion": Table(r_regression_compare, ("results/compare_completion.json",)),
     "tabular_warped": Table(
         r_tabular,
         (
