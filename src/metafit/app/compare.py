@@ -436,9 +436,8 @@ def compare_regression(
     Raises:
         ValueError: runs of different families, shots for Gaussian-process tasks, an unknown baseline.
     """
-    from metafit.algorithms.cnp import calibration
-    from metafit.app.runs import _context_as_targets, eval_algorithm, eval_tasks
-    from metafit.evaluation import evaluate, summarize
+    from metafit.app.runs import eval_algorithm, eval_tasks, score_tasks
+    from metafit.evaluation import summarize
 
     families = {tr.config.data.dataset for _, tr in loaded}
     if len(families) != 1:
@@ -458,19 +457,13 @@ def compare_regression(
         scores: dict[str, Any] = {}
         for name, tr in loaded:
             learner = eval_algorithm(tr.config, tr.algorithm)
-            chunk = 250 if family == "sinusoid" and learner.spec.inner_loop else 0  # vmap over tasks: same numbers
-            res = evaluate(learner, tr.model, tr.meta_params, tasks, buffers=tr.buffers, chunk=chunk)
-            sc: dict[str, Any] = {"mse": res.per_task["mse"]}
-            if "nll" in res.per_task:
-                sc["target_ll"] = [-v for v in res.per_task["nll"]]
-                if not learner.spec.inner_loop:
-                    ctx = evaluate(
-                        learner, tr.model, tr.meta_params, [_context_as_targets(t) for t in tasks], buffers=tr.buffers
-                    )
-                    sc["context_ll"] = [-v for v in ctx.per_task["nll"]]
-                if not family.startswith("gp-"):  # how often the central 90% interval holds the target
-                    cov = calibration(learner, tr.model, tr.meta_params, tasks, buffers=tr.buffers, levels=(0.9,))  # type: ignore[arg-type]
-                    sc["coverage_90"] = cov[0.9]
+            per = score_tasks(tr.config, learner, tr.model, tr.meta_params, tr.buffers, tasks).per_task
+            sc: dict[str, Any] = {"mse": per["mse"]}
+            for key, out_key in (("nll", "target_ll"), ("context_nll", "context_ll")):
+                if key in per:
+                    sc[out_key] = [-v for v in per[key]]
+            if "coverage_90" in per:  # how often the central 90% interval holds the target
+                sc["coverage_90"] = per["coverage_90"]
             sc["summary"] = {m: vars(summarize(v)) for m, v in sc.items() if isinstance(v, list)}
             scores[name] = sc
         first_task = tasks[0]

@@ -1249,6 +1249,40 @@ def _context_as_targets(task: Task) -> Task:
     return Task(task.support_x, task.support_y, task.support_x, task.support_y, n_way=task.n_way)
 
 
+def score_tasks(
+    config: RunConfig,
+    algorithm: Algorithm,
+    model: nn.Module,
+    meta_params: MetaParams,
+    buffers: Buffers,
+    tasks: Any,
+    *,
+    steps: int | None = None,
+    lr: float | None = None,
+) -> EvalResult:
+    """:func:`metafit.evaluation.evaluate` of a run's learner (as :func:`eval_algorithm` gives it)
+    on held-out tasks, plus, for a Gaussian predictive, the context NLL (``context_nll``; learners
+    without an inner loop) and the coverage of the central predictive intervals per task
+    (``coverage_50``, ...; not on padded GP tasks). ``metafit eval`` and ``metafit compare`` score
+    with it."""
+    from metafit.algorithms.cnp import COVERAGE_LEVELS, calibration
+    from metafit.evaluation import summarize
+
+    chunk = 250 if config.data.dataset == "sinusoid" and algorithm.spec.inner_loop else 0  # vmap: same numbers
+    res: EvalResult = evaluate(algorithm, model, meta_params, tasks, buffers=buffers, steps=steps, lr=lr, chunk=chunk)
+    if algorithm.spec.distribution and not algorithm.spec.inner_loop:
+        # the NP literature's context log-likelihood: each task's context points as its targets
+        ctx = evaluate(algorithm, model, meta_params, [_context_as_targets(t) for t in tasks], buffers=buffers)
+        res.metrics["context_nll"] = ctx.metrics["nll"]
+        res.per_task["context_nll"] = ctx.per_task["nll"]
+    if algorithm.spec.distribution and not config.data.dataset.startswith("gp-"):  # interval coverage per task
+        cov = calibration(algorithm, model, meta_params, tasks, buffers=buffers, levels=COVERAGE_LEVELS)  # type: ignore[arg-type]
+        for level, values in cov.items():
+            res.metrics[f"coverage_{round(100 * level)}"] = summarize(values)
+            res.per_task[f"coverage_{round(100 * level)}"] = values
+    return res
+
+
 def _evaluate_trained(
     config: RunConfig,
     algorithm: Algorithm,
@@ -1269,9 +1303,7 @@ def _evaluate_trained(
     dataset: Any = None,
     conversion: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    from metafit.algorithms.cnp import COVERAGE_LEVELS, calibration
     from metafit.algorithms.cnp import recalibrate as fit_variance_scale
-    from metafit.evaluation import summarize
 
     d = config.data
     results = []
@@ -1292,23 +1324,9 @@ def _evaluate_trained(
         algorithm = fit_variance_scale(algorithm, model, meta_params, val, buffers=buffers, method=recalibrate)  # type: ignore[arg-type]
         scale_info = {"method": recalibrate, "variance_scale": algorithm.variance_scale, "val_tasks": len(val)}  # type: ignore[attr-defined]
     algorithm = eval_algorithm(config, algorithm)
-    padded = config.data.dataset.startswith("gp-")
     for k in shots:
         tasks = eval_tasks(config, n_tasks=episodes, n_way=n_way, k_shot=k, n_query=n_query, seed=seed, dataset=dataset)
-        chunk = 250 if d.dataset == "sinusoid" and algorithm.spec.inner_loop else 0  # vmap over tasks: same numbers
-        res: EvalResult = evaluate(
-            algorithm, model, meta_params, tasks, buffers=buffers, steps=inner_steps, lr=inner_lr, chunk=chunk
-        )
-        if algorithm.spec.distribution and not algorithm.spec.inner_loop:
-            # the NP literature's context log-likelihood: each task's context points as its targets
-            ctx = evaluate(algorithm, model, meta_params, [_context_as_targets(t) for t in tasks], buffers=buffers)
-            res.metrics["context_nll"] = ctx.metrics["nll"]
-            res.per_task["context_nll"] = ctx.per_task["nll"]
-        if algorithm.spec.distribution and not padded:  # coverage of the central predictive intervals, per task
-            cov = calibration(algorithm, model, meta_params, tasks, buffers=buffers, levels=COVERAGE_LEVELS)  # type: ignore[arg-type]
-            for level, values in cov.items():
-                res.metrics[f"coverage_{round(100 * level)}"] = summarize(values)
-                res.per_task[f"coverage_{round(100 * level)}"] = values
+        res = score_tasks(config, algorithm, model, meta_params, buffers, tasks, steps=inner_steps, lr=inner_lr)
         first = tasks[0]
         results.append(
             {
