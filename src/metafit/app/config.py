@@ -169,6 +169,9 @@ class DataConfig:
             exponentiated (``TabularPriorTasks`` ``warp``).
         n_features_min: ``"tabular-prior"``: each task uses its first ``d ~ U{n_features_min..n_features}``
             features, the rest zero (``None``: all ``n_features``), the layout of a padded table.
+        augment_shift: Image datasets: meta-training episodes and pretraining batches move each
+            image by up to this many pixels along each axis (:class:`metafit.data.RandomShift`;
+            ``0``: no augmentation). Evaluation episodes are never augmented.
         monitor_tasks: Fixed TEST episodes (evaluation settings) scored every
             ``train.monitor_every_seconds`` of training time, written as ``"monitor"`` rows of
             ``metrics.jsonl``: a time-to-accuracy curve. They never select a checkpoint.
@@ -207,9 +210,11 @@ class DataConfig:
     prior_latent_dim: int = 4
     prior_irrelevant: float = 0.0
     prior_warp: float = 0.0
+    augment_shift: int = 0
 
     def __post_init__(self) -> None:
         s = "data"
+        _check_int(s, "augment_shift", self.augment_shift, 0)
         _check_choice(s, "train_split", self.train_split, SPLITS)
         _check_opt_int(s, "k_shot_max", self.k_shot_max, 1)
         _check_int(s, "batch_size", self.batch_size, 1)
@@ -601,6 +606,19 @@ class RunConfig:
             )
         if self.data.dataset != "tabular-prior" and self.data.n_features_min is not None:
             _fail("data", "n_features_min", "None unless data.dataset='tabular-prior'", self.data.n_features_min)
+        if self.data.augment_shift and (
+            regression
+            or self.data.dataset in CLASSIFICATION_FAMILIES
+            or self.data.dataset.lower().endswith((".csv", ".parquet"))
+        ):
+            _fail(
+                "data",
+                "augment_shift",
+                f"0 for data.dataset={self.data.dataset!r} (not images)",
+                self.data.augment_shift,
+            )
+        if self.data.augment_shift and (self.data.sources or self.data.episodes == "metadataset"):
+            _fail("data", "augment_shift", "0 with data.sources / data.episodes='metadataset'", self.data.augment_shift)
         for name in ("prior_irrelevant", "prior_warp"):
             if self.data.dataset != "tabular-prior" and getattr(self.data, name) != 0:
                 _fail("data", name, "0 unless data.dataset='tabular-prior'", getattr(self.data, name))

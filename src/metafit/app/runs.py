@@ -492,6 +492,8 @@ def check_data(config: RunConfig) -> None:
     from metafit.data.sources import check_split_dataset
 
     src = data_source(config)
+    if d.augment_shift and len(src.example_shape) != 3:
+        raise ValueError(_augment_error(config, tuple(src.example_shape)))
     k = max(d.k_shot if d.k_shot_max is None else d.k_shot_max, d.eval_k_shot or d.k_shot)
     q = max(d.n_query, d.eval_n_query or d.n_query)
     check_split_dataset(src, k_shot=k, n_query=q, required=("train",))
@@ -561,31 +563,42 @@ def train_batches(config: RunConfig, generator: torch.Generator) -> Iterable[Tas
     dataset = _dataset(config, d.train_split)
     from metafit.data.sampling import EpisodeSampler
 
+    augment = _augment(config, dataset)
     if _entry(config).batches == "classes":
         from metafit.data.batches import ClassBatchSampler
 
-        return ClassBatchSampler(dataset, d.batch_size, generator=generator)
+        return ClassBatchSampler(dataset, d.batch_size, generator=generator, augment=augment)
+
+    def episodes(n_way: int, k_shot: int) -> EpisodeSampler:
+        return EpisodeSampler(
+            dataset, n_way, k_shot, d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator, augment=augment
+        )
+
     if d.k_shot_max is not None:
-        return VariableShot(
-            {
-                k: EpisodeSampler(
-                    dataset, d.n_way, k, d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator
-                )
-                for k in range(d.k_shot, d.k_shot_max + 1)
-            },
-            generator,
-        )
+        return VariableShot({k: episodes(d.n_way, k) for k in range(d.k_shot, d.k_shot_max + 1)}, generator)
     if d.n_way_min is not None:
-        return VariableShot(
-            {
-                n: EpisodeSampler(
-                    dataset, n, d.k_shot, d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator
-                )
-                for n in range(d.n_way_min, d.n_way + 1)
-            },
-            generator,
-        )
-    return EpisodeSampler(dataset, d.n_way, d.k_shot, d.n_query, tasks_per_batch=d.tasks_per_batch, generator=generator)
+        return VariableShot({n: episodes(n, d.k_shot) for n in range(d.n_way_min, d.n_way + 1)}, generator)
+    return episodes(d.n_way, d.k_shot)
+
+
+def _augment_error(config: RunConfig, shape: tuple[int, ...]) -> str:
+    return (
+        f"data.augment_shift needs images shaped (C, H, W), got examples of shape {shape} "
+        f"in data.dataset={config.data.dataset!r}; set data.augment_shift=0"
+    )
+
+
+def _augment(config: RunConfig, dataset: Any) -> Any:
+    """The training augmentation of ``data.augment_shift`` (``None``: off); images only."""
+    shift = config.data.augment_shift
+    if not shift:
+        return None
+    shape = tuple(dataset.x.shape[1:])
+    if len(shape) != 3:
+        raise ValueError(_augment_error(config, shape))
+    from metafit.data.augment import RandomShift
+
+    return RandomShift(shift)
 
 
 def _metadataset_batches(config: RunConfig, generator: torch.Generator) -> Iterator[list[Task]]:

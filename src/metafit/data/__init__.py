@@ -1,5 +1,6 @@
 """Tasks, task samplers and datasets."""
 
+from metafit.data.augment import RandomShift
 from metafit.data.batches import ClassBatchSampler
 from metafit.data.datasets import LabelledDataset, from_tensors, load_image_folder, load_support_folder
 from metafit.data.gp import GPTasks, ImageCompletionTasks, TabularPriorTasks, gp_eval_tasks, sklearn_table_tasks
@@ -44,6 +45,7 @@ from metafit.data.sources import (
 from metafit.data.task import Task, TaskBatch, stack_tasks
 
 __all__ = [
+    "RandomShift",
     "ClassBatchSampler",
     "GPTasks",
     "ImageCompletionTasks",
