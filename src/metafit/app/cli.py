@@ -353,7 +353,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from metafit.checkpoint import atomic_write_bytes
 
     started, commit = time.time(), start_commit()
-    _check_flags(args, {"--episodes": 1, "--n-query": 1, "--seed": 0, "--k-shot": 1}, [])
+    _check_flags(args, {"--episodes": 1, "--n-query": 1, "--seed": 0, "--k-shot": 1, "--ensemble": 1}, [])
     if args.imbalanced_query is not None and not args.imbalanced_query > 0:
         raise ValueError(f"--imbalanced-query must be a Dirichlet concentration > 0, got {args.imbalanced_query}")
     settings = [_setting(s) for s in args.setting] if args.setting else None
@@ -372,6 +372,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         test=args.test,
         temperature=args.temperature_scale,
         shots=args.k_shot,
+        ensemble=args.ensemble,
     )
     out = {"provenance": provenance(getattr(args, "argv", []), started=started, commit=commit), **out}
     md = compare_markdown(out)
@@ -710,6 +711,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--inductive", action="store_true", help="batch statistics from the support set only (default: transductive)"
+    )
+    c.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        metavar="M",
+        help="score each run as an M-member ensemble over class and column permutations (TabPFN; no inner loop)",
     )
     c.add_argument(
         "--temperature-scale",

@@ -238,6 +238,7 @@ def compare(
     test: str = "t",
     temperature: bool = False,
     shots: Sequence[int] | None = None,
+    ensemble: int = 1,
 ) -> dict[str, Any]:
     """Evaluates trained runs on identical fixed episodes and compares them (see the module docstring).
 
@@ -263,11 +264,15 @@ def compare(
             scaling beside the raw one (accuracy is unchanged by a temperature).
         shots: Regression runs only: context points per task, one comparison per value (default:
             the first run's evaluation shot; Gaussian-process tasks draw their own sizes).
+        ensemble: Score every run as a :class:`~metafit.algorithms.PermutationEnsemble` of this
+            many members (TabPFN's test-time ensemble over class and column permutations; ``1``:
+            the run as trained). Learners with an inner loop are refused.
 
     Returns:
         JSON-able ``{"settings": [...], "runs": {...}}`` (see :func:`compare_markdown`).
     """
     from metafit.algorithms.baselines import RawNearestCentroid
+    from metafit.algorithms.ensemble import PermutationEnsemble
     from metafit.data.protocols import inductive as make_inductive
 
     if isinstance(runs, (str, Path)) or not runs:
@@ -296,6 +301,7 @@ def compare(
             "imbalanced": imbalanced,
             "inductive": inductive or None,
             "temperature": temperature or None,
+            "ensemble": None if ensemble == 1 else ensemble,
         }
         wrong = [k for k, v in given.items() if v is not None]
         if wrong:
@@ -321,6 +327,15 @@ def compare(
             f"runs {sorted(priors)} were trained on tabular-prior tasks (episodes standardised with their support "
             f"rows) and the others were not: compare them separately"
         )
+    if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
+        raise ValueError(f"ensemble must be an int >= 1 (members), got {ensemble!r}")
+    if ensemble > 1:
+        looped = [n for n, tr in loaded if tr.algorithm.spec.inner_loop]
+        if looped:
+            raise ValueError(
+                f"ensemble={ensemble} permutes classes and columns of learners without an inner loop; "
+                f"runs {looped} adapt by gradient steps: compare them without an ensemble"
+            )
     if baseline is not None and baseline not in [n for n, _ in loaded]:
         raise ValueError(f"baseline must be one of the runs {[n for n, _ in loaded]}, got {baseline!r}")
     first = loaded[0][1]
@@ -343,6 +358,8 @@ def compare(
         info["normalisation"] = (
             "inductive (support statistics only)" if inductive else "transductive (support + query batch)"
         )
+        if ensemble > 1:
+            info["ensemble"] = f"{ensemble} members: class and column permutations (PermutationEnsemble)"
         scores: dict[str, Any] = {}
         for name, tr in loaded:
             if tr.algorithm.spec.head == "fixed" and tr.config.data.n_way != setting[0]:
@@ -353,6 +370,8 @@ def compare(
             )
             tasks, converted = _convert(es.tasks, shape)
             learner = make_inductive(tr.algorithm) if inductive else tr.algorithm
+            if ensemble > 1:
+                learner = PermutationEnsemble(learner, ensemble)
             fit = None
             if temperature:
                 q_val = int(info.get("n_query") or n_query or tr.config.data.n_query)
@@ -573,7 +592,8 @@ def compare_markdown(out: dict[str, Any]) -> str:
         where = ds if isinstance(ds, str) else (ds or {}).get("dataset", "")
         lines.append(
             f"## {s['n_way']}-way {s['k_shot']}-shot, {s['episodes']} fixed episodes, {s['protocol']} protocol"
-            f"{', ' + where if where else ''}; {s['normalisation']}\n"
+            f"{', ' + where if where else ''}; {s['normalisation']}"
+            f"{'; ensemble of ' + s['ensemble'] if s.get('ensemble') else ''}\n"
         )
         diffs = {d["run"]: d for d in s["comparison"]["differences"]}
         ref = s["comparison"]["reference"]
