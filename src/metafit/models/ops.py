@@ -240,15 +240,15 @@ def conv_batch_norm(
     n_img, _, h, w = x.shape
     h_out, w_out = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+    xp = xp.permute(0, 2, 3, 1)  # (B, H, W, C_in), a view
     patches = torch.stack(
         [
-            xp[:, :, i : i + sh * (h_out - 1) + 1 : sh, j : j + sw * (w_out - 1) + 1 : sw]
+            xp[:, i : i + sh * (h_out - 1) + 1 : sh, j : j + sw * (w_out - 1) + 1 : sw, :]
             for i in range(kh)
             for j in range(kw)
         ],
         dim=-1,
-    )  # (B, C_in, H_out, W_out, kh*kw)
-    patches = patches.permute(0, 2, 3, 1, 4).reshape(n_img * h_out * w_out, k)  # K ordered as the weight's
+    ).reshape(n_img * h_out * w_out, k)  # (B, H_out, W_out, C_in, kh*kw): K in the weight's order, one copy
     n = patches.shape[0]
     centred = patches - patches.mean(0)
     cov = centred.t() @ centred / n  # (K, K)
@@ -260,7 +260,5 @@ def conv_batch_norm(
     shift = bias if bias is not None else torch.zeros_like(scale)
     if conv_bias is not None:
         shift = shift + scale * (conv_bias - conv_bias)  # cancels in the normalisation: gradient 0
-    w_aug = torch.cat([w2 * scale[:, None], shift[:, None]], 1)  # (C_out, K + 1)
-    ones = torch.ones(n, 1, dtype=centred.dtype, device=centred.device)
-    y = torch.cat([centred, ones], 1) @ w_aug.t()  # (B*H_out*W_out, C_out)
+    y = torch.addmm(shift, centred, (w2 * scale[:, None]).t())  # (B*H_out*W_out, C_out)
     return y.view(n_img, h_out, w_out, c_out).permute(0, 3, 1, 2)
