@@ -203,3 +203,34 @@ def test_report_draws_way_and_shot_curves_of_a_sweep(
     assert not (plots / "sweep_shot_2way.png").exists()  # one setting only: no curve
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "plots/sweep_way_1shot.png" in md and "plots/sweep_shot_3way.png" in md
+
+
+def test_pipelines_differing_only_in_the_seeds_of_their_stages_are_one_group(tmp_path: Path) -> None:
+    from metafit.app.compare import _group_key
+    from metafit.app.config import RunConfig
+
+    def stage(name: str, seed: int, steps: int, init_from: str | None = None) -> RunConfig:
+        train: dict = {"seed": seed, "steps": steps}
+        if init_from:
+            train["init_from"] = init_from
+        cfg = RunConfig.from_dict({"data": {"dataset": "omniglot"}, "algo": {"name": "protonet"}, "train": train})
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(cfg.to_dict()))
+        return cfg
+
+    stage("pre0", 0, 100)
+    stage("pre1", 1, 100)
+    stage("pre_long", 0, 200)
+    meta0 = stage("meta0", 0, 50, str(tmp_path / "pre0"))
+    meta1 = stage("meta1", 1, 50, str(tmp_path / "pre1"))
+    meta_long = stage("meta_long", 1, 50, str(tmp_path / "pre_long"))
+    assert _group_key(meta0) == _group_key(meta1)  # other seeds at both stages, the same recipe
+    assert _group_key(meta0) != _group_key(meta_long)  # a different pretraining
+    gone = RunConfig.from_dict(
+        {
+            "data": {"dataset": "omniglot"},
+            "algo": {"name": "protonet"},
+            "train": {"steps": 50, "init_from": str(tmp_path / "missing")},
+        }
+    )
+    assert str(tmp_path / "missing") in _group_key(gone)  # unreadable: named by its path

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from metafit.app.config import REGRESSION_FAMILIES
-from metafit.app.runs import _dataset, cross_domain_dataset, load_trained
+from metafit.app.runs import _dataset, checkpoint_config, cross_domain_dataset, load_trained
 from metafit.calibration import apply_temperature, calibration_metrics, fit_temperature, query_logits
 from metafit.comparison import class_bootstrap_ci, compare_runs, compare_seeds, per_class_values
 from metafit.data.task import TaskBatch
@@ -43,10 +43,20 @@ TABLE_BASELINES = {
 }
 
 
-def _group_key(config: Any) -> str:
+def _group_key(config: Any, depth: int = 0) -> str:
+    """The config less its training seed; a ``train.init_from`` run is replaced by ITS key, so the
+    runs of one pipeline (pretraining, then meta-training from it) with other seeds at every stage
+    are one group. A starting run whose ``config.json`` cannot be read stays named by its path."""
     d = config.to_dict()
     d["train"] = {k: v for k, v in d["train"].items() if k != "seed"}
     d.pop("name", None)
+    start = d["train"].get("init_from")
+    if start and depth < 8:
+        try:
+            recorded = json.loads((Path(start) / "config.json").read_text())
+            d["train"]["init_from"] = {"run": json.loads(_group_key(checkpoint_config(recorded), depth + 1))}
+        except (OSError, ValueError, TypeError, KeyError):
+            pass
     return json.dumps(d, sort_keys=True)
 
 
