@@ -17,6 +17,7 @@ from metafit.algorithms.base import (
 from metafit.algorithms.baselines import RawNearestCentroid
 from metafit.algorithms.cnp import CNP, CNPState, calibration, gaussian_nll, interval_coverage, recalibrate
 from metafit.algorithms.ensemble import PermutationEnsemble
+from metafit.algorithms.film import FiLMAdapted
 from metafit.algorithms.heads import CosineHead, EuclideanHead, MahalanobisHead, RidgeHead
 from metafit.algorithms.maml import MAML, inner_gradients
 from metafit.algorithms.mamlpp import MAMLPlusPlus
@@ -36,6 +37,7 @@ from metafit.algorithms.reptile import Reptile
 from metafit.algorithms.warm_start import init_from
 
 __all__ = [
+    "FiLMAdapted",
     "PermutationEnsemble",
     "Algorithm",
     "GradientLearner",

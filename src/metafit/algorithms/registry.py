@@ -24,6 +24,7 @@ from typing import Any
 from metafit.algorithms.anil import ANIL
 from metafit.algorithms.base import Algorithm
 from metafit.algorithms.cnp import CNP
+from metafit.algorithms.film import build_film
 from metafit.algorithms.maml import MAML
 from metafit.algorithms.mamlpp import build_mamlpp
 from metafit.algorithms.meta_sgd import MetaSGD
@@ -185,6 +186,12 @@ _ENTRIES = (
         "Bateni, Goyal, Masrani, Wood & Sigal, CVPR 2020 (arXiv 1912.03432)",
         "Mahalanobis head with shrunk class covariances (no FiLM adaptation network)",
         build_simple_cnaps,
+    ),
+    LearnerEntry(
+        "film",
+        "Requeima et al., NeurIPS 2019 (arXiv 1906.07697); Bateni et al., CVPR 2020 (arXiv 1912.03432)",
+        "FiLM-adapted backbone (task embedding: mean prototype) under a metric head (Simple CNAPS by default)",
+        build_film,
     ),
     LearnerEntry(
         "pretrain",
