@@ -1255,6 +1255,11 @@ TABLES: dict[str, Table] = {
         ),
         {"run": "tabular_warped", "versus": "tabular_long"},
     ),
+    "tabular_ensemble": Table(
+        r_tabular,
+        tuple(f"results/tabular_ens_{t}.json" for t in ("iris", "wine", "breast-cancer", "digits-table")),
+        {"run": "tabular_warped", "versus": "tabular_long"},
+    ),
     "caml_frozen_5w1s": Table(r_compare, ("results/compare_caml_frozen_5w1s.json",)),
     "caml20_20w1s": Table(r_compare, ("results/compare_caml20_20w1s.json",)),
     "caml20_5w1s": Table(r_compare, ("results/compare_caml20_5w1s.json",)),
