@@ -1205,6 +1205,8 @@ TABLES: dict[str, Table] = {
             "results/compare_mb_shift_20w1s.json",
         ),
     ),
+    "distill_5w1s": Table(r_compare, ("results/compare_distill_5w1s.json",)),
+    "distill_20w1s": Table(r_compare, ("results/compare_distill_20w1s.json",)),
     "film_5w1s": Table(r_compare, ("results/compare_film_5w1s.json",)),
     "film_20w1s": Table(r_compare, ("results/compare_film_20w1s.json",)),
     "mb_shift_5w1s": Table(r_compare, ("results/compare_mb_shift_5w1s.json",)),
