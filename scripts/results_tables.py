@@ -1249,6 +1249,7 @@ TABLES: dict[str, Table] = {
     "compare_sine": Table(r_regression_compare, ("results/compare_sine.json",)),
     "compare_gp_rbf": Table(r_regression_compare, ("results/compare_gp_rbf.json",)),
     "compare_completion": Table(r_regression_compare, ("results/compare_completion.json",)),
+    "compare_completion_tnp": Table(r_regression_compare, ("results/compare_completion_tnp.json",)),
     "tabular_warped": Table(
         r_tabular,
         (
