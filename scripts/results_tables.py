@@ -1209,6 +1209,8 @@ TABLES: dict[str, Table] = {
     "distill_20w1s": Table(r_compare, ("results/compare_distill_20w1s.json",)),
     "film_5w1s": Table(r_compare, ("results/compare_film_5w1s.json",)),
     "film_20w1s": Table(r_compare, ("results/compare_film_20w1s.json",)),
+    "film_fashion": Table(r_compare, ("results/compare_film_fashion-mnist.json",)),
+    "film_digits": Table(r_compare, ("results/compare_film_digits.json",)),
     "mb_shift_5w1s": Table(r_compare, ("results/compare_mb_shift_5w1s.json",)),
     "mb_shift_20w1s": Table(r_compare, ("results/compare_mb_shift_20w1s.json",)),
     "mb30_seeds_5w1s": Table(r_compare, ("results/compare_mb30_seeds_5w1s.json",)),
