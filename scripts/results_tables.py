@@ -985,7 +985,9 @@ def r_learner_targets(ds: list[Json]) -> tuple[list[str], Rows]:
                 f"{pm(*a)} (seed {k})" for k, a in enumerate((seed0, other)) if a is not None
             )
             if mb is None:
-                again += f"; Meta-Baseline after this pretraining: {pm(*acc((shift5, shift20)[i], 'metabaseline_shift'))}"
+                again += (
+                    f"; Meta-Baseline after this pretraining: {pm(*acc((shift5, shift20)[i], 'metabaseline_shift'))}"
+                )
             else:
                 again += f"; its pretraining alone: {pm(*acc((shift5, shift20)[i], 'pretrain_shift'))}"
         else:
