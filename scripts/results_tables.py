@@ -1209,6 +1209,8 @@ TABLES: dict[str, Table] = {
     ),
     "distill_5w1s": Table(r_compare, ("results/compare_distill_5w1s.json",)),
     "distill_20w1s": Table(r_compare, ("results/compare_distill_20w1s.json",)),
+    "new_fashion": Table(r_compare, ("results/compare_new_fashion-mnist.json",)),
+    "new_digits": Table(r_compare, ("results/compare_new_digits.json",)),
     "film_5w1s": Table(r_compare, ("results/compare_film_5w1s.json",)),
     "film_20w1s": Table(r_compare, ("results/compare_film_20w1s.json",)),
     "film_fashion": Table(r_compare, ("results/compare_film_fashion-mnist.json",)),
