@@ -934,7 +934,7 @@ def r_gp_product(ds: list[Json]) -> tuple[list[str], Rows]:
 def r_learner_targets(ds: list[Json]) -> tuple[list[str], Rows]:
     """The Omniglot targets of the learners issue, from the all-learner comparisons, the long
     Meta-SGD comparison and its monitor curve."""
-    all5, all20, msgd, curve, maml20, msgd20, mb5, mb20, seeds5, seeds20, shift5, shift20 = ds
+    all5, all20, msgd, curve, maml20, msgd20, mb5, mb20, seeds5, seeds20, shift5, shift20, sseeds5, sseeds20 = ds
     rows = []
 
     def acc(d: Json, name: str) -> tuple[float, float] | None:
@@ -978,6 +978,7 @@ def r_learner_targets(ds: list[Json]) -> tuple[list[str], Rows]:
         v, pre, mb, aug = max(within or cands, key=lambda c: c[0][0])
         spent = pre + (mb or 0.0)
         label = ("Meta-Baseline" if mb is not None else "pretrain + logistic regression") + aug
+        status = v[0]
         seed0 = acc((mb5, mb20)[i], "metabaseline15")
         other = acc((seeds5, seeds20)[i], "metabaseline15_s1")
         if aug:  # the best run is the augmented recipe: the unaugmented one beside it
@@ -990,6 +991,11 @@ def r_learner_targets(ds: list[Json]) -> tuple[list[str], Rows]:
                 )
             else:
                 again += f"; its pretraining alone: {pm(*acc((shift5, shift20)[i], 'pretrain_shift'))}"
+            # the recipe's second training seed: the status follows the mean over both seeds
+            s1 = acc((sseeds5, sseeds20)[i], ("metabaseline_shift" if mb is not None else "pretrain_shift") + "_s1")
+            if s1 is not None:
+                status = (v[0] + s1[0]) / 2
+                again += f"; training seed 1 of the same recipe: {pm(*s1)}; mean of the two seeds {status:.2f}"
         else:
             runs_s1 = (seeds5, seeds20)[i]["runs"]
             again = (
@@ -1001,7 +1007,7 @@ def r_learner_targets(ds: list[Json]) -> tuple[list[str], Rows]:
         rows.append(
             [
                 f"pretrain or Meta-Baseline {w}w1s >= {goal}% within 30 min",
-                "met" if v[0] >= goal and spent <= 30.5 else "NOT met",
+                "met" if status >= goal and spent <= 30.5 else "NOT met",
                 f"{label} {pm(*v)} after {spent:.1f} min in all (pretraining {pre:.1f} min"
                 + (f" + meta-training {mb:.1f} min)" if mb is not None else ")")
                 + again,
@@ -1205,8 +1211,12 @@ TABLES: dict[str, Table] = {
             "results/compare_mb30_seeds_20w1s.json",
             "results/compare_mb_shift_5w1s.json",
             "results/compare_mb_shift_20w1s.json",
+            "results/compare_mb_shift_seeds_5w1s.json",
+            "results/compare_mb_shift_seeds_20w1s.json",
         ),
     ),
+    "mb_shift_seeds_5w1s": Table(r_compare, ("results/compare_mb_shift_seeds_5w1s.json",)),
+    "mb_shift_seeds_20w1s": Table(r_compare, ("results/compare_mb_shift_seeds_20w1s.json",)),
     "distill_5w1s": Table(r_compare, ("results/compare_distill_5w1s.json",)),
     "distill_20w1s": Table(r_compare, ("results/compare_distill_20w1s.json",)),
     "new_fashion": Table(r_compare, ("results/compare_new_fashion-mnist.json",)),
