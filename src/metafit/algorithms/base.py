@@ -197,6 +197,15 @@ def check_labels(name: str, y: Tensor, n_classes: int, *, what: str = "the head"
         )
 
 
+def support_way(support_y: Tensor, n_way: int | None) -> int:
+    """A task's ``n_way``: as given, else ``max(support_y) + 1`` (not vmappable); the support
+    labels are checked against it (:func:`check_labels`)."""
+    if n_way is None:
+        n_way = int(support_y.max()) + 1
+    check_labels("support_y", support_y, n_way, what="the task")
+    return n_way
+
+
 def check_regression_targets(name: str, output: Tensor, target: Tensor) -> None:
     """Raises ValueError if regression targets cannot match the model's outputs element for element."""
     if output.shape == target.shape:

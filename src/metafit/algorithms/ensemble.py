@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metafit.algorithms.base import Algorithm, LearnerSpec, MetaParams, Metrics, check_labels
+from metafit.algorithms.base import Algorithm, LearnerSpec, MetaParams, Metrics, support_way
 from metafit.data.task import Task
 from metafit.functional import Buffers
 
@@ -118,9 +118,7 @@ class PermutationEnsemble:
         """Each member's adaptation to its relabelled, column-permuted support set."""
         if support_x.shape[0] == 0:
             raise ValueError("support_x must hold at least one example, got 0 rows")
-        if n_way is None:
-            n_way = int(support_y.max()) + 1
-        check_labels("support_y", support_y, n_way, what="the task")
+        n_way = support_way(support_y, n_way)
         g = torch.Generator().manual_seed(self.seed)
         width = used_columns(support_x) if support_x.dim() == 2 else 0
         members = []

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metafit.algorithms.base import LearnerSpec, MetaParams, Metrics, check_labels, task_metrics
+from metafit.algorithms.base import LearnerSpec, MetaParams, Metrics, check_labels, support_way, task_metrics
 from metafit.algorithms.heads import MahalanobisHead
 from metafit.algorithms.metric import MetricLearner, _model_dtype
 from metafit.algorithms.protonet import ProtoSupport
@@ -155,9 +155,7 @@ class FiLMAdapted:
         n_way: int | None = None,
     ) -> FiLMSupport:
         """The support set and the backbone parameters modulated for it."""
-        if n_way is None:
-            n_way = int(support_y.max()) + 1
-        check_labels("support_y", support_y, n_way, what="the task")
+        n_way = support_way(support_y, n_way)
         z = self.task_embedding(model, meta_params, buffers, support_x, support_y, n_way)
         return FiLMSupport(ProtoSupport(support_x, support_y, n_way), self.modulated(meta_params, z))
 

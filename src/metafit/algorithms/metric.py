@@ -25,6 +25,7 @@ from metafit.algorithms.base import (
     MetaParams,
     Metrics,
     check_labels,
+    support_way,
     task_metrics,
 )
 from metafit.algorithms.heads import (
@@ -133,9 +134,7 @@ class MetricLearner:
         n_way: int | None = None,
     ) -> ProtoSupport:
         """Stores the support set; embeddings are computed jointly with the inputs in ``predict``."""
-        if n_way is None:
-            n_way = int(support_y.max()) + 1
-        check_labels("support_y", support_y, n_way, what="the task")
+        n_way = support_way(support_y, n_way)
         return ProtoSupport(support_x, support_y, n_way)
 
     def embed(

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metafit.algorithms.base import LearnerSpec, MetaParams, Metrics, check_labels
+from metafit.algorithms.base import LearnerSpec, MetaParams, Metrics, check_labels, support_way
 from metafit.algorithms.cnp import gaussian_nll
 from metafit.data.gp import split_mask
 from metafit.data.task import Task
@@ -294,9 +294,7 @@ class InContextLearner:
         """The support set (no gradient steps); ``n_way`` defaults to ``max(support_y) + 1`` (not vmappable)."""
         if support_x.shape[0] == 0:
             raise ValueError("support_x must hold at least one example, got 0 rows")
-        if n_way is None:
-            n_way = int(support_y.max()) + 1
-        check_labels("support_y", support_y, n_way, what="the task")
+        n_way = support_way(support_y, n_way)
         return ICLContext(support_x, support_y, n_way)
 
     def predict(
