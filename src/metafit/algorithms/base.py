@@ -33,6 +33,7 @@ from metafit.functional import Buffers, Params
 
 MetaParams = dict[str, Params]
 Metrics = dict[str, Tensor]
+_LOG_2PI = math.log(2.0 * math.pi)
 
 __all__ = [
     "Algorithm",
@@ -43,6 +44,9 @@ __all__ = [
     "Metrics",
     "CRITERIA",
     "criterion_fn",
+    "gaussian_output",
+    "GAUSSIAN_MIN_VARIANCE",
+    "regression_criterion",
     "task_metrics",
     "flat_meta_params",
     "clone_meta_params",
@@ -225,6 +229,50 @@ def _mse(pred: Tensor, target: Tensor) -> Tensor:
     return F.mse_loss(pred, target)
 
 
+GAUSSIAN_MIN_VARIANCE = 1e-4
+"""Floor of the variance of :func:`gaussian_output` (a standard deviation of 0.01)."""
+
+
+def gaussian_output(output: Tensor) -> tuple[Tensor, Tensor]:
+    """A network's raw output as a diagonal Gaussian predictive (criterion ``"gaussian_nll"``).
+
+    The last dimension holds the means, then the raw variances: ``mean = output[..., :d]``,
+    ``var = GAUSSIAN_MIN_VARIANCE + softplus(output[..., d:])`` (positive and bounded below, so
+    that a task whose targets the fast weights fit exactly cannot drive the likelihood to
+    infinity; the heteroscedastic output of Kendall & Gal, NeurIPS 2017, arXiv 1703.04977).
+
+    Args:
+        output: ``(B, 2 * d)``.
+
+    Returns:
+        ``(mean, var)``, each ``(B, d)``.
+
+    Raises:
+        ValueError: an odd last dimension (a network built for point predictions).
+    """
+    width = int(output.shape[-1])
+    if width % 2:
+        raise ValueError(
+            f"criterion 'gaussian_nll' needs a network with 2 * y_dim outputs (means, then raw variances), "
+            f"got an output of shape {tuple(output.shape)}"
+        )
+    d = width // 2
+    return output[..., :d], GAUSSIAN_MIN_VARIANCE + F.softplus(output[..., d:])
+
+
+def _gaussian_targets(mean: Tensor, target: Tensor) -> Tensor:
+    if mean.shape != target.shape:
+        check_regression_targets("targets", mean, target)
+        target = target.reshape(mean.shape)
+    return target
+
+
+def _gaussian_nll(output: Tensor, target: Tensor) -> Tensor:
+    mean, var = gaussian_output(output)
+    target = _gaussian_targets(mean, target)
+    return 0.5 * (_LOG_2PI + var.log() + (target - mean).pow(2) / var).mean()
+
+
 def _cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     if logits.dim() >= 2:
         check_labels("labels", target, int(logits.shape[-1]), what="the model's output")
@@ -233,23 +281,53 @@ def _cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
 
 # The private dict is what criterion_fn reads: torch.compile breaks its graph on a read through a
 # mappingproxy once any dict was mutated during tracing (the engine's "compile" path).
-_CRITERIA: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"cross_entropy": _cross_entropy, "mse": _mse}
+_CRITERIA: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "cross_entropy": _cross_entropy,
+    "mse": _mse,
+    "gaussian_nll": _gaussian_nll,
+}
 CRITERIA: Mapping[str, Callable[[Tensor, Tensor], Tensor]] = MappingProxyType(_CRITERIA)
 
 
 def criterion_fn(name: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """Returns the task loss function called ``name`` (``cross_entropy`` or ``mse``)."""
+    """Returns the task loss function called ``name``: ``cross_entropy`` (labels ``(N,)``), ``mse``
+    or ``gaussian_nll`` (the mean negative log-likelihood of :func:`gaussian_output`, constant
+    included; the network returns ``2 * y_dim`` outputs)."""
     try:
         return _CRITERIA[name]
     except KeyError:
         raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {name!r}") from None
 
 
+def regression_criterion(criterion: str, regression_loss: str) -> str:
+    """The criterion a gradient-based learner's builder uses: the task's (from the data), or for
+    regression tasks the one ``regression_loss`` names (``"mse"``: point predictions;
+    ``"gaussian_nll"``: a Gaussian predictive, see :func:`gaussian_output`).
+
+    Raises:
+        ValueError: an unknown ``regression_loss``, or ``"gaussian_nll"`` for classification tasks.
+    """
+    if regression_loss not in ("mse", "gaussian_nll"):
+        raise ValueError(f"regression_loss must be 'mse' or 'gaussian_nll', got {regression_loss!r}")
+    if regression_loss == "mse":
+        return criterion
+    if criterion == "cross_entropy":
+        raise ValueError(
+            "regression_loss='gaussian_nll' applies to regression tasks (sinusoid, GP, image completion), "
+            "got a classification dataset"
+        )
+    return "gaussian_nll"
+
+
 def task_metrics(criterion: str, output: Tensor, target: Tensor, loss: Tensor) -> Metrics:
-    """Per-task metrics: ``loss`` plus ``accuracy`` (classification) or ``mse`` (regression)."""
+    """Per-task metrics: ``loss`` plus ``accuracy`` (classification), ``mse`` (regression) or
+    ``nll`` and the ``mse`` of the predictive mean (``gaussian_nll``)."""
     loss = loss.detach()
     if criterion == "cross_entropy":
         return {"loss": loss, "accuracy": (output.detach().argmax(-1) == target).to(loss.dtype).mean()}
+    if criterion == "gaussian_nll":
+        mean = gaussian_output(output.detach())[0]
+        return {"loss": loss, "nll": loss, "mse": (mean - _gaussian_targets(mean, target)).pow(2).mean()}
     return {"loss": loss, "mse": loss}
 
 

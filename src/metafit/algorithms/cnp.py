@@ -226,7 +226,8 @@ def calibration(
     """Per-task coverage of the central Gaussian intervals on held-out tasks.
 
     Args:
-        algorithm: A regression :class:`CNP`.
+        algorithm: A learner with a Gaussian predictive (``spec.distribution``: a regression
+            :class:`CNP`, a neural process, MAML with ``criterion="gaussian_nll"``).
         model: The network.
         meta_params: Trained meta-parameters.
         tasks: Held-out tasks; coverage is measured on each task's query set given its support.
@@ -236,8 +237,11 @@ def calibration(
     Returns:
         ``{level: [coverage of task 0, task 1, ...]}`` (summarise with :func:`metafit.summarize`).
     """
-    if algorithm.classification:
-        raise ValueError("calibration is for regression CNPs (criterion='gaussian_nll')")
+    if not algorithm.spec.distribution:
+        raise ValueError(
+            "calibration needs a learner with a Gaussian predictive (a regression CNP or neural process, "
+            f"or a gradient-based learner with criterion='gaussian_nll'), got {type(algorithm).__name__}"
+        )
     out: dict[float, list[float]] = {lv: [] for lv in levels}
     for task, mean, var in _query_predictions(algorithm, model, meta_params, tasks, buffers or {}):
         for lv, c in interval_coverage(mean, var, task.query_y, levels).items():
@@ -292,8 +296,11 @@ def recalibrate(
     Returns:
         ``dataclasses.replace(algorithm, variance_scale=s)``.
     """
-    if algorithm.classification:
-        raise ValueError("recalibrate is for regression CNPs (criterion='gaussian_nll')")
+    if not algorithm.spec.distribution or not hasattr(algorithm, "variance_scale"):
+        raise ValueError(
+            "recalibrate needs a learner with a Gaussian predictive and a variance_scale (a regression CNP or "
+            f"neural process), got {type(algorithm).__name__}"
+        )
     if method not in ("nll", "quantile"):
         raise ValueError(f"method must be 'nll' or 'quantile', got {method!r}")
     base = dataclasses.replace(algorithm, variance_scale=1.0)

@@ -24,6 +24,7 @@ from metafit.algorithms.base import (
     check_inner_lr,
     check_steps,
     criterion_fn,
+    gaussian_output,
     task_metrics,
 )
 from metafit.data.task import Task
@@ -109,6 +110,30 @@ class GradientEvaluation:
         )
         return collections.deque(steps_iter, maxlen=1)[0]  # the last step's parameters, none kept before it
 
+    def predict(
+        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: Params, x: Tensor
+    ) -> Tensor:
+        """Model outputs ``(B, ...)`` at the adapted parameters; the predictive mean ``(B, d)``
+        under ``criterion="gaussian_nll"``."""
+        out = apply(model, adapted, buffers, x)
+        return gaussian_output(out)[0] if self.criterion == "gaussian_nll" else out
+
+    def predict_distribution(
+        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: Params, x: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The diagonal Gaussian predictive ``(mean, var)``, each ``(B, d)``, at the adapted
+        parameters (:func:`metafit.algorithms.base.gaussian_output`).
+
+        Raises:
+            ValueError: a learner not trained with ``criterion="gaussian_nll"`` (it has no variance).
+        """
+        if self.criterion != "gaussian_nll":
+            raise ValueError(
+                f"predict_distribution needs criterion='gaussian_nll' (a network with a variance output), "
+                f"got criterion={self.criterion!r}"
+            )
+        return gaussian_output(apply(model, adapted, buffers, x))
+
     def eval_settings(self) -> EvalSettings:
         """Inner steps and step size used when adapting at evaluation time."""
         return EvalSettings(
@@ -162,7 +187,9 @@ class MAML(GradientEvaluation):
         inner_lr: Step size alpha of the inner updates during meta-training.
         inner_steps: Inner updates during meta-training.
         first_order: Drop the second-order terms.
-        criterion: ``"cross_entropy"`` (labels ``(N,)``) or ``"mse"`` (targets ``(N, ...)``).
+        criterion: ``"cross_entropy"`` (labels ``(N,)``), ``"mse"`` (targets ``(N, ...)``) or
+            ``"gaussian_nll"`` (targets ``(N, d)``; the network returns ``2 * d`` outputs, means then
+            raw variances, and the learner has a Gaussian predictive: ``predict_distribution``).
         eval_inner_lr: Step size at evaluation/adaptation time (default: ``inner_lr``).
         eval_inner_steps: Inner updates at evaluation time (default: ``inner_steps``).
         adapt_only: Name prefixes of the parameters updated in the inner loop (``None``: all).
@@ -200,13 +227,15 @@ class MAML(GradientEvaluation):
 
     @property
     def spec(self) -> LearnerSpec:
-        """Gradient-based, second order unless ``first_order`` (or no inner step); fixed head."""
+        """Gradient-based, second order unless ``first_order`` (or no inner step); fixed head; a
+        Gaussian predictive under ``criterion="gaussian_nll"``."""
         classification = self.criterion == "cross_entropy"
         return LearnerSpec(
             tasks="classification" if classification else "regression",
             inner_loop=True,
             second_order=not self.first_order and self.inner_steps > 0,
             head="fixed" if classification else "none",
+            distribution=self.criterion == "gaussian_nll",
         )
 
     # -- protocol -----------------------------------------------------------------------
@@ -262,12 +291,6 @@ class MAML(GradientEvaluation):
             grads = inner_gradients(support_loss, adapted, create_graph=create_graph, data=support_x)
             adapted = {k: v - rates[k] * grads[k] for k, v in adapted.items()}
             yield {**fixed, **adapted}
-
-    def predict(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: Params, x: Tensor
-    ) -> Tensor:
-        """Model outputs ``(B, ...)`` at the adapted parameters."""
-        return apply(model, adapted, buffers, x)
 
     def loss(self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task) -> tuple[Tensor, Metrics]:
         """Query loss after adaptation on the support set (the MAML meta-objective)."""

@@ -47,6 +47,7 @@ from metafit.algorithms.base import (
     check_inner_lr,
     check_steps,
     criterion_fn,
+    regression_criterion,
     task_metrics,
 )
 from metafit.algorithms.maml import GradientEvaluation, inner_gradients
@@ -129,7 +130,7 @@ class MAMLPlusPlus(GradientEvaluation):
     Args:
         inner_lr: The inner step size (the initial value of every learned rate under LSLR).
         inner_steps: Inner updates during meta-training (>= 1).
-        criterion: ``"cross_entropy"`` or ``"mse"``.
+        criterion: ``"cross_entropy"``, ``"mse"`` or ``"gaussian_nll"`` (as :class:`MAML`).
         msl_iterations: MSL: anneal the per-step weights over this many meta-iterations (0: only
             the last step's query loss, as MAML).
         first_order_iterations: DA: first-order meta-gradients for the first this-many
@@ -202,6 +203,7 @@ class MAMLPlusPlus(GradientEvaluation):
             inner_loop=True,
             second_order=True,
             head="fixed" if classification else "none",
+            distribution=self.criterion == "gaussian_nll",
         )
 
     # -- protocol ------------------------------------------------------------------------
@@ -299,12 +301,6 @@ class MAMLPlusPlus(GradientEvaluation):
             fast = {k: v - rates[k] * grads[k] for k, v in fast.items()}
             yield {**fast, **norm}
 
-    def predict(
-        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: Params, x: Tensor
-    ) -> Tensor:
-        """Model outputs ``(B, ...)`` at the adapted parameters."""
-        return apply(model, adapted, buffers, x)
-
     def loss(self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task) -> tuple[Tensor, Metrics]:
         """MSL: ``sum_k w_k * query_loss(after k steps)``; metrics of the last step.
 
@@ -357,12 +353,14 @@ def build_mamlpp(
     per_step_norm: bool = True,
     eval_inner_lr: float | None = None,
     eval_inner_steps: int | None = None,
+    regression_loss: str = "mse",
 ) -> MAMLPlusPlus:
-    """Registry builder for :class:`MAMLPlusPlus` (keyword options with their defaults)."""
+    """Registry builder for :class:`MAMLPlusPlus` (keyword options with their defaults;
+    ``regression_loss`` as :func:`metafit.algorithms.base.regression_criterion`)."""
     return MAMLPlusPlus(
         inner_lr=inner_lr,
         inner_steps=inner_steps,
-        criterion=criterion,
+        criterion=regression_criterion(criterion, regression_loss),
         msl_iterations=msl_iterations,
         first_order_iterations=first_order_iterations,
         learn_inner_lr=learn_inner_lr,

@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from metafit.algorithms.anil import ANIL
-from metafit.algorithms.base import Algorithm
+from metafit.algorithms.base import Algorithm, regression_criterion
 from metafit.algorithms.cnp import CNP
 from metafit.algorithms.film import build_film
 from metafit.algorithms.maml import MAML
@@ -79,9 +79,10 @@ def _gradient(cls: Callable[..., Algorithm], **fixed: Any) -> Callable[..., Algo
         inner_steps: int = 1,
         eval_inner_lr: float | None = None,
         eval_inner_steps: int | None = None,
+        regression_loss: str = "mse",
     ) -> Algorithm:
         return cls(
-            criterion=criterion,
+            criterion=regression_criterion(criterion, regression_loss),
             inner_lr=inner_lr,
             inner_steps=inner_steps,
             eval_inner_lr=eval_inner_lr,
@@ -100,9 +101,10 @@ def _metasgd(
     eval_inner_lr: float | None = None,
     eval_inner_steps: int | None = None,
     init_inner_lr: float | None = None,
+    regression_loss: str = "mse",
 ) -> Algorithm:
     return MetaSGD(
-        criterion=criterion,
+        criterion=regression_criterion(criterion, regression_loss),
         inner_lr=inner_lr,
         inner_steps=inner_steps,
         eval_inner_lr=eval_inner_lr,

@@ -582,7 +582,9 @@ class RunConfig:
 
         placeholders = {k: 2 for k in learner_entry(self.algo.name).data_options if k not in self.algo.options}
         try:  # the learner's own checks (e.g. Reptile refuses inner_steps=0) before anything is written
-            build_learner(self.algo.name, "mse" if regression else "cross_entropy", **self.algo.options, **placeholders)
+            learner = build_learner(
+                self.algo.name, "mse" if regression else "cross_entropy", **self.algo.options, **placeholders
+            )
         except ValueError as e:
             if regression and "classifier" in str(e):
                 raise ValueError(
@@ -591,8 +593,18 @@ class RunConfig:
                 ) from None
             raise ValueError(f"algo ({self.algo.name}): {e}") from None
         arch = self.resolved_arch
-        if self.data.dataset.startswith("gp-") and learner_entry(self.algo.name).network != "np":
-            _fail("algo", "name", "a masked neural process (anp, tnp, npcnp) for the padded GP tasks", self.algo.name)
+        if (
+            self.data.dataset.startswith("gp-")
+            and learner_entry(self.algo.name).network != "np"
+            and not learner.spec.inner_loop
+        ):
+            _fail(
+                "algo",
+                "name",
+                "a masked neural process (anp, tnp, npcnp) or a gradient-based learner (maml, metasgd, ...) "
+                "for the padded GP tasks",
+                self.algo.name,
+            )
         if regression and arch != "mlp":
             _fail("model", "arch", f"'mlp' or 'auto' for data.dataset={self.data.dataset!r}", self.model.arch)
         if self.train.distill_from is not None and self.algo.name != "pretrain":

@@ -209,7 +209,8 @@ def build_model(config: RunConfig, shape: Sequence[int] | None = None) -> nn.Mod
     fixed = _spec(config).head == "fixed"
     if config.resolved_arch == "mlp":
         if config.data.dataset in REGRESSION_FAMILIES:
-            return seeding.seeded(config.train.seed, lambda: MLP(x_dim, m.hidden, 1))
+            y_out = 2 if _spec(config).distribution else 1  # a Gaussian predictive: means, then raw variances
+            return seeding.seeded(config.train.seed, lambda: MLP(x_dim, m.hidden, y_out))
         if len(shape) != 1:
             raise ValueError(
                 f"model.arch='mlp' needs flat examples (tables, arrays of vectors), got example shape {shape}"
@@ -760,13 +761,15 @@ def preprocessing_info(config: RunConfig) -> dict[str, Any]:
 
 def eval_algorithm(config: RunConfig, algorithm: Algorithm) -> Algorithm:
     """The learner as it scores the run's held-out tasks: GP tasks come padded (per-task context
-    sizes), so a neural process scores them through :class:`~metafit.algorithms.Padded`."""
-    if not config.data.dataset.startswith("gp-"):
+    sizes), so a neural process scores them through :class:`~metafit.algorithms.Padded`; a
+    gradient-based learner scores them unpadded (:func:`score_tasks`)."""
+    if not config.data.dataset.startswith("gp-") or algorithm.spec.inner_loop:
         return algorithm
     if _entry(config).network != "np":
         raise ValueError(
             f"data.dataset={config.data.dataset!r} has held-out tasks of per-task context sizes (padded with a mask); "
-            f"evaluate them with a masked neural process (anp, tnp, npcnp), not algo.name={config.algo.name!r}"
+            "evaluate them with a masked neural process (anp, tnp, npcnp) or a gradient-based learner, "
+            f"not algo.name={config.algo.name!r}"
         )
     from metafit.algorithms.neural_process import Padded
 
@@ -1274,17 +1277,23 @@ def score_tasks(
     lr: float | None = None,
 ) -> EvalResult:
     """:func:`metafit.evaluation.evaluate` of a run's learner (as :func:`eval_algorithm` gives it)
-    on held-out tasks, plus, for a Gaussian predictive, the context NLL (``context_nll``; learners
-    without an inner loop) and the coverage of the central predictive intervals per task
-    (``coverage_50``, ...; not on padded GP tasks). ``metafit eval`` and ``metafit compare`` score
-    with it."""
+    on held-out tasks, plus, for a Gaussian predictive, the context NLL (``context_nll``: each
+    task's context points as its targets) and the coverage of the central predictive intervals per task
+    (``coverage_50``, ...; not on padded GP tasks). A gradient-based learner scores padded GP
+    tasks at their own sizes (:func:`metafit.data.gp.unpad_tasks`): the same tasks and points.
+    ``metafit eval`` and ``metafit compare`` score with it."""
     from metafit.algorithms.cnp import COVERAGE_LEVELS, calibration
     from metafit.evaluation import summarize
 
+    if config.data.dataset.startswith("gp-") and algorithm.spec.inner_loop and isinstance(tasks, TaskBatch):
+        from metafit.data.gp import unpad_tasks
+
+        tasks = unpad_tasks(tasks)  # no padding mask in an inner loop: each task at its own size
     chunk = 250 if config.data.dataset == "sinusoid" and algorithm.spec.inner_loop else 0  # vmap: same numbers
     res: EvalResult = evaluate(algorithm, model, meta_params, tasks, buffers=buffers, steps=steps, lr=lr, chunk=chunk)
-    if algorithm.spec.distribution and not algorithm.spec.inner_loop:
+    if algorithm.spec.distribution:
         # the NP literature's context log-likelihood: each task's context points as its targets
+        # (a gradient-based learner adapts on them, then predicts them)
         ctx = evaluate(algorithm, model, meta_params, [_context_as_targets(t) for t in tasks], buffers=buffers)
         res.metrics["context_nll"] = ctx.metrics["nll"]
         res.per_task["context_nll"] = ctx.per_task["nll"]
@@ -1322,9 +1331,10 @@ def _evaluate_trained(
     results = []
     scale_info = None
     if recalibrate is not None:
-        if not algorithm.spec.distribution:
+        if not algorithm.spec.distribution or not hasattr(algorithm, "variance_scale"):
             raise ValueError(
-                f"recalibrate needs a learner with a Gaussian predictive (a regression CNP), got algo.name={config.algo.name!r}"
+                "recalibrate needs a learner with a Gaussian predictive and a variance scale "
+                f"(cnp, npcnp, anp, tnp), got algo.name={config.algo.name!r}"
             )
         # validation tasks of every evaluated context size, from their own seeds: never the test tasks
         val = [

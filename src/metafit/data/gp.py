@@ -58,6 +58,7 @@ __all__ = [
     "sample_hyperparameters",
     "sklearn_table_tasks",
     "split_mask",
+    "unpad_tasks",
     "standardise_tasks",
     "support_baseline_logits",
     "support_baselines",
@@ -98,6 +99,40 @@ def split_mask(x: Tensor, name: str = "x") -> tuple[Tensor, Tensor]:
             f"got shape {tuple(x.shape)}"
         )
     return x[..., :-1], x[..., -1] > 0.5
+
+
+def unpad_tasks(batch: TaskBatch) -> list[Task]:
+    """The tasks of a padded batch (:func:`pad_tasks`) at their own sizes, the flag column dropped.
+
+    The inverse of :func:`pad_tasks` for tasks whose real points come first (as it writes them):
+    what a learner that cannot read a padding mask (a gradient-based learner's inner loop) scores,
+    one task at a time, on the same held-out tasks as a masked neural process.
+
+    Args:
+        batch: ``support_x (T, C_max, d + 1)``, ``support_y (T, C_max, ...)``, ``query_x (T,
+            T_max, d + 1)``, ``query_y (T, T_max, ...)``.
+
+    Returns:
+        ``T`` tasks with ``support_x (C_i, d)``, ``support_y (C_i, ...)``, ``query_x (T_i, d)``,
+        ``query_y (T_i, ...)``.
+
+    Raises:
+        ValueError: inputs without a flag column, or a padded point before a real one.
+    """
+    out: list[Task] = []
+    for i in range(batch.support_x.shape[0]):
+        parts = []
+        for name, x, y in (
+            ("support_x", batch.support_x[i], batch.support_y[i]),
+            ("query_x", batch.query_x[i], batch.query_y[i]),
+        ):
+            xs, mask = split_mask(x, name)
+            n = int(mask.sum())
+            if not bool(mask[:n].all()):
+                raise ValueError(f"{name} of task {i} has padding before its real points; pad_tasks puts them first")
+            parts += [xs[:n], y[:n]]
+        out.append(Task(*parts))
+    return out
 
 
 def _pad(t: Tensor, n: int) -> Tensor:
