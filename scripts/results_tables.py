@@ -1266,6 +1266,9 @@ TABLES: dict[str, Table] = {
     "compare_gp_rbf": Table(r_regression_compare, ("results/compare_gp_rbf.json",)),
     "compare_completion": Table(r_regression_compare, ("results/compare_completion.json",)),
     "compare_completion_tnp": Table(r_regression_compare, ("results/compare_completion_tnp.json",)),
+    "compare_gp_gradient": Table(r_regression_compare, ("results/compare_gp_gradient.json",)),
+    "compare_completion_gradient": Table(r_regression_compare, ("results/compare_completion_gradient.json",)),
+    "compare_sine_gaussian": Table(r_regression_compare, ("results/compare_sine_gaussian.json",)),
     "tabular_warped": Table(
         r_tabular,
         (

@@ -73,6 +73,26 @@ class AdaptedPredictor:
         with torch.no_grad():
             return self.algorithm.predict(self.model, self.meta_params, self.buffers, self.adapted, x).detach()
 
+    def distribution(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The Gaussian predictive ``(mean, var)``, each ``(B, d)``, of a learner that has one
+        (``spec.distribution``: CNPs, neural processes, gradient learners trained with
+        ``criterion="gaussian_nll"``).
+
+        Raises:
+            ValueError: a learner without a predictive variance, or bad inputs.
+        """
+        if not self.algorithm.spec.distribution:
+            raise ValueError(
+                f"{type(self.algorithm).__name__} has no Gaussian predictive (spec.distribution is False); "
+                "train a regression run with a CNP, a neural process or algo.regression_loss='gaussian_nll'"
+            )
+        self.logits(x)  # the input checks
+        with torch.no_grad():
+            mean, var = self.algorithm.predict_distribution(  # type: ignore[attr-defined]
+                self.model, self.meta_params, self.buffers, self.adapted, x
+            )
+        return mean.detach(), var.detach()
+
     def __call__(self, x: Tensor) -> Tensor:
         """Class probabilities ``(B, n_way)`` (softmax of the logits); regression outputs as is."""
         out = self.logits(x)

@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from metafit.algorithms import MAML, MetaSGD
+from metafit import SinusoidTasks, generator, meta_gradients
+from metafit.algorithms import MAML, MetaSGD, Reptile
 from metafit.algorithms.base import GAUSSIAN_MIN_VARIANCE, criterion_fn, gaussian_output, regression_criterion
 from metafit.algorithms.cnp import calibration
 from metafit.algorithms.registry import build_learner
 from metafit.app.cli import main
 from metafit.data.gp import pad_tasks, unpad_tasks
-from metafit.data.task import Task
+from metafit.data.task import Task, TaskBatch
 from metafit.functional import apply
 from metafit.models import MLP
 
@@ -76,6 +77,27 @@ def test_maml_descends_the_support_nll_and_scores_the_query_nll() -> None:
     assert all(v.grad is not None for v in mp["model"].values())
 
 
+@pytest.mark.parametrize(
+    "algo",
+    [
+        MAML(inner_lr=0.05, inner_steps=2, criterion="gaussian_nll"),
+        MetaSGD(inner_lr=0.05, inner_steps=2, criterion="gaussian_nll"),
+        Reptile(inner_lr=0.05, inner_steps=2, criterion="gaussian_nll"),
+    ],
+    ids=["maml", "metasgd", "reptile"],
+)
+def test_the_vmap_path_equals_the_loop_under_the_gaussian_nll(algo: MAML) -> None:
+    model = MLP(1, (16, 16), 2).double()
+    mp = algo.init(model)
+    b = SinusoidTasks(k_shot=5, n_query=7, tasks_per_batch=4, generator=generator(3)).sample_batch()
+    batch = TaskBatch(b.support_x.double(), b.support_y.double(), b.query_x.double(), b.query_y.double())
+    gl, ml = meta_gradients(algo, model, mp, {}, batch, path="loop")
+    gv, mv = meta_gradients(algo, model, mp, {}, batch, path="vmap")
+    assert max(float((gl[g][k] - gv[g][k]).abs().max()) for g in gl for k in gl[g]) <= 1e-9
+    assert ml["loss"] == pytest.approx(mv["loss"], rel=1e-9)
+    assert ml["nll"] == pytest.approx(mv["nll"], rel=1e-9) and "mse" in mv
+
+
 def test_meta_sgd_and_the_registry_take_the_regression_loss_option() -> None:
     algo = build_learner("metasgd", "mse", regression_loss="gaussian_nll")
     assert isinstance(algo, MetaSGD) and algo.criterion == "gaussian_nll" and algo.spec.distribution
@@ -90,14 +112,35 @@ def test_meta_sgd_and_the_registry_take_the_regression_loss_option() -> None:
         point.predict_distribution(model, point.init(model), {}, point.init(model)["model"], torch.zeros(2, 1))
 
 
+def test_the_predictor_gives_the_adapted_gaussian_predictive() -> None:
+    from metafit.predict import Predictor
+
+    model = MLP(1, (16,), 2)
+    algo = MAML(inner_lr=0.05, inner_steps=3, criterion="gaussian_nll")
+    mp = algo.init(model)
+    task = _task()
+    adapted = Predictor(algo, model, mp).adapt(task.support_x, task.support_y)
+    mean, var = adapted.distribution(task.query_x)
+    fast = algo.adapt(model, mp, {}, task.support_x, task.support_y)
+    m2, v2 = algo.predict_distribution(model, mp, {}, fast, task.query_x)
+    torch.testing.assert_close(mean, m2.detach())
+    torch.testing.assert_close(var, v2.detach())
+    torch.testing.assert_close(adapted(task.query_x), mean)
+    point = MAML(inner_lr=0.05, criterion="mse")
+    small = MLP(1, (4,), 1)
+    with pytest.raises(ValueError, match="MAML has no Gaussian predictive"):
+        Predictor(point, small, point.init(small)).adapt(task.support_x, task.support_y).distribution(task.query_x)
+
+
 def test_calibration_of_a_gaussian_maml_is_the_hand_counted_interval_coverage() -> None:
     model = MLP(1, (16,), 2)
-    algo = MAML(inner_lr=0.05, inner_steps=2, criterion="gaussian_nll")
+    # the intervals come from the evaluation-time adaptation (3 steps), as the NLL and MSE do
+    algo = MAML(inner_lr=0.05, inner_steps=1, eval_inner_steps=3, criterion="gaussian_nll")
     mp = algo.init(model)
     tasks = [_task(seed=s) for s in range(3)]
     cov = calibration(algo, model, mp, tasks, levels=(0.9,))
     for task, c in zip(tasks, cov[0.9], strict=True):
-        fast = algo.adapt(model, mp, {}, task.support_x, task.support_y)
+        fast = algo.adapt(model, mp, {}, task.support_x, task.support_y, steps=3)
         mean, var = algo.predict_distribution(model, mp, {}, fast, task.query_x)
         inside = ((task.query_y - mean).abs() <= 1.6448536269514722 * var.sqrt()).double().mean()
         assert c == pytest.approx(float(inside))
@@ -141,7 +184,7 @@ def test_gp_runs_of_maml_are_scored_unpadded_on_the_neural_processes_tasks(
 
     tr = load_trained(maml)
     tasks = unpad_tasks(eval_tasks(tr.config, n_tasks=5, seed=2024))
-    direct = [-float(tr.algorithm.loss(tr.model, tr.meta_params, tr.buffers, t)[0]) for t in tasks]
+    direct = [-float(tr.algorithm.loss(tr.model, tr.meta_params, tr.buffers, t)[1]["nll"]) for t in tasks]
     assert s["scores"]["maml"]["target_ll"] == pytest.approx(direct, rel=1e-5)
     assert main(["eval", str(maml), "--recalibrate", "nll"]) == 2
     assert "recalibrate needs a learner with a Gaussian predictive and a variance scale" in capsys.readouterr().err

@@ -252,10 +252,16 @@ def calibration(
 def _query_predictions(
     algorithm: CNP, model: nn.Module, meta_params: MetaParams, tasks: TaskBatch | Sequence[Task], buffers: Buffers
 ) -> Iterator[tuple[Task, Tensor, Tensor]]:
-    """``(task, mean, var)`` of each task's query set given its support set (no grad)."""
+    """``(task, mean, var)`` of each task's query set given its support set (no grad). A
+    gradient-based learner adapts with its evaluation settings (``eval_settings()``), as
+    :func:`metafit.evaluation.evaluate` does."""
+    kw: dict[str, Any] = {}
+    if algorithm.spec.inner_loop:
+        es = algorithm.eval_settings()  # type: ignore[attr-defined]
+        kw = {"steps": es.steps, "lr": es.lr}
     with torch.no_grad():
         for task in tasks:
-            state = algorithm.adapt(model, meta_params, buffers, task.support_x, task.support_y)
+            state = algorithm.adapt(model, meta_params, buffers, task.support_x, task.support_y, **kw)
             mean, var = algorithm.predict_distribution(model, meta_params, buffers, state, task.query_x)
             yield task, mean, var
 

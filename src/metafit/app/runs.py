@@ -1294,11 +1294,14 @@ def score_tasks(
     if algorithm.spec.distribution:
         # the NP literature's context log-likelihood: each task's context points as its targets
         # (a gradient-based learner adapts on them, then predicts them)
-        ctx = evaluate(algorithm, model, meta_params, [_context_as_targets(t) for t in tasks], buffers=buffers)
+        ctx = evaluate(
+            algorithm, model, meta_params, [_context_as_targets(t) for t in tasks], buffers=buffers, steps=steps, lr=lr
+        )
         res.metrics["context_nll"] = ctx.metrics["nll"]
         res.per_task["context_nll"] = ctx.per_task["nll"]
     if algorithm.spec.distribution and not config.data.dataset.startswith("gp-"):  # interval coverage per task
-        cov = calibration(algorithm, model, meta_params, tasks, buffers=buffers, levels=COVERAGE_LEVELS)  # type: ignore[arg-type]
+        scored = algorithm.with_eval(steps=steps, lr=lr) if algorithm.spec.inner_loop else algorithm  # type: ignore[attr-defined]
+        cov = calibration(scored, model, meta_params, tasks, buffers=buffers, levels=COVERAGE_LEVELS)  # type: ignore[arg-type]
         for level, values in cov.items():
             res.metrics[f"coverage_{round(100 * level)}"] = summarize(values)
             res.per_task[f"coverage_{round(100 * level)}"] = values
