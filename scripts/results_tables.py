@@ -823,10 +823,13 @@ def r_regression_compare(ds: list[Json]) -> tuple[list[str], Rows]:
     ], rows
 
 
-def r_tabular(ds: list[Json], run: str | None = None, versus: str | None = None) -> tuple[list[str], Rows]:
+def r_tabular(
+    ds: list[Json], run: str | None = None, versus: str | None = None, learner: str = "in-context classifier"
+) -> tuple[list[str], Rows]:
     """``metafit compare RUN --dataset TABLE`` of a tabular-prior run, one JSON per real table:
-    the in-context learner against the classical classifiers fitted on the same support rows
-    (``run``: which run of a multi-run comparison; ``versus``: another run of it, paired)."""
+    the prior-trained learner against the classical classifiers fitted on the same support rows
+    (``run``: which run of a multi-run comparison; ``versus``: another run of it, paired;
+    ``learner``: its name in the header)."""
     rows = []
     for d in ds:
         s = _setting(d)
@@ -852,11 +855,11 @@ def r_tabular(ds: list[Json], run: str | None = None, versus: str | None = None)
     header = [
         "real table (never seen in training)",
         "episodes (600 fixed)",
-        "in-context classifier %",
+        f"{learner} %",
         "logistic regression %",
         "gradient boosting %",
         "nearest centroid %",
-        "in-context - logistic regression (paired, points)",
+        f"{learner} - logistic regression (paired, points)",
         "target: >= LR within the CI",
     ]
     if versus is not None:
@@ -1284,6 +1287,14 @@ TABLES: dict[str, Table] = {
         tuple(f"results/tabular_ens_{t}.json" for t in ("iris", "wine", "breast-cancer", "digits-table")),
         {"run": "tabular_warped", "versus": "tabular_long"},
     ),
+    **{
+        f"tabular_metric_{name}": Table(
+            r_tabular,
+            tuple(f"results/tabular_metric_ens_{t}.json" for t in ("iris", "wine", "breast-cancer", "digits-table")),
+            {"run": f"{name}_prior", "versus": "tabular_warped", "learner": label},
+        )
+        for name, label in (("protonet", "ProtoNet on the prior"), ("r2d2", "R2D2 on the prior"))
+    },
     "caml_frozen_5w1s": Table(r_compare, ("results/compare_caml_frozen_5w1s.json",)),
     "caml20_20w1s": Table(r_compare, ("results/compare_caml20_20w1s.json",)),
     "caml20_5w1s": Table(r_compare, ("results/compare_caml20_5w1s.json",)),
