@@ -176,6 +176,7 @@ def test_gp_runs_of_maml_are_scored_unpadded_on_the_neural_processes_tasks(
     s = json.loads(out.read_text())["settings"][0]
     assert len(s["scores"]["maml"]["target_ll"]) == len(s["scores"]["tnp"]["target_ll"]) == 5
     assert "context_ll" in s["scores"]["maml"] and "context_ll" in s["scores"]["tnp"]
+    assert "coverage_90" in s["scores"]["maml"] and "coverage_90" not in s["scores"]["tnp"]  # unpadded tasks only
     assert {d["run"] for d in s["comparisons"]["target_ll"]["differences"]} | {
         s["comparisons"]["target_ll"]["reference"]
     } == {"maml", "tnp"}

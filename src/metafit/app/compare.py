@@ -440,7 +440,8 @@ def compare_regression(
     task: the query (target) MSE, and for learners with a Gaussian predictive the target
     log-likelihood per point, the context log-likelihood (each task's context points as its
     targets) and the coverage of the central 90% predictive
-    interval (the fraction of targets inside it; not on padded Gaussian-process tasks). Then
+    interval (the fraction of targets inside it; not for masked neural processes on padded
+    Gaussian-process tasks). Then
     :func:`metafit.comparison.compare_runs` on the per-task target log-likelihood (higher is
     better, in nats) among the Gaussian learners and on the per-task MSE (lower is better) among
     all, with their verdicts.

@@ -1280,7 +1280,7 @@ def score_tasks(
     on held-out tasks, plus, for a Gaussian predictive, the context NLL (``context_nll``: each
     task's context points as its targets) and the coverage of the central predictive intervals per task
     (``coverage_50``, ...; not on padded GP tasks). A gradient-based learner scores padded GP
-    tasks at their own sizes (:func:`metafit.data.gp.unpad_tasks`): the same tasks and points.
+    tasks at their own sizes (so with coverage) (:func:`metafit.data.gp.unpad_tasks`): the same tasks and points.
     ``metafit eval`` and ``metafit compare`` score with it."""
     from metafit.algorithms.cnp import COVERAGE_LEVELS, calibration
     from metafit.evaluation import summarize
@@ -1299,7 +1299,8 @@ def score_tasks(
         )
         res.metrics["context_nll"] = ctx.metrics["nll"]
         res.per_task["context_nll"] = ctx.per_task["nll"]
-    if algorithm.spec.distribution and not config.data.dataset.startswith("gp-"):  # interval coverage per task
+    unpadded = algorithm.spec.inner_loop or not config.data.dataset.startswith("gp-")
+    if algorithm.spec.distribution and unpadded:  # interval coverage per task (not on padded GP tasks)
         scored = algorithm.with_eval(steps=steps, lr=lr) if algorithm.spec.inner_loop else algorithm  # type: ignore[attr-defined]
         cov = calibration(scored, model, meta_params, tasks, buffers=buffers, levels=COVERAGE_LEVELS)  # type: ignore[arg-type]
         for level, values in cov.items():
