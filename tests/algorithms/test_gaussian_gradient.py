@@ -22,6 +22,7 @@ from metafit.data.gp import pad_tasks, unpad_tasks
 from metafit.data.task import Task, TaskBatch
 from metafit.functional import apply
 from metafit.models import MLP
+from tests.conftest import DATA_ROOT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -191,13 +192,27 @@ def test_gp_runs_of_maml_are_scored_unpadded_on_the_neural_processes_tasks(
     assert "recalibrate needs a learner with a Gaussian predictive and a variance scale" in capsys.readouterr().err
 
 
-def test_completion_and_sinusoid_runs_of_maml_get_a_likelihood_and_coverage(
+@pytest.mark.skipif(not (DATA_ROOT / "omniglot").exists(), reason=f"Omniglot not found under {DATA_ROOT}")
+def test_completion_runs_of_maml_get_a_likelihood_and_coverage(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = _train(tmp_path, "completion_omniglot_maml.toml", "completion", "--set", "model.hidden=[16]")
+    run = _train(
+        tmp_path,
+        "completion_omniglot_maml.toml",
+        "completion",
+        "--set",
+        "model.hidden=[16]",
+        "--set",
+        f"data.data_root={DATA_ROOT}",
+    )
     assert main(["eval", str(run), "--k-shot", "10", "--episodes", "3", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)["results"][0]["metrics"]
     assert {"nll", "mse", "coverage_90"} <= set(metrics) and math.isfinite(metrics["nll"]["mean"])
+
+
+def test_sinusoid_runs_of_meta_sgd_get_a_likelihood_and_coverage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     sine = _train(tmp_path, "sinusoid_metasgd.toml", "sine", "--set", "algo.regression_loss=gaussian_nll")
     cnp = _train(tmp_path, "sinusoid_cnp.toml", "cnp")
     assert main(["compare", str(sine), str(cnp), "--k-shot", "5", "--episodes", "4", "--json"]) == 0
