@@ -1295,6 +1295,11 @@ TABLES: dict[str, Table] = {
         )
         for name, label in (("protonet", "ProtoNet on the prior"), ("r2d2", "R2D2 on the prior"))
     },
+    "tabular_metric_simple_cnaps": Table(
+        r_tabular,
+        tuple(f"results/tabular_metric_sc_{t}.json" for t in ("iris", "wine", "breast-cancer", "digits-table")),
+        {"run": "simple_cnaps_prior", "versus": "tabular_warped", "learner": "Simple CNAPS head on the prior"},
+    ),
     "caml_frozen_5w1s": Table(r_compare, ("results/compare_caml_frozen_5w1s.json",)),
     "caml20_20w1s": Table(r_compare, ("results/compare_caml20_20w1s.json",)),
     "caml20_5w1s": Table(r_compare, ("results/compare_caml20_5w1s.json",)),
