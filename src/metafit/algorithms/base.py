@@ -44,6 +44,7 @@ __all__ = [
     "Metrics",
     "CRITERIA",
     "criterion_fn",
+    "gaussian_nll",
     "gaussian_output",
     "GAUSSIAN_MIN_VARIANCE",
     "regression_criterion",
@@ -267,10 +268,15 @@ def _gaussian_targets(mean: Tensor, target: Tensor) -> Tensor:
     return target
 
 
+def gaussian_nll(mean: Tensor, var: Tensor, target: Tensor) -> Tensor:
+    """Mean negative log-likelihood ``-log N(target; mean, var)`` (constant included), a scalar."""
+    target = target.reshape(mean.shape)
+    return 0.5 * (_LOG_2PI + var.log() + (target - mean).pow(2) / var).mean()
+
+
 def _gaussian_nll(output: Tensor, target: Tensor) -> Tensor:
     mean, var = gaussian_output(output)
-    target = _gaussian_targets(mean, target)
-    return 0.5 * (_LOG_2PI + var.log() + (target - mean).pow(2) / var).mean()
+    return gaussian_nll(mean, var, _gaussian_targets(mean, target))
 
 
 def _cross_entropy(logits: Tensor, target: Tensor) -> Tensor:

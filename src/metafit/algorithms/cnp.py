@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metafit.algorithms.base import LearnerSpec, MetaParams, Metrics
+from metafit.algorithms.base import LearnerSpec, MetaParams, Metrics, gaussian_nll
 from metafit.data.task import Task, TaskBatch
 from metafit.functional import Buffers, params_of
 
@@ -43,13 +43,6 @@ __all__ = [
 ]
 
 COVERAGE_LEVELS = (0.5, 0.9, 0.95)
-_LOG_2PI = math.log(2.0 * math.pi)
-
-
-def gaussian_nll(mean: Tensor, var: Tensor, target: Tensor) -> Tensor:
-    """Mean negative log-likelihood ``-log N(target; mean, var)`` (constant included), a scalar."""
-    target = target.reshape(mean.shape)
-    return 0.5 * (_LOG_2PI + var.log() + (target - mean).pow(2) / var).mean()
 
 
 def _z(level: float) -> float:
