@@ -769,6 +769,7 @@ def _paired(a: Json, b: Json) -> tuple[float, float, float]:
 
 TABLE_LR = "logistic regression (support rows)"
 TABLE_GBM = "gradient boosting (support rows)"
+TABLE_LDA = "shrinkage LDA (support rows)"
 NAIVE_ROW = "nearest centroid (raw inputs)"
 
 
@@ -829,8 +830,10 @@ def r_tabular(
     """``metafit compare RUN --dataset TABLE`` of a tabular-prior run, one JSON per real table:
     the prior-trained learner against the classical classifiers fitted on the same support rows
     (``run``: which run of a multi-run comparison; ``versus``: another run of it, paired;
-    ``learner``: its name in the header)."""
+    ``learner``: its name in the header). Comparisons that scored shrinkage LDA on the support rows
+    (every table of them) get its accuracy and the paired difference to it."""
     rows = []
+    with_lda = all(TABLE_LDA in _setting(d)["scores"] for d in ds)
     for d in ds:
         s = _setting(d)
         name = run if run is not None else next(iter(d["runs"]))
@@ -848,6 +851,10 @@ def r_tabular(
             f"{diff:+.2f} [{lo:+.2f}, {hi:+.2f}]",
             "met" if hi >= 0 else "NOT met",
         ]
+        if with_lda:
+            ld, llo, lhi = _paired(sc[name], sc[TABLE_LDA])
+            row[5:5] = [pm(*_accuracy(sc[TABLE_LDA]))]
+            row.append(f"{ld:+.2f} [{llo:+.2f}, {lhi:+.2f}]")
         if versus is not None:
             vd, vlo, vhi = _paired(sc[name], sc[versus])
             row.insert(3, f"{pm(*_accuracy(sc[versus]))}; {vd:+.2f} [{vlo:+.2f}, {vhi:+.2f}]")
@@ -862,6 +869,9 @@ def r_tabular(
         f"{learner} - logistic regression (paired, points)",
         "target: >= LR within the CI",
     ]
+    if with_lda:
+        header[5:5] = ["shrinkage LDA %"]
+        header.append(f"{learner} - shrinkage LDA (paired, points)")
     if versus is not None:
         header.insert(3, f"{versus} % ; this run - it (paired, points)")
     return header, rows

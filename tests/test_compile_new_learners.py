@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from metafit import TaskBatch, meta_gradients, seeded
-from metafit.algorithms.heads import CosineHead, MahalanobisHead, RidgeHead
+from metafit.algorithms.heads import CosineHead, LDAHead, MahalanobisHead, RidgeHead
 from metafit.algorithms.mamlpp import MAMLPlusPlus
 from metafit.algorithms.metric import MetricLearner
 from metafit.algorithms.neural_process import InContextLearner
@@ -56,6 +56,8 @@ HEADS = {
     "mahalanobis-direct": lambda: MahalanobisHead(method="direct"),
     "mahalanobis-woodbury": lambda: MahalanobisHead(method="woodbury"),
     "ridge": lambda: RidgeHead(init_lambda=0.5, init_scale=2.0),
+    "lda-ledoit-wolf": lambda: LDAHead(),
+    "lda-woodbury": lambda: LDAHead(method="woodbury", shrinkage=0.5),
 }
 
 

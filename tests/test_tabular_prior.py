@@ -89,6 +89,14 @@ def test_support_baseline_logits_match_sklearn_predictions() -> None:
     acc = support_baselines(t)
     assert acc["logistic_regression"] == pytest.approx(float((lp.argmax(-1) == t.query_y).double().mean()))
     assert 0.0 <= acc["gradient_boosting"] <= 1.0
+    # shrinkage LDA ignores the zero padding: the same predictions as on the real columns alone
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    d = int((t.support_x.abs().sum(0) > 0).sum())
+    lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
+    lda.fit(t.support_x[:, :d].double().numpy(), t.support_y.numpy())
+    got = support_baseline_logits(t, "shrinkage_lda").argmax(-1).tolist()
+    assert got == lda.predict(t.query_x[:, :d].double().numpy()).tolist()
     with pytest.raises(ValueError, match=r"method must be one of"):
         support_baseline_logits(t, "svm")
 
@@ -141,6 +149,7 @@ def test_a_prior_run_is_scored_on_a_real_table_beside_the_classical_baselines(tm
     assert s["standardisation"].startswith("each episode's features by its support rows")
     names = set(s["scores"])
     assert {"run", "logistic regression (support rows)", "gradient boosting (support rows)"} <= names
+    assert "shrinkage LDA (support rows)" in names
     lr = s["scores"]["logistic regression (support rows)"]["per_episode"]
     assert len(lr) == 20 and sum(lr) / 20 > 0.7  # iris is easy for a linear model at 5 shots
     # a temperature is fitted on fresh prior tasks (never on the table)
@@ -306,3 +315,32 @@ def test_the_prior_fields_of_a_config_reach_its_tasks_and_are_checked() -> None:
         RunConfig.from_dict({**TINY, "data": {**TINY["data"], "prior_irrelevant": 1}})
     with pytest.raises(ValueError, match=r"data.prior_warp must be 0 unless data.dataset='tabular-prior', got 0.5"):
         RunConfig.from_dict({"data": {"dataset": "omniglot", "prior_warp": 0.5}, "algo": {"name": "protonet"}})
+
+
+def test_an_lda_head_on_a_skip_input_embedding_trains_on_the_prior_and_scores_a_table(tmp_path: Path) -> None:
+    from metafit.app.runs import build_model
+
+    spec = {**TINY, "algo": {"name": "lda"}, "model": {**TINY["model"], "skip_input": True}}
+    model = build_model(RunConfig.from_dict(spec))
+    x = torch.randn(5, 16)
+    out = model(x)
+    assert out.shape == (5, 16 + 16) and model.feature_dim == 32
+    torch.testing.assert_close(out[:, :16], x)  # the raw columns ride beside the learned ones
+    cfg = tmp_path / "lda.json"
+    cfg.write_text(json.dumps(spec))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--run-dir", str(run), "--quiet"]) == 0
+    out_path = tmp_path / "iris.json"
+    code = main(
+        ["compare", str(run), "--dataset", "iris", "--setting", "3:5", "--n-query", "5", "--episodes", "20"]
+        + ["--out", str(out_path)]
+    )
+    assert code == 0
+    acc = json.loads(out_path.read_text())["settings"][0]["scores"]["run"]["per_episode"]
+    assert len(acc) == 20 and sum(acc) / 20 > 0.7  # the raw columns alone make iris easy for LDA
+    with pytest.raises(ValueError, match=r"model.skip_input=true is for model.arch='mlp' embedding networks"):
+        build_model(
+            RunConfig.from_dict({**spec, "data": {**spec["data"], "n_way_min": None}, "algo": {"name": "fomaml"}})
+        )
+    with pytest.raises(ValueError, match=r"model.skip_input must be"):
+        RunConfig.from_dict({**spec, "model": {**spec["model"], "skip_input": "yes"}})

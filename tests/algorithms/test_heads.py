@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,9 +12,11 @@ from metafit import ProtoNet, meta_gradients, seeded
 from metafit.algorithms.heads import (
     CosineHead,
     EuclideanHead,
+    LDAHead,
     MahalanobisHead,
     RidgeHead,
     class_covariances,
+    ledoit_wolf_shrinkage,
 )
 from metafit.algorithms.metric import MetricLearner, build_metric
 from metafit.models import Conv4
@@ -24,6 +28,9 @@ HEADS = [
     MahalanobisHead(method="direct"),
     MahalanobisHead(method="woodbury"),
     RidgeHead(init_lambda=0.5, init_scale=2.0, init_bias=0.1),
+    LDAHead(method="direct", init_scale=2.0),
+    LDAHead(method="woodbury"),
+    LDAHead(shrinkage=0.3),
 ]
 
 
@@ -171,10 +178,58 @@ def test_metric_learner_predict_agrees_with_loss_metrics() -> None:
 
 def test_build_metric_refuses_unknown_head() -> None:
     with pytest.raises(
-        ValueError, match=r"head must be one of \['cosine', 'euclidean', 'mahalanobis', 'ridge'\], got 'l1'"
+        ValueError, match=r"head must be one of \['cosine', 'euclidean', 'lda', 'mahalanobis', 'ridge'\], got 'l1'"
     ):
         build_metric("cross_entropy", head="l1")
     with pytest.raises(ValueError, match="criterion must be 'cross_entropy'"):
         build_metric("mse")
     with pytest.raises(TypeError, match="head must have init_params"):
         MetricLearner(head=object())  # type: ignore[arg-type]
+
+
+def test_ledoit_wolf_shrinkage_equals_sklearn() -> None:
+    cov = pytest.importorskip("sklearn.covariance")
+    g = torch.Generator().manual_seed(3)
+    for n, d in ((15, 4), (10, 30), (40, 3)):
+        x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.2, 3.0, d, dtype=torch.float64)
+        want = cov.ledoit_wolf_shrinkage(x.numpy(), assume_centered=True)
+        assert float(ledoit_wolf_shrinkage(x)) == pytest.approx(want, rel=1e-10, abs=1e-12)
+    assert float(ledoit_wolf_shrinkage(torch.zeros(6, 3, dtype=torch.float64))) == 0.0  # no spread: no shrinkage
+
+
+@pytest.mark.parametrize("shrinkage", [0.0, 0.3, 1.0])
+def test_lda_head_decisions_equal_sklearn_lsqr_lda(shrinkage: float) -> None:
+    da = pytest.importorskip("sklearn.discriminant_analysis")
+    g = torch.Generator().manual_seed(1)
+    ys = torch.arange(3).repeat_interleave(6)
+    xs = torch.randn(18, 5, generator=g, dtype=torch.float64) * torch.tensor([0.3, 1.0, 2.0, 0.5, 1.5]) + ys[:, None]
+    xq = torch.randn(40, 5, generator=g, dtype=torch.float64) * 1.5 + 1.0
+    head = LDAHead(shrinkage=shrinkage, eps=1e-12)  # sklearn adds no definite floor
+    got = head.logits(xs, ys, 3, xq, _hp(head)).argmax(1).numpy()
+    lda = da.LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage).fit(xs.numpy(), ys.numpy())
+    assert (got == lda.predict(xq.numpy())).all()
+    # and the scores themselves, up to the shared log-prior, with scale 1
+    torch.testing.assert_close(
+        head.logits(xs, ys, 3, xq, _hp(head)), torch.from_numpy(lda.decision_function(xq.numpy())) - math.log(1 / 3)
+    )
+
+
+@pytest.mark.parametrize("d", [4, 30])  # D <= S and D > S
+def test_lda_head_woodbury_equals_direct_and_ignores_the_embedding_scale(d: int) -> None:
+    xs, ys, xq = _toy(s=12, q=6, d=d, n=3)
+    direct, wood = LDAHead(method="direct"), LDAHead(method="woodbury")
+    hp = _hp(direct)
+    want = direct.logits(xs, ys, 3, xq, hp)
+    torch.testing.assert_close(wood.logits(xs, ys, 3, xq, hp), want, rtol=1e-8, atol=1e-9)
+    # the shrinkage target follows the embedding's scale: logits scale by 1 (decision unchanged)
+    torch.testing.assert_close(direct.logits(7.0 * xs, ys, 3, 7.0 * xq, hp), want, rtol=1e-8, atol=1e-9)
+
+
+def test_lda_head_refuses_bad_options() -> None:
+    for bad in ("oas", 1.5, -0.1, True):
+        with pytest.raises(ValueError, match="shrinkage must be 'ledoit-wolf' or a number in \\[0, 1\\], got"):
+            LDAHead(shrinkage=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="method must be"):
+        LDAHead(method="qr")
+    with pytest.raises(ValueError, match="init_scale must be a finite number > 0"):
+        LDAHead(init_scale=0.0)

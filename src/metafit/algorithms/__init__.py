@@ -18,7 +18,7 @@ from metafit.algorithms.baselines import RawNearestCentroid
 from metafit.algorithms.cnp import CNP, CNPState, calibration, gaussian_nll, interval_coverage, recalibrate
 from metafit.algorithms.ensemble import PermutationEnsemble
 from metafit.algorithms.film import FiLMAdapted
-from metafit.algorithms.heads import CosineHead, EuclideanHead, MahalanobisHead, RidgeHead
+from metafit.algorithms.heads import CosineHead, EuclideanHead, LDAHead, MahalanobisHead, RidgeHead
 from metafit.algorithms.maml import MAML, inner_gradients
 from metafit.algorithms.mamlpp import MAMLPlusPlus
 from metafit.algorithms.meta_sgd import MetaSGD
@@ -63,6 +63,7 @@ __all__ = [
     "MetricLearner",
     "EuclideanHead",
     "CosineHead",
+    "LDAHead",
     "MahalanobisHead",
     "RidgeHead",
     "MAMLPlusPlus",

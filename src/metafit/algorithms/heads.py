@@ -20,6 +20,8 @@ Heads:
   Bateni et al., CVPR 2020).
 * :class:`RidgeHead`: differentiable closed-form ridge regression onto one-hot targets (R2D2,
   Bertinetto et al., ICLR 2019).
+* :class:`LDAHead`: linear discriminant analysis, one pooled covariance shrunk by Ledoit-Wolf's
+  estimate (Fisher 1936; Ledoit & Wolf, J. Multivariate Analysis 2004).
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ __all__ = [
     "CosineHead",
     "EuclideanHead",
     "Head",
+    "LDAHead",
     "MahalanobisHead",
     "RidgeHead",
     "class_covariances",
+    "ledoit_wolf_shrinkage",
 ]
 
 
@@ -302,3 +306,126 @@ class RidgeHead:
         lam = torch.exp(_cast(head_params["log_lambda"], support_emb))
         w = self.weights(support_emb, targets, lam)
         return head_params["scale"] * (query_emb @ w) + head_params["bias"]
+
+
+def ledoit_wolf_shrinkage(centred: Tensor) -> Tensor:
+    """Ledoit & Wolf's (J. Multivariate Analysis 2004) optimal shrinkage toward a scaled identity.
+
+    For ``n`` centred rows ``X (n, D)`` with empirical covariance ``E = X^T X / n`` and
+    ``mu = tr(E) / D``, the weight ``a`` in ``(1 - a) E + a mu I`` that minimises the estimated
+    Frobenius risk::
+
+        delta = ||E - mu I||_F^2 / D
+        beta  = min(delta, sum_i ||x_i x_i^T - E||_F^2 / (n^2 D))
+        a     = beta / delta          (0 when delta = 0)
+
+    the estimator of ``sklearn.covariance.ledoit_wolf_shrinkage(X, assume_centered=True)``,
+    written with fixed shapes (``vmap`` and second-order gradients pass through it).
+
+    Args:
+        centred: ``(n, D)`` centred rows.
+
+    Returns:
+        A 0-d tensor in ``[0, 1]``.
+    """
+    n, d = centred.shape
+    emp = centred.transpose(0, 1) @ centred / n
+    mu = torch.diagonal(emp).sum() / d
+    sq_norm = emp.pow(2).sum()
+    delta = (sq_norm - 2.0 * mu * torch.diagonal(emp).sum() + d * mu * mu) / d
+    fourth = centred.pow(2).sum(1).pow(2).sum()  # sum_i ||x_i||^4
+    beta = (fourth / n - sq_norm) / (d * n)
+    beta = torch.minimum(beta.clamp_min(0.0), delta)
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    return torch.where(delta > 0, beta / safe, torch.zeros_like(delta))
+
+
+@dataclass(frozen=True)
+class LDAHead:
+    """Linear discriminant analysis with a shrunk pooled covariance (Fisher 1936; Ledoit & Wolf 2004).
+
+    The Gaussian class model with one covariance for all classes: with class means ``mu_k`` and
+    the pooled within-class scatter ``W = R^T R / S`` of the support rows ``R_i = x_i - mu_{y_i}``
+    (``S`` support examples), shrunk toward its mean variance ``m = tr(W) / D``::
+
+        Sigma = (1 - a) W + (a + eps) m I
+        logits[q, k] = scale * (x_q^T Sigma^{-1} mu_k - 1/2 mu_k^T Sigma^{-1} mu_k)
+
+    (equal class priors), i.e. ``-scale/2`` times the squared Mahalanobis distance to ``mu_k`` up to a
+    term shared by the classes. The shrinkage ``a`` is Ledoit-Wolf's estimate from the task's own
+    residuals (:func:`ledoit_wolf_shrinkage`, ``shrinkage="ledoit-wolf"``) or a fixed number in
+    ``[0, 1]``; ``eps`` (``1e-6``) keeps ``Sigma`` definite when ``a = 0`` and ``D >= S``. The
+    shrinkage target scales with the embedding, so the head is invariant to a rescaling of it,
+    unlike :class:`MahalanobisHead`'s fixed ridge ``beta I``; and it pools one covariance over the
+    classes instead of mixing in the whole support set's (which contains the between-class
+    spread, the direction that separates them). With fixed ``a`` and balanced classes the class
+    decision equals ``sklearn``'s ``LinearDiscriminantAnalysis(solver="lsqr", shrinkage=a)``.
+
+    The one learned scalar is ``scale`` (head parameter ``"log_scale"``, the logits' temperature;
+    it does not change the decision). ``method="auto"`` solves with the ``D x D`` matrix when
+    ``D <= S`` and by the Woodbury identity (``S x S``) otherwise; ``"direct"`` and ``"woodbury"``
+    force one (the same numbers).
+
+    Args:
+        shrinkage: ``"ledoit-wolf"`` or a float in ``[0, 1]``.
+        init_scale: Initial ``scale`` (> 0).
+        eps: The definite floor ``eps`` (> 0), relative to ``m``.
+        method: ``"auto"``, ``"direct"`` or ``"woodbury"``.
+    """
+
+    shrinkage: str | float = "ledoit-wolf"
+    init_scale: float = 1.0
+    eps: float = 1e-6
+    method: str = "auto"
+
+    def __post_init__(self) -> None:
+        s = self.shrinkage
+        if isinstance(s, str):
+            if s != "ledoit-wolf":
+                raise ValueError(f"shrinkage must be 'ledoit-wolf' or a number in [0, 1], got {s!r}")
+        elif isinstance(s, bool) or not isinstance(s, (int, float)) or not (0.0 <= s <= 1.0):
+            raise ValueError(f"shrinkage must be 'ledoit-wolf' or a number in [0, 1], got {s!r}")
+        _positive("init_scale", self.init_scale)
+        _positive("eps", self.eps)
+        if self.method not in ("auto", "direct", "woodbury"):
+            raise ValueError(f"method must be 'auto', 'direct' or 'woodbury', got {self.method!r}")
+
+    def init_params(self) -> Params:
+        """``{"log_scale"}``, a 0-d tensor."""
+        return {"log_scale": _param(math.log(self.init_scale))}
+
+    def covariance_inputs(self, support_emb: Tensor, support_y: Tensor, n_way: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Class means ``(N, D)``, residuals ``(S, D)`` and the 0-d shrinkage weight ``a``."""
+        onehot = F.one_hot(support_y, n_way).to(support_emb.dtype)
+        means = (onehot.transpose(0, 1) @ support_emb) / onehot.sum(0).clamp_min(1.0)[:, None]
+        resid = support_emb - onehot @ means
+        if isinstance(self.shrinkage, str):
+            a = ledoit_wolf_shrinkage(resid)
+        else:
+            a = torch.tensor(float(self.shrinkage), dtype=support_emb.dtype, device=support_emb.device)
+        return means, resid, a
+
+    def solve(self, resid: Tensor, a: Tensor, rhs: Tensor) -> Tensor:
+        """``Sigma^{-1} rhs`` for ``rhs (D, M)`` (the ``method`` of the class docstring)."""
+        s, d = resid.shape
+        scatter_mean = resid.pow(2).sum() / (s * d)  # m = tr(W) / D
+        c = (a + self.eps) * scatter_mean.clamp_min(torch.finfo(resid.dtype).tiny)
+        if self.method == "direct" or (self.method == "auto" and d <= s):
+            w = resid.transpose(0, 1) @ resid / s
+            eye = torch.eye(d, dtype=resid.dtype, device=resid.device)
+            return torch.linalg.solve((1.0 - a) * w + c * eye, rhs)
+        # Sigma = c I + U U^T with U = sqrt((1 - a) / S) R^T (D, S)
+        u = torch.sqrt((1.0 - a) / s) * resid.transpose(0, 1)
+        eye = torch.eye(s, dtype=resid.dtype, device=resid.device)
+        inner = torch.linalg.solve(c * eye + u.transpose(0, 1) @ u, u.transpose(0, 1) @ rhs)
+        return (rhs - u @ inner) / c
+
+    def logits(
+        self, support_emb: Tensor, support_y: Tensor, n_way: int, query_emb: Tensor, head_params: Params
+    ) -> Tensor:
+        """``(Q, n_way)`` linear discriminant scores of the queries."""
+        means, resid, a = self.covariance_inputs(support_emb, support_y, n_way)
+        coef = self.solve(resid, a, means.transpose(0, 1))  # (D, N) = Sigma^{-1} mu_k
+        bias = -0.5 * (means * coef.transpose(0, 1)).sum(1)  # (N,)
+        scale = torch.exp(_cast(head_params["log_scale"], support_emb))
+        return scale * (query_emb @ coef + bias)

@@ -9,7 +9,9 @@ the queries with a :class:`~metafit.algorithms.heads.Head`:
   usually started from a pretrained backbone with :func:`~metafit.algorithms.warm_start.init_from`;
 * ``MetricLearner(MahalanobisHead())``: Simple CNAPS' classifier (Bateni et al., CVPR 2020) on a
   plain embedding (no FiLM adaptation network);
-* ``MetricLearner(RidgeHead())``: R2D2 (Bertinetto et al., ICLR 2019).
+* ``MetricLearner(RidgeHead())``: R2D2 (Bertinetto et al., ICLR 2019);
+* ``MetricLearner(LDAHead())``: linear discriminant analysis with a Ledoit-Wolf-shrunk pooled
+  covariance (Fisher 1936; Ledoit & Wolf 2004) on a meta-learned embedding.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from metafit.algorithms.heads import (
     CosineHead,
     EuclideanHead,
     Head,
+    LDAHead,
     MahalanobisHead,
     RidgeHead,
 )
@@ -44,6 +47,7 @@ __all__ = [
     "build_meta_baseline",
     "build_metric",
     "build_r2d2",
+    "build_lda",
     "build_simple_cnaps",
 ]
 
@@ -186,7 +190,7 @@ def build_metric(
     distance: str = "squared_euclidean",
     joint_embedding: bool = True,
 ) -> MetricLearner:
-    """``MetricLearner`` with a head named ``"euclidean"``, ``"cosine"``, ``"mahalanobis"`` or ``"ridge"``.
+    """``MetricLearner`` with a head named ``"euclidean"``, ``"cosine"``, ``"mahalanobis"``, ``"ridge"`` or ``"lda"``.
 
     ``scale`` is the cosine head's initial temperature and ``distance`` the Euclidean head's
     distance (each ignored by the other heads).
@@ -196,6 +200,7 @@ def build_metric(
         "cosine": lambda: CosineHead(scale=scale),
         "mahalanobis": MahalanobisHead,
         "ridge": RidgeHead,
+        "lda": LDAHead,
     }
     if head not in heads:
         raise ValueError(f"head must be one of {sorted(heads)}, got {head!r}")
@@ -223,3 +228,16 @@ def build_r2d2(
 def build_simple_cnaps(criterion: str, *, beta: float = 1.0, joint_embedding: bool = True) -> MetricLearner:
     """Simple CNAPS' classifier on a plain embedding: ``MetricLearner(MahalanobisHead(beta))``."""
     return MetricLearner(MahalanobisHead(beta=beta), criterion=criterion, joint_embedding=joint_embedding)
+
+
+def build_lda(
+    criterion: str, *, shrinkage: str | float = "ledoit-wolf", init_scale: float = 1.0, joint_embedding: bool = True
+) -> MetricLearner:
+    """Shrinkage LDA on a meta-learned embedding: ``MetricLearner(LDAHead(shrinkage, init_scale))``.
+
+    ``shrinkage`` is ``"ledoit-wolf"`` (estimated per task from its support rows) or a fixed weight
+    in ``[0, 1]``.
+    """
+    return MetricLearner(
+        LDAHead(shrinkage=shrinkage, init_scale=init_scale), criterion=criterion, joint_embedding=joint_embedding
+    )

@@ -28,7 +28,7 @@ from metafit.algorithms.film import build_film
 from metafit.algorithms.maml import MAML
 from metafit.algorithms.mamlpp import build_mamlpp
 from metafit.algorithms.meta_sgd import MetaSGD
-from metafit.algorithms.metric import build_meta_baseline, build_metric, build_r2d2, build_simple_cnaps
+from metafit.algorithms.metric import build_lda, build_meta_baseline, build_metric, build_r2d2, build_simple_cnaps
 from metafit.algorithms.neural_process import build_in_context, build_neural_process
 from metafit.algorithms.pretrain import build_pretrain
 from metafit.algorithms.protonet import ProtoNet
@@ -168,7 +168,7 @@ _ENTRIES = (
     LearnerEntry(
         "metric",
         "Snell, Swersky & Zemel, NeurIPS 2017 (arXiv 1703.05175)",
-        "ProtoNet family with a chosen metric head (euclidean, cosine, mahalanobis, ridge)",
+        "ProtoNet family with a chosen metric head (euclidean, cosine, mahalanobis, ridge, lda)",
         build_metric,
     ),
     LearnerEntry(
@@ -188,6 +188,12 @@ _ENTRIES = (
         "Bateni, Goyal, Masrani, Wood & Sigal, CVPR 2020 (arXiv 1912.03432)",
         "Mahalanobis head with shrunk class covariances (no FiLM adaptation network)",
         build_simple_cnaps,
+    ),
+    LearnerEntry(
+        "lda",
+        "Fisher, Annals of Eugenics 1936; Ledoit & Wolf, J. Multivariate Analysis 2004",
+        "linear discriminant head: one pooled class covariance, Ledoit-Wolf shrinkage per task",
+        build_lda,
     ),
     LearnerEntry(
         "film",

@@ -13,8 +13,8 @@ signed-rank test with Holm's correction, and one-line verdicts (:func:`metafit.c
 Runs of the same config that differ only in ``train.seed`` form a group: the spread over seeds is
 reported apart from the episode interval and decides the group verdict
 (:func:`metafit.comparison.compare_seeds`). A raw-input nearest-centroid baseline is in every table;
-on episodes of feature vectors (tables), logistic regression and gradient boosting fitted on each
-episode's support rows are too (:func:`metafit.data.gp.support_baseline_logits`). Episodes for a
+on episodes of feature vectors (tables), logistic regression, gradient boosting and shrinkage LDA
+fitted on each episode's support rows are too (:func:`metafit.data.gp.support_baseline_logits`). Episodes for a
 run trained on ``tabular-prior`` tasks are standardised with their support rows, as its training
 tasks were (:func:`metafit.data.gp.standardise_tasks`), and every row scores those same episodes.
 """
@@ -40,6 +40,7 @@ NAIVE = "nearest centroid (raw inputs)"
 TABLE_BASELINES = {
     "logistic_regression": "logistic regression (support rows)",
     "gradient_boosting": "gradient boosting (support rows)",
+    "shrinkage_lda": "shrinkage LDA (support rows)",
 }
 
 

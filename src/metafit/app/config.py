@@ -303,6 +303,8 @@ class ModelConfig:
             label vectors added to the features; see :class:`metafit.models.InContextClassifier`).
         norm_first: ``caml``: pre-norm transformer layers (``false``: post-norm).
         tied_qk: ``caml``: one projection for the attention's queries and keys.
+        skip_input: ``arch="mlp"`` embedding networks (metric learners, ``caml``'s backbone):
+            the input features beside the MLP's output (see :class:`metafit.models.MLP`).
     """
 
     arch: str = "auto"
@@ -321,6 +323,7 @@ class ModelConfig:
     label_dim: int | None = None
     norm_first: bool = True
     tied_qk: bool = True
+    skip_input: bool = False
 
     def __post_init__(self) -> None:
         s = "model"
@@ -331,7 +334,7 @@ class ModelConfig:
             _fail(s, "d_model", f"a multiple of model.n_heads={self.n_heads}", self.d_model)
         if self.label_dim is not None and self.label_dim >= self.d_model:
             _fail(s, "label_dim", f"an int below model.d_model={self.d_model}", self.label_dim)
-        for name in ("channels_last", "norm_first", "tied_qk"):
+        for name in ("channels_last", "norm_first", "tied_qk", "skip_input"):
             _check_bool(s, name, getattr(self, name))
         _check_choice(s, "arch", self.arch, ARCHS)
         if isinstance(self.hidden, list):

@@ -161,6 +161,16 @@ def build_model(config: RunConfig, shape: Sequence[int] | None = None) -> nn.Mod
     shape = tuple(input_shape(config) if shape is None else shape)
     network = _entry(config).network
     x_dim = 2 if config.data.dataset in IMAGE_COMPLETION else 1  # regression: a pixel's (row, column) or x
+    if m.skip_input and not (
+        config.resolved_arch == "mlp"
+        and config.data.dataset not in REGRESSION_FAMILIES
+        and network not in ("cnp", "np")
+        and (network == "in_context" or _spec(config).head != "fixed")
+    ):
+        raise ValueError(
+            "model.skip_input=true is for model.arch='mlp' embedding networks (metric learners, caml), got "
+            f"arch={config.resolved_arch!r} with learner {config.algo.name!r} on {config.data.dataset!r}"
+        )
     if network == "cnp":
         return seeding.seeded(config.train.seed, lambda: _build_cnp(config))
     if network == "np":
@@ -188,7 +198,8 @@ def build_model(config: RunConfig, shape: Sequence[int] | None = None) -> nn.Mod
                 if len(shape) != 1:
                     raise ValueError(f"model.arch='mlp' needs flat examples, got example shape {shape}")
                 # the embedding network of the other learners on vectors: a pretrain/protonet run's transfers
-                backbone, features = MLP(shape[0], m.hidden, m.hidden[-1]), m.hidden[-1]
+                mlp = MLP(shape[0], m.hidden, m.hidden[-1], skip_input=m.skip_input)
+                backbone, features = mlp, mlp.feature_dim
             else:
                 conv = Conv4(shape[0], None, width=m.width, image_size=shape[1], downsample=m.downsample, norm=m.norm)  # type: ignore[arg-type]
                 backbone, features = conv, conv.feature_dim
@@ -216,7 +227,7 @@ def build_model(config: RunConfig, shape: Sequence[int] | None = None) -> nn.Mod
                 f"model.arch='mlp' needs flat examples (tables, arrays of vectors), got example shape {shape}"
             )
         out = config.data.n_way if fixed else m.hidden[-1]  # an embedding network's last layer is its head
-        return seeding.seeded(config.train.seed, lambda: MLP(shape[0], m.hidden, out))
+        return seeding.seeded(config.train.seed, lambda: MLP(shape[0], m.hidden, out, skip_input=m.skip_input))
     if len(shape) != 3 or shape[1] != shape[2]:
         raise ValueError(f"model.arch='conv4' needs square images (channels, side, side), got example shape {shape}")
     out = config.data.n_way if fixed else None

@@ -18,8 +18,8 @@
   TabPFN, Hollmann, Müller, Eggensperger & Hutter, ICLR 2023, arXiv 2207.01848: random features
   through a random MLP, ranked into balanced classes), :func:`sklearn_table_tasks` (tasks from the
   iris, wine, breast_cancer and digits tables shipped with scikit-learn) and
-  :func:`support_baselines` (logistic regression and gradient boosting fitted on the same support
-  rows).
+  :func:`support_baselines` (logistic regression, gradient boosting and shrinkage LDA fitted on the
+  same support rows).
 
 Padding: a padded task appends one column to ``support_x`` and ``query_x`` that is 1 for a real
 point and 0 for padding (padded rows are zeros). :func:`pad_tasks` builds such a batch from tasks
@@ -886,10 +886,11 @@ def sklearn_table_tasks(
     return TaskBatch(*(torch.stack([t[i] for t in tasks]) for i in range(4)), n_way=way)
 
 
-BASELINES = ("logistic_regression", "gradient_boosting")
+BASELINES = ("logistic_regression", "gradient_boosting", "shrinkage_lda")
 
 
 def _baseline(method: str, seed: int) -> Any:
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
 
@@ -897,6 +898,8 @@ def _baseline(method: str, seed: int) -> Any:
         return LogisticRegression(max_iter=1000)
     if method == "gradient_boosting":
         return HistGradientBoostingClassifier(min_samples_leaf=2, random_state=seed)
+    if method == "shrinkage_lda":
+        return LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
     raise ValueError(f"method must be one of {BASELINES}, got {method!r}")
 
 
@@ -918,10 +921,14 @@ def support_baseline_logits(task: Task, method: str, *, seed: int = 0) -> Tensor
             f"{tuple(task.support_x.shape)} and support_y {task.support_y.dtype}"
         )
     n_way = task.n_way or int(task.support_y.max()) + 1
-    model = _baseline(method, seed).fit(task.support_x.double().numpy(), task.support_y.numpy())
+    sx, qx = task.support_x.double(), task.query_x.double()
+    if method == "shrinkage_lda":  # columns constant on the support (zero padding) carry nothing, and would
+        keep = (sx != sx[:1]).any(0)  # move Ledoit-Wolf's shrinkage target (the mean variance)
+        sx, qx = sx[:, keep], qx[:, keep]
+    model = _baseline(method, seed).fit(sx.numpy(), task.support_y.numpy())
     probs = torch.zeros(task.query_x.shape[0], n_way, dtype=torch.float64)
     columns = torch.as_tensor(model.classes_, dtype=torch.int64)
-    probs[:, columns] = torch.as_tensor(model.predict_proba(task.query_x.double().numpy()), dtype=torch.float64)
+    probs[:, columns] = torch.as_tensor(model.predict_proba(qx.numpy()), dtype=torch.float64)
     return probs.clamp_min(1e-12).log()
 
 
@@ -931,7 +938,10 @@ def support_baselines(task: Task, *, methods: Sequence[str] = BASELINES, seed: i
     ``"logistic_regression"``: ``sklearn.linear_model.LogisticRegression(max_iter=1000)``;
     ``"gradient_boosting"``: ``sklearn.ensemble.HistGradientBoostingClassifier`` with
     ``min_samples_leaf=2`` (the default 20 exceeds a few-shot support set, whose trees would then
-    never split) and ``random_state=seed``.
+    never split) and ``random_state=seed``; ``"shrinkage_lda"``:
+    ``sklearn.discriminant_analysis.LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")``
+    (one pooled class covariance, Ledoit-Wolf shrinkage) on the columns that vary over the support
+    rows.
 
     Args:
         task: A classification task with 2-D features.

@@ -73,12 +73,18 @@ class MLP(nn.Module):
         in_features: Input size.
         hidden: Hidden layer sizes, e.g. ``(40, 40)``.
         out_features: Output size; the last layer is named ``head``.
+        skip_input: Return the input beside the output, ``cat([x, head(body(x))], -1)``: an
+            embedding network that keeps the raw features next to the learned ones (a head on top
+            can then weigh either; no parameters added).
 
     Shapes:
-        ``(B, in_features) -> (B, out_features)``.
+        ``(B, in_features) -> (B, out_features)``, or ``(B, in_features + out_features)`` with
+        ``skip_input``.
     """
 
-    def __init__(self, in_features: int = 1, hidden: Sequence[int] = (40, 40), out_features: int = 1) -> None:
+    def __init__(
+        self, in_features: int = 1, hidden: Sequence[int] = (40, 40), out_features: int = 1, *, skip_input: bool = False
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_features
@@ -88,10 +94,13 @@ class MLP(nn.Module):
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(prev, out_features)
         self.input_shape = (in_features,)
-        self.feature_dim = out_features  # as an embedding network (metric learners, pretraining)
+        self.skip_input = bool(skip_input)
+        # as an embedding network (metric learners, pretraining)
+        self.feature_dim = out_features + (in_features if self.skip_input else 0)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x))
+        out = self.head(self.body(x))
+        return torch.cat([x, out], -1) if self.skip_input else out
 
 
 class Conv4(nn.Module):
