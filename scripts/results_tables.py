@@ -1310,6 +1310,14 @@ TABLES: dict[str, Table] = {
         tuple(f"results/tabular_metric_sc_{t}.json" for t in ("iris", "wine", "breast-cancer", "digits-table")),
         {"run": "simple_cnaps_prior", "versus": "tabular_warped", "learner": "Simple CNAPS head on the prior"},
     ),
+    **{
+        f"tabular_lda{suffix}": Table(
+            r_tabular,
+            tuple(f"results/tabular_lda{suffix}_{t}.json" for t in ("iris", "wine", "breast-cancer", "digits-table")),
+            {"run": "lda_noskip", "versus": "lda_skip", "learner": "LDA head on the prior"},
+        )
+        for suffix in ("", "_seed7")
+    },
     "caml_frozen_5w1s": Table(r_compare, ("results/compare_caml_frozen_5w1s.json",)),
     "caml20_20w1s": Table(r_compare, ("results/compare_caml20_20w1s.json",)),
     "caml20_5w1s": Table(r_compare, ("results/compare_caml20_5w1s.json",)),
