@@ -133,18 +133,23 @@ def test_training_batches_vary_the_way_and_eval_tasks_are_fixed() -> None:
     assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_y, b.query_y)
 
 
-def test_a_prior_run_is_scored_on_a_real_table_beside_the_classical_baselines(tmp_path: Path) -> None:
+def _train_and_compare_on_iris(tmp_path: Path, spec: dict, episodes: int = 20) -> tuple[Path, dict]:
+    """Train ``spec`` (a config dict) for its few steps, then ``metafit compare`` it on iris 3:5."""
     cfg = tmp_path / "tab.json"
-    cfg.write_text(json.dumps(TINY))
+    cfg.write_text(json.dumps(spec))
     run = tmp_path / "run"
     assert main(["train", str(cfg), "--run-dir", str(run), "--quiet"]) == 0
     out = tmp_path / "iris.json"
     code = main(
-        ["compare", str(run), "--dataset", "iris", "--setting", "3:5", "--n-query", "5", "--episodes", "20"]
+        ["compare", str(run), "--dataset", "iris", "--setting", "3:5", "--n-query", "5", "--episodes", str(episodes)]
         + ["--out", str(out)]
     )
     assert code == 0
-    s = json.loads(out.read_text())["settings"][0]
+    return run, json.loads(out.read_text())["settings"][0]
+
+
+def test_a_prior_run_is_scored_on_a_real_table_beside_the_classical_baselines(tmp_path: Path) -> None:
+    run, s = _train_and_compare_on_iris(tmp_path, TINY)
     assert s["dataset"]["converted"] == "4 features zero-padded to 16"
     assert s["standardisation"].startswith("each episode's features by its support rows")
     names = set(s["scores"])
@@ -326,17 +331,8 @@ def test_an_lda_head_on_a_skip_input_embedding_trains_on_the_prior_and_scores_a_
     out = model(x)
     assert out.shape == (5, 16 + 16) and model.feature_dim == 32
     torch.testing.assert_close(out[:, :16], x)  # the raw columns ride beside the learned ones
-    cfg = tmp_path / "lda.json"
-    cfg.write_text(json.dumps(spec))
-    run = tmp_path / "run"
-    assert main(["train", str(cfg), "--run-dir", str(run), "--quiet"]) == 0
-    out_path = tmp_path / "iris.json"
-    code = main(
-        ["compare", str(run), "--dataset", "iris", "--setting", "3:5", "--n-query", "5", "--episodes", "20"]
-        + ["--out", str(out_path)]
-    )
-    assert code == 0
-    acc = json.loads(out_path.read_text())["settings"][0]["scores"]["run"]["per_episode"]
+    _, s = _train_and_compare_on_iris(tmp_path, spec)
+    acc = s["scores"]["run"]["per_episode"]
     assert len(acc) == 20 and sum(acc) / 20 > 0.7  # the raw columns alone make iris easy for LDA
     with pytest.raises(ValueError, match=r"model.skip_input=true is for model.arch='mlp' embedding networks"):
         build_model(
