@@ -1318,6 +1318,11 @@ TABLES: dict[str, Table] = {
         )
         for suffix in ("", "_seed7")
     },
+    "tabular_caml_skip": Table(
+        r_tabular,
+        tuple(f"results/tabular_caml_skip_{t}.json" for t in ("iris", "wine", "breast-cancer", "digits-table")),
+        {"run": "caml_skip", "versus": "lda_skip", "learner": "in-context classifier, input columns kept"},
+    ),
     "caml_frozen_5w1s": Table(r_compare, ("results/compare_caml_frozen_5w1s.json",)),
     "caml20_20w1s": Table(r_compare, ("results/compare_caml20_20w1s.json",)),
     "caml20_5w1s": Table(r_compare, ("results/compare_caml20_5w1s.json",)),
