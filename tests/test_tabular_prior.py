@@ -99,6 +99,9 @@ def test_support_baseline_logits_match_sklearn_predictions() -> None:
     assert got == lda.predict(t.query_x[:, :d].double().numpy()).tolist()
     with pytest.raises(ValueError, match=r"method must be one of"):
         support_baseline_logits(t, "svm")
+    one = TabularPriorTasks(n_features=6, n_way=3, k_shot=1, n_query=2, generator=generator(1)).sample_task()
+    with pytest.raises(ValueError, match=r"shrinkage_lda needs more support rows than classes .* got 3 rows for 3"):
+        support_baseline_logits(one, "shrinkage_lda")
 
 
 @pytest.mark.parametrize("name", SKLEARN_TABLES)

@@ -233,3 +233,13 @@ def test_lda_head_refuses_bad_options() -> None:
         LDAHead(method="qr")
     with pytest.raises(ValueError, match="init_scale must be a finite number > 0"):
         LDAHead(init_scale=0.0)
+
+
+def test_lda_head_with_one_shot_is_half_the_protonet_logits() -> None:
+    xs, ys, xq = _toy(s=3, q=5, d=4, n=3)  # one support row per class: no within-class covariance
+    for head in (LDAHead(), LDAHead(shrinkage=0.0, method="woodbury")):
+        got = head.logits(xs, ys, 3, xq, _hp(head))
+        want = -0.5 * torch.cdist(xq, xs).pow(2)
+        assert torch.isfinite(got).all()
+        # equal up to a per-query constant (-|x_q|^2 / 2)
+        torch.testing.assert_close(got - got[:, :1], want - want[:, :1])

@@ -354,7 +354,8 @@ class LDAHead:
     (equal class priors), i.e. ``-scale/2`` times the squared Mahalanobis distance to ``mu_k`` up to a
     term shared by the classes. The shrinkage ``a`` is Ledoit-Wolf's estimate from the task's own
     residuals (:func:`ledoit_wolf_shrinkage`, ``shrinkage="ledoit-wolf"``) or a fixed number in
-    ``[0, 1]``; ``eps`` (``1e-6``) keeps ``Sigma`` definite when ``a = 0`` and ``D >= S``. The
+    ``[0, 1]``; ``eps`` (``1e-6``) keeps ``Sigma`` definite when ``a = 0`` and ``D >= S``. With one
+    support example per class ``W = 0`` and ``Sigma = I``: ProtoNet's rule, half its logits. The
     shrinkage target scales with the embedding, so the head is invariant to a rescaling of it,
     unlike :class:`MahalanobisHead`'s fixed ridge ``beta I``; and it pools one covariance over the
     classes instead of mixing in the whole support set's (which contains the between-class
@@ -409,7 +410,8 @@ class LDAHead:
         """``Sigma^{-1} rhs`` for ``rhs (D, M)`` (the ``method`` of the class docstring)."""
         s, d = resid.shape
         scatter_mean = resid.pow(2).sum() / (s * d)  # m = tr(W) / D
-        c = (a + self.eps) * scatter_mean.clamp_min(torch.finfo(resid.dtype).tiny)
+        # one example per class: no within-class spread (W = 0), Sigma = I (the Euclidean rule)
+        c = torch.where(scatter_mean > 0, (a + self.eps) * scatter_mean, torch.ones_like(scatter_mean))
         if self.method == "direct" or (self.method == "auto" and d <= s):
             w = resid.transpose(0, 1) @ resid / s
             eye = torch.eye(d, dtype=resid.dtype, device=resid.device)

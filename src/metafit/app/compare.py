@@ -395,6 +395,8 @@ def compare(
         scores[NAIVE]["format"] = "raw episode inputs"
         if es.tasks.support_x.dim() == 3:  # feature vectors: the classical classifiers of tables
             for method, label in TABLE_BASELINES.items():
+                if method == "shrinkage_lda" and es.tasks.support_x.shape[1] <= es.tasks.n_way:
+                    continue  # one row per class: no within-class covariance to pool
                 logits, labels = _table_baseline_logits(es.tasks, method, seed)
                 scores[label] = _score_logits(logits.to(torch.float32), labels, es.classes, seed)
                 scores[label]["format"] = "episode inputs (scikit-learn, fitted on the support rows)"

@@ -922,6 +922,11 @@ def support_baseline_logits(task: Task, method: str, *, seed: int = 0) -> Tensor
         )
     n_way = task.n_way or int(task.support_y.max()) + 1
     sx, qx = task.support_x.double(), task.query_x.double()
+    if method == "shrinkage_lda" and task.support_x.shape[0] <= n_way:
+        raise ValueError(
+            f"shrinkage_lda needs more support rows than classes (a within-class covariance), got "
+            f"{task.support_x.shape[0]} rows for {n_way} classes"
+        )
     if method == "shrinkage_lda":  # columns constant on the support (zero padding) carry nothing, and would
         keep = (sx != sx[:1]).any(0)  # move Ledoit-Wolf's shrinkage target (the mean variance)
         sx, qx = sx[:, keep], qx[:, keep]
