@@ -32,6 +32,7 @@ from metafit.app.config import REGRESSION_FAMILIES
 from metafit.app.runs import _dataset, checkpoint_config, cross_domain_dataset, load_trained
 from metafit.calibration import apply_temperature, calibration_metrics, fit_temperature, query_logits
 from metafit.comparison import class_bootstrap_ci, compare_runs, compare_seeds, per_class_values
+from metafit.data.gp import baseline_applies
 from metafit.data.task import TaskBatch
 
 __all__ = ["compare", "compare_regression", "compare_markdown", "NAIVE"]
@@ -395,8 +396,8 @@ def compare(
         scores[NAIVE]["format"] = "raw episode inputs"
         if es.tasks.support_x.dim() == 3:  # feature vectors: the classical classifiers of tables
             for method, label in TABLE_BASELINES.items():
-                if method == "shrinkage_lda" and es.tasks.support_x.shape[1] <= es.tasks.n_way:
-                    continue  # one row per class: no within-class covariance to pool
+                if not baseline_applies(method, es.tasks.support_x.shape[1], es.tasks.n_way):
+                    continue  # e.g. shrinkage LDA at one shot: no within-class covariance to pool
                 logits, labels = _table_baseline_logits(es.tasks, method, seed)
                 scores[label] = _score_logits(logits.to(torch.float32), labels, es.classes, seed)
                 scores[label]["format"] = "episode inputs (scikit-learn, fitted on the support rows)"

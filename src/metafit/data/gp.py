@@ -60,6 +60,7 @@ __all__ = [
     "split_mask",
     "unpad_tasks",
     "standardise_tasks",
+    "baseline_applies",
     "support_baseline_logits",
     "support_baselines",
 ]
@@ -903,6 +904,12 @@ def _baseline(method: str, seed: int) -> Any:
     raise ValueError(f"method must be one of {BASELINES}, got {method!r}")
 
 
+def baseline_applies(method: str, support_rows: int, n_way: int) -> bool:
+    """Whether baseline ``method`` can be fitted on ``support_rows`` rows of ``n_way`` classes:
+    shrinkage LDA needs more rows than classes (a within-class covariance); the others fit any."""
+    return method != "shrinkage_lda" or support_rows > n_way
+
+
 def support_baseline_logits(task: Task, method: str, *, seed: int = 0) -> Tensor:
     """Log-probabilities of the query rows under a classical classifier fitted on the support rows.
 
@@ -922,7 +929,7 @@ def support_baseline_logits(task: Task, method: str, *, seed: int = 0) -> Tensor
         )
     n_way = task.n_way or int(task.support_y.max()) + 1
     sx, qx = task.support_x.double(), task.query_x.double()
-    if method == "shrinkage_lda" and task.support_x.shape[0] <= n_way:
+    if not baseline_applies(method, task.support_x.shape[0], n_way):
         raise ValueError(
             f"shrinkage_lda needs more support rows than classes (a within-class covariance), got "
             f"{task.support_x.shape[0]} rows for {n_way} classes"
