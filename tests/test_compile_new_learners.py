@@ -1,8 +1,8 @@
 """The compiled engine paths give the eager loop's meta-gradient for the newer learners too.
 
 The metric heads (cosine, Mahalanobis in both forms, ridge), Meta-Baseline's cosine head with a
-learned scale, MAML++ (multi-step loss, learned per-layer per-step rates, second order) and the
-in-context transformer classifier, on a small float64 MLP embedding so that each compile takes
+learned scale, MAML++ (multi-step loss, learned per-layer per-step rates, second order), the
+in-context transformer classifier and MAML with a Gaussian predictive and the beta-NLL inner loss, on a small float64 MLP embedding so that each compile takes
 seconds: the meta-gradient and the loss must equal the loop's, with no graph break.
 """
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from metafit import TaskBatch, meta_gradients, seeded
+from metafit import SinusoidTasks, TaskBatch, generator, meta_gradients, seeded
+from metafit.algorithms import MAML
 from metafit.algorithms.heads import CosineHead, LDAHead, MahalanobisHead, RidgeHead
 from metafit.algorithms.mamlpp import MAMLPlusPlus
 from metafit.algorithms.metric import MetricLearner
@@ -80,3 +81,10 @@ def test_in_context_classifier_compile_path_gives_the_loop_meta_gradient() -> No
         0, lambda: InContextClassifier(MLP(6, (16,), 8), 8, max_way=4, d_model=16, n_heads=2, n_layers=1, d_ff=32)
     ).double()
     _matches_loop(InContextLearner(), model, _vector_tasks())
+
+
+def test_gaussian_maml_with_the_beta_nll_inner_loss_compile_path_gives_the_loop_meta_gradient() -> None:
+    model = seeded(0, lambda: MLP(1, (16,), 2)).double()
+    b = SinusoidTasks(k_shot=5, n_query=7, tasks_per_batch=3, generator=generator(1)).sample_batch()
+    batch = TaskBatch(b.support_x.double(), b.support_y.double(), b.query_x.double(), b.query_y.double())
+    _matches_loop(MAML(inner_lr=0.05, inner_steps=2, criterion="gaussian_nll", inner_beta=0.5), model, batch)

@@ -45,6 +45,9 @@ __all__ = [
     "CRITERIA",
     "criterion_fn",
     "gaussian_nll",
+    "beta_nll",
+    "BetaNLL",
+    "support_criterion",
     "gaussian_output",
     "GAUSSIAN_MIN_VARIANCE",
     "regression_criterion",
@@ -279,6 +282,36 @@ def _gaussian_nll(output: Tensor, target: Tensor) -> Tensor:
     return gaussian_nll(mean, var, _gaussian_targets(mean, target))
 
 
+def beta_nll(mean: Tensor, var: Tensor, target: Tensor, beta: float) -> Tensor:
+    """The beta-NLL of Seitzer, Tavakoli, Antic & Martius (ICLR 2022, arXiv 2203.09168), a scalar.
+
+    Each point's Gaussian NLL is weighted by ``stopgrad(var) ** beta``: the value and gradient at
+    ``beta = 0`` are the NLL's; at ``beta = 1`` the gradient w.r.t. the mean is the squared error's
+    (``mean - target`` per point, whatever the variance), so a gradient step on the mean no
+    longer grows as the predicted variance shrinks.
+
+    Args:
+        mean, var: ``(B, d)``; ``var > 0``.
+        target: ``(B, d)`` or anything reshaping to it.
+        beta: In ``[0, 1]``.
+    """
+    target = target.reshape(mean.shape)
+    nll = 0.5 * (_LOG_2PI + var.log() + (target - mean).pow(2) / var)
+    return (var.detach().pow(beta) * nll).mean()
+
+
+@dataclass(frozen=True)
+class BetaNLL:
+    """:func:`beta_nll` of a network's raw output (:func:`gaussian_output`) as a task loss
+    ``(output, target) -> scalar``; see :func:`support_criterion`."""
+
+    beta: float
+
+    def __call__(self, output: Tensor, target: Tensor) -> Tensor:
+        mean, var = gaussian_output(output)
+        return beta_nll(mean, var, _gaussian_targets(mean, target), self.beta)
+
+
 def _cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     if logits.dim() >= 2:
         check_labels("labels", target, int(logits.shape[-1]), what="the model's output")
@@ -303,6 +336,32 @@ def criterion_fn(name: str) -> Callable[[Tensor, Tensor], Tensor]:
         return _CRITERIA[name]
     except KeyError:
         raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {name!r}") from None
+
+
+def support_criterion(criterion: str, inner_beta: float | None) -> Callable[[Tensor, Tensor], Tensor]:
+    """The loss a gradient-based learner's inner loop descends on the support set.
+
+    ``inner_beta=None``: the learner's criterion itself. A number in ``[0, 1]``: the beta-NLL
+    (:class:`BetaNLL`) of the Gaussian predictive, for ``criterion="gaussian_nll"`` only. The
+    NLL's gradient w.r.t. the mean scales with the inverse predicted variance, so plain inner
+    steps grow without bound as the variance shrinks; ``inner_beta=1`` gives the mean the squared
+    error's step while the variance is still fitted. The meta-loss and every reported figure stay
+    the Gaussian NLL.
+
+    Raises:
+        ValueError: ``inner_beta`` outside ``[0, 1]`` or not a number, or given for another criterion.
+    """
+    crit = criterion_fn(criterion)
+    if inner_beta is None:
+        return crit
+    if isinstance(inner_beta, bool) or not isinstance(inner_beta, (int, float)) or not 0.0 <= inner_beta <= 1.0:
+        raise ValueError(f"inner_beta must be None or a number in [0, 1], got {inner_beta!r}")
+    if criterion != "gaussian_nll":
+        raise ValueError(
+            f"inner_beta (the beta-NLL inner loss) needs criterion='gaussian_nll' (regression_loss='gaussian_nll'), "
+            f"got criterion={criterion!r}"
+        )
+    return BetaNLL(float(inner_beta))
 
 
 def regression_criterion(criterion: str, regression_loss: str) -> str:

@@ -25,6 +25,7 @@ from metafit.algorithms.base import (
     check_steps,
     criterion_fn,
     gaussian_output,
+    support_criterion,
     task_metrics,
 )
 from metafit.data.task import Task
@@ -77,7 +78,7 @@ class GradientEvaluation:
     ``adapt_steps``, and the evaluation-time settings and adaptation curve.
 
     A learner using it has the fields ``inner_lr``, ``inner_steps``, ``eval_inner_lr``,
-    ``eval_inner_steps`` and ``criterion`` and the method ``adapt_steps``; it is a frozen
+    ``eval_inner_steps``, ``criterion`` and ``inner_beta`` and the method ``adapt_steps``; it is a frozen
     dataclass, so :meth:`with_eval` returns a copy.
     """
 
@@ -86,6 +87,7 @@ class GradientEvaluation:
     eval_inner_lr: float | None
     eval_inner_steps: int | None
     criterion: str
+    inner_beta: float | None
 
     def adapt(
         self,
@@ -195,6 +197,10 @@ class MAML(GradientEvaluation):
         adapt_only: Name prefixes of the parameters updated in the inner loop (``None``: all).
             The others stay at their meta-learned values during adaptation but are still
             meta-learned. ``("head.",)`` gives ANIL.
+        inner_beta: ``None``: the inner loop descends ``criterion``. A number in ``[0, 1]`` (with
+            ``criterion="gaussian_nll"``): it descends the beta-NLL of Seitzer et al. 2022 instead
+            (:func:`metafit.algorithms.base.support_criterion`), which bounds the mean's step as the
+            predicted variance shrinks; the meta-loss stays the NLL.
 
     Example:
         >>> import torch
@@ -213,6 +219,7 @@ class MAML(GradientEvaluation):
     eval_inner_lr: float | None = None
     eval_inner_steps: int | None = None
     adapt_only: tuple[str, ...] | None = field(default=None)
+    inner_beta: float | None = None
 
     def __post_init__(self) -> None:
         check_inner_lr("inner_lr", self.inner_lr)
@@ -221,7 +228,7 @@ class MAML(GradientEvaluation):
             check_steps("eval_inner_steps", self.eval_inner_steps)
         if self.eval_inner_lr is not None:
             check_inner_lr("eval_inner_lr", self.eval_inner_lr)
-        criterion_fn(self.criterion)
+        support_criterion(self.criterion, self.inner_beta)
         if self.adapt_only is not None:
             object.__setattr__(self, "adapt_only", tuple(self.adapt_only))
 
@@ -277,7 +284,7 @@ class MAML(GradientEvaluation):
         steps = self.inner_steps if steps is None else check_steps("steps", steps)
         lr = self.inner_lr if lr is None else check_inner_lr("lr", lr)
         create_graph = (not self.first_order) if create_graph is None else create_graph
-        crit = criterion_fn(self.criterion)
+        crit = support_criterion(self.criterion, self.inner_beta)
         params = meta_params["model"]
         adapted = {k: v for k, v in params.items() if _matches(k, self.adapt_only)}
         fixed = {k: v for k, v in params.items() if k not in adapted}

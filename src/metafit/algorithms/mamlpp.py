@@ -48,6 +48,7 @@ from metafit.algorithms.base import (
     check_steps,
     criterion_fn,
     regression_criterion,
+    support_criterion,
     task_metrics,
 )
 from metafit.algorithms.maml import GradientEvaluation, inner_gradients
@@ -143,6 +144,8 @@ class MAMLPlusPlus(GradientEvaluation):
             ``eval_inner_lr / inner_lr``.
         eval_inner_steps: Inner updates at evaluation (default ``inner_steps``); steps past
             ``inner_steps`` reuse the last step's rates and normalisation parameters.
+        inner_beta: The inner loop's beta-NLL weight under ``criterion="gaussian_nll"``, as
+            :class:`MAML` (``None``: the inner loop descends ``criterion``).
     """
 
     inner_lr: float = 0.1
@@ -155,6 +158,7 @@ class MAMLPlusPlus(GradientEvaluation):
     iteration: int = 0
     eval_inner_lr: float | None = None
     eval_inner_steps: int | None = None
+    inner_beta: float | None = None
 
     def __post_init__(self) -> None:
         check_inner_lr("inner_lr", self.inner_lr)
@@ -168,7 +172,7 @@ class MAMLPlusPlus(GradientEvaluation):
             check_steps("eval_inner_steps", self.eval_inner_steps)
         if self.eval_inner_lr is not None:
             check_inner_lr("eval_inner_lr", self.eval_inner_lr)
-        criterion_fn(self.criterion)
+        support_criterion(self.criterion, self.inner_beta)
 
     # -- schedule ------------------------------------------------------------------------
     def at_iteration(self, iteration: int) -> MAMLPlusPlus:
@@ -287,7 +291,7 @@ class MAMLPlusPlus(GradientEvaluation):
         steps = self.inner_steps if steps is None else check_steps("steps", steps)
         lr = self.inner_lr if lr is None else check_inner_lr("lr", lr)
         create_graph = self.second_order if create_graph is None else create_graph
-        crit = criterion_fn(self.criterion)
+        crit = support_criterion(self.criterion, self.inner_beta)
         fast = dict(meta_params["model"])
         yield {**fast, **self.norm_at(meta_params, 0)}
         for j in range(steps):
@@ -354,9 +358,11 @@ def build_mamlpp(
     eval_inner_lr: float | None = None,
     eval_inner_steps: int | None = None,
     regression_loss: str = "mse",
+    inner_beta: float | None = None,
 ) -> MAMLPlusPlus:
     """Registry builder for :class:`MAMLPlusPlus` (keyword options with their defaults;
-    ``regression_loss`` as :func:`metafit.algorithms.base.regression_criterion`)."""
+    ``regression_loss`` as :func:`metafit.algorithms.base.regression_criterion`, ``inner_beta`` as
+    :func:`metafit.algorithms.base.support_criterion`)."""
     return MAMLPlusPlus(
         inner_lr=inner_lr,
         inner_steps=inner_steps,
@@ -367,4 +373,5 @@ def build_mamlpp(
         per_step_norm=per_step_norm,
         eval_inner_lr=eval_inner_lr,
         eval_inner_steps=eval_inner_steps,
+        inner_beta=inner_beta,
     )

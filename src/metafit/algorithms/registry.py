@@ -80,6 +80,7 @@ def _gradient(cls: Callable[..., Algorithm], **fixed: Any) -> Callable[..., Algo
         eval_inner_lr: float | None = None,
         eval_inner_steps: int | None = None,
         regression_loss: str = "mse",
+        inner_beta: float | None = None,
     ) -> Algorithm:
         return cls(
             criterion=regression_criterion(criterion, regression_loss),
@@ -87,6 +88,7 @@ def _gradient(cls: Callable[..., Algorithm], **fixed: Any) -> Callable[..., Algo
             inner_steps=inner_steps,
             eval_inner_lr=eval_inner_lr,
             eval_inner_steps=eval_inner_steps,
+            inner_beta=inner_beta,
             **fixed,
         )
 
@@ -102,6 +104,7 @@ def _metasgd(
     eval_inner_steps: int | None = None,
     init_inner_lr: float | None = None,
     regression_loss: str = "mse",
+    inner_beta: float | None = None,
 ) -> Algorithm:
     return MetaSGD(
         criterion=regression_criterion(criterion, regression_loss),
@@ -110,6 +113,7 @@ def _metasgd(
         eval_inner_lr=eval_inner_lr,
         eval_inner_steps=eval_inner_steps,
         init_inner_lr=init_inner_lr,
+        inner_beta=inner_beta,
     )
 
 
