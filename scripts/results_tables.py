@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -903,6 +904,38 @@ def r_completion(ds: list[Json], context: str = "context pixels") -> tuple[list[
         "MSE",
         "90% interval coverage",
         "training steps",
+    ], rows
+
+
+def r_inner_steps(ds: list[Json], labels: Sequence[str]) -> tuple[list[str], Rows]:
+    """``metafit eval RUN --inner-steps S`` of Gaussian gradient-based runs, one JSON per (run, S)
+    and one label per JSON: the per-task tails beside the means, since a few diverging tasks decide
+    a mean."""
+    rows = []
+    for d, label in zip(ds, labels, strict=True):
+        r = d["results"][0]
+        m, per = r["metrics"], r["per_task"]
+        mse, nll = per["mse"], per["nll"]
+        far = sum(v > 10.0 or not math.isfinite(v) for v in mse)
+        rows.append(
+            [
+                label,
+                str(r["steps"]),
+                f"{statistics.median(mse):.3f}",
+                f"{far} / {len(mse)}",
+                f"{m['mse']['mean']:.3g} ± {m['mse']['ci95']:.2g}",
+                f"{-statistics.median(nll):.3f}",
+                f"{m['coverage_90']['mean']:.3f}",
+            ]
+        )
+    return [
+        "run",
+        "inner steps at evaluation",
+        "median task MSE",
+        "tasks with MSE > 10",
+        "mean MSE ± 95% CI",
+        "median task log-likelihood",
+        "90% interval coverage",
     ], rows
 
 

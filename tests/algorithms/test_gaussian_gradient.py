@@ -34,10 +34,12 @@ def _task(n_support: int = 6, n_query: int = 9, seed: int = 0) -> Task:
     return Task(x[:n_support], y[:n_support], x[n_support:], y[n_support:])
 
 
-def _hand_nll(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _hand_nll(out: torch.Tensor, y: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
+    """The Gaussian NLL; with ``beta`` each point's weighted by ``stopgrad(var) ** beta`` (beta-NLL)."""
     mean = out[:, :1]
     var = GAUSSIAN_MIN_VARIANCE + torch.log1p(torch.exp(out[:, 1:]))
-    return (0.5 * math.log(2 * math.pi) + 0.5 * var.log() + 0.5 * (y - mean) ** 2 / var).mean()
+    nll = 0.5 * math.log(2 * math.pi) + 0.5 * var.log() + 0.5 * (y - mean) ** 2 / var
+    return (var.detach() ** beta * nll).mean()
 
 
 def test_the_criterion_is_the_gaussian_nll_of_the_mean_and_floored_softplus_variance() -> None:
@@ -52,14 +54,18 @@ def test_the_criterion_is_the_gaussian_nll_of_the_mean_and_floored_softplus_vari
         criterion_fn("gaussian_nll")(torch.randn(7, 3), y)
 
 
-def test_maml_descends_the_support_nll_and_scores_the_query_nll() -> None:
+@pytest.mark.parametrize("inner_beta", [None, 0.0, 0.5, 1.0])
+def test_maml_descends_the_support_nll_and_scores_the_query_nll(inner_beta: float | None) -> None:
+    # with inner_beta the inner loop descends the beta-NLL; the meta-loss is the NLL either way
     model = MLP(1, (16,), 2)
-    algo = MAML(inner_lr=0.05, inner_steps=1, criterion="gaussian_nll")
+    algo = MAML(inner_lr=0.05, inner_steps=1, criterion="gaussian_nll", inner_beta=inner_beta)
     assert algo.spec.distribution and algo.spec.tasks == "regression"
     mp = algo.init(model)
     task = _task()
     theta = {k: v.detach().clone().requires_grad_() for k, v in mp["model"].items()}
-    support_nll = _hand_nll(torch.func.functional_call(model, theta, (task.support_x,)), task.support_y)
+    support_nll = _hand_nll(
+        torch.func.functional_call(model, theta, (task.support_x,)), task.support_y, inner_beta or 0.0
+    )
     grads = torch.autograd.grad(support_nll, list(theta.values()))
     expected = {k: v - 0.05 * g for (k, v), g in zip(theta.items(), grads, strict=True)}
     fast = algo.adapt(model, mp, {}, task.support_x, task.support_y)
@@ -84,8 +90,11 @@ def test_maml_descends_the_support_nll_and_scores_the_query_nll() -> None:
         MAML(inner_lr=0.05, inner_steps=2, criterion="gaussian_nll"),
         MetaSGD(inner_lr=0.05, inner_steps=2, criterion="gaussian_nll"),
         Reptile(inner_lr=0.05, inner_steps=2, criterion="gaussian_nll"),
+        MAML(inner_lr=0.05, inner_steps=2, criterion="gaussian_nll", inner_beta=1.0),
+        MetaSGD(inner_lr=0.05, inner_steps=2, criterion="gaussian_nll", inner_beta=0.5),
+        Reptile(inner_lr=0.05, inner_steps=2, criterion="gaussian_nll", inner_beta=1.0),
     ],
-    ids=["maml", "metasgd", "reptile"],
+    ids=["maml", "metasgd", "reptile", "maml-beta-nll", "metasgd-beta-nll", "reptile-beta-nll"],
 )
 def test_the_vmap_path_equals_the_loop_under_the_gaussian_nll(algo: MAML) -> None:
     model = MLP(1, (16, 16), 2).double()
