@@ -761,11 +761,17 @@ def _accuracy(sc: Json) -> tuple[float, float]:
 
 def _paired(a: Json, b: Json) -> tuple[float, float, float]:
     """Paired difference a - b of per-episode accuracies (points): mean and 95% interval."""
-    d = [x - y for x, y in zip(a["per_episode"], b["per_episode"], strict=True)]
+    m, lo, hi = _paired_values(a["per_episode"], b["per_episode"])
+    return 100 * m, 100 * lo, 100 * hi
+
+
+def _paired_values(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """Paired difference a - b of per-task values: mean and 95% interval (normal approximation)."""
+    d = [x - y for x, y in zip(a, b, strict=True)]
     m = sum(d) / len(d)
     sd = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1))
     h = 1.96 * sd / math.sqrt(len(d))
-    return 100 * m, 100 * (m - h), 100 * (m + h)
+    return m, m - h, m + h
 
 
 TABLE_LR = "logistic regression (support rows)"
@@ -907,16 +913,24 @@ def r_completion(ds: list[Json], context: str = "context pixels") -> tuple[list[
     ], rows
 
 
-def r_inner_steps(ds: list[Json], labels: Sequence[str]) -> tuple[list[str], Rows]:
-    """``metafit eval RUN --inner-steps S`` of Gaussian gradient-based runs, one JSON per (run, S)
-    and one label per JSON: the per-task tails beside the means, since a few diverging tasks decide
-    a mean."""
+def r_inner_steps(ds: list[Json], labels: Sequence[str], reference: int) -> tuple[list[str], Rows]:
+    """``metafit eval RUN --inner-steps S`` of Gaussian gradient-based runs on the same tasks, one
+    JSON per (run, S) and one label per JSON: the per-task tails beside the means (a few diverging
+    tasks decide a mean), and the paired per-task differences to row ``reference`` (an index)."""
+    ref = ds[reference]["results"][0]["per_task"]
     rows = []
-    for d, label in zip(ds, labels, strict=True):
+    for i, (d, label) in enumerate(zip(ds, labels, strict=True)):
         r = d["results"][0]
         m, per = r["metrics"], r["per_task"]
         mse, nll = per["mse"], per["nll"]
         far = sum(v > 10.0 or not math.isfinite(v) for v in mse)
+        paired = ["reference"] * 2
+        if i != reference:
+            dm, dl = _paired_values(mse, ref["mse"]), _paired_values(ref["nll"], nll)
+            paired = [
+                f"{v[0]:+.3g} [{v[1]:+.3g}, {v[2]:+.3g}]" if math.isfinite(v[0]) else "non-finite tasks"
+                for v in (dm, dl)
+            ]
         rows.append(
             [
                 label,
@@ -926,6 +940,7 @@ def r_inner_steps(ds: list[Json], labels: Sequence[str]) -> tuple[list[str], Row
                 f"{m['mse']['mean']:.3g} ± {m['mse']['ci95']:.2g}",
                 f"{-statistics.median(nll):.3f}",
                 f"{m['coverage_90']['mean']:.3f}",
+                *paired,
             ]
         )
     return [
@@ -936,6 +951,8 @@ def r_inner_steps(ds: list[Json], labels: Sequence[str]) -> tuple[list[str], Row
         "mean MSE ± 95% CI",
         "median task log-likelihood",
         "90% interval coverage",
+        "MSE minus the reference's (paired)",
+        "log-likelihood minus the reference's (paired)",
     ], rows
 
 
@@ -1363,6 +1380,22 @@ TABLES: dict[str, Table] = {
     "mb30_20w1s": Table(r_compare, ("results/compare_mb30_20w1s.json",)),
     "completion": Table(r_completion, ("results/completion_npcnp.json", "results/completion_anp.json")),
     "sine_np": Table(r_completion, ("results/sine_anp.json", "results/sine_tnp.json"), {"context": "context points"}),
+    "sine_inner_beta": Table(
+        r_inner_steps,
+        tuple(
+            f"results/sine_inner_{run}_s{steps}.json"
+            for run in ("maml-gauss", "maml-gauss-beta05", "maml-gauss-beta1")
+            for steps in (1, 2, 5, 10)
+        ),
+        {
+            "labels": tuple(
+                label
+                for label in ("NLL (as before)", "beta-NLL, beta = 0.5", "beta-NLL, beta = 1")
+                for _ in (1, 2, 5, 10)
+            ),
+            "reference": 1,  # the NLL inner loss at its best step count, 2
+        },
+    ),
 }
 
 
