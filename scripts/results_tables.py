@@ -1368,6 +1368,14 @@ TABLES: dict[str, Table] = {
         )
         for suffix in ("", "_seed7")
     },
+    **{
+        f"tabular_lda_seeds_{run}": Table(
+            r_tabular,
+            tuple(f"results/tabular_lda_seeds_{t}.json" for t in ("iris", "wine", "breast-cancer", "digits-table")),
+            {"run": run, "versus": versus, "learner": "LDA head on the prior"},
+        )
+        for run, versus in (("lda_noskip_s0", None), ("lda_noskip_s1", "lda_noskip_s0"))
+    },
     "tabular_caml_skip": Table(
         r_tabular,
         tuple(f"results/tabular_caml_skip_{t}.json" for t in ("iris", "wine", "breast-cancer", "digits-table")),
