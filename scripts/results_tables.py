@@ -1332,6 +1332,7 @@ TABLES: dict[str, Table] = {
     "compare_gp_gradient": Table(r_regression_compare, ("results/compare_gp_gradient.json",)),
     "compare_completion_gradient": Table(r_regression_compare, ("results/compare_completion_gradient.json",)),
     "compare_sine_gaussian": Table(r_regression_compare, ("results/compare_sine_gaussian.json",)),
+    "compare_gp_beta": Table(r_regression_compare, ("results/compare_gp_beta.json",)),
     "tabular_warped": Table(
         r_tabular,
         (
