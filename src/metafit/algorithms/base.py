@@ -271,10 +271,14 @@ def _gaussian_targets(mean: Tensor, target: Tensor) -> Tensor:
     return target
 
 
+def _point_nll(mean: Tensor, var: Tensor, target: Tensor) -> Tensor:
+    """``-log N(target; mean, var)`` per entry (constant included), the shape of ``mean``."""
+    return 0.5 * (_LOG_2PI + var.log() + (target.reshape(mean.shape) - mean).pow(2) / var)
+
+
 def gaussian_nll(mean: Tensor, var: Tensor, target: Tensor) -> Tensor:
     """Mean negative log-likelihood ``-log N(target; mean, var)`` (constant included), a scalar."""
-    target = target.reshape(mean.shape)
-    return 0.5 * (_LOG_2PI + var.log() + (target - mean).pow(2) / var).mean()
+    return _point_nll(mean, var, target).mean()
 
 
 def _gaussian_nll(output: Tensor, target: Tensor) -> Tensor:
@@ -295,9 +299,7 @@ def beta_nll(mean: Tensor, var: Tensor, target: Tensor, beta: float) -> Tensor:
         target: ``(B, d)`` or anything reshaping to it.
         beta: In ``[0, 1]``.
     """
-    target = target.reshape(mean.shape)
-    nll = 0.5 * (_LOG_2PI + var.log() + (target - mean).pow(2) / var)
-    return (var.detach().pow(beta) * nll).mean()
+    return (var.detach().pow(beta) * _point_nll(mean, var, target)).mean()
 
 
 @dataclass(frozen=True)
