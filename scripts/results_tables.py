@@ -956,13 +956,14 @@ def r_inner_steps(ds: list[Json], labels: Sequence[str], reference: int) -> tupl
     ], rows
 
 
-def r_gp_product(ds: list[Json]) -> tuple[list[str], Rows]:
+def r_gp_product(ds: list[Json], labels: tuple[str, ...] | None = None) -> tuple[list[str], Rows]:
     """``metafit eval RUN`` of GP-regression runs on the same padded held-out tasks (one JSON per
     learner, the reference last): target and context log-likelihood per point, and the paired
-    difference of target log-likelihood to the reference over the shared tasks."""
+    difference of target log-likelihood to the reference over the shared tasks. ``labels`` name
+    the rows (default: the learner)."""
     ref = ds[-1]["results"][0]["per_task"]["nll"]
     rows = []
-    for d in ds:
+    for i, d in enumerate(ds):
         (r,) = d["results"]
         m, per = r["metrics"], r["per_task"]["nll"]
         if per is ref:
@@ -974,7 +975,7 @@ def r_gp_product(ds: list[Json]) -> tuple[list[str], Rows]:
             paired = f"{mu:+.3f} [{mu - h:+.3f}, {mu + h:+.3f}]"
         rows.append(
             [
-                r["algo"],
+                r["algo"] if labels is None else labels[i],
                 f"{d['step']:,}",
                 pm(-m["nll"]["mean"], m["nll"]["ci95"], 3),
                 pm(-m["context_nll"]["mean"], m["context_nll"]["ci95"], 3),
@@ -1308,6 +1309,23 @@ TABLES: dict[str, Table] = {
     "caml4_5w1s": Table(r_compare, ("results/compare_caml4_5w1s.json",)),
     "caml30_5w1s": Table(r_compare, ("results/compare_caml30_5w1s.json",)),
     "gp_product": Table(r_gp_product, ("results/gp_rbf_tnp_product.json", "results/gp_rbf_npcnp_product.json")),
+    "gp_product_all": Table(
+        r_gp_product,
+        (
+            "results/gp_rbf_tnp_product.json",
+            "results/gp_rbf_anp_product.json",
+            "results/gp_rbf_npcnp_ref_product.json",
+            "results/gp_rbf_npcnp_product.json",
+        ),
+        {
+            "labels": (
+                "tnp (TNP-D, 10 min)",
+                "anp (deterministic ANP, 10 min)",
+                "npcnp, width 128, cosine schedule",
+                "npcnp (the table above)",
+            )
+        },
+    ),
     "multisource_omniglot": Table(r_compare, ("results/compare_multisource_omniglot.json",)),
     "multisource_kanji": Table(r_compare, ("results/compare_multisource_kuzushiji-kanji.json",)),
     "multisource_fashion": Table(r_compare, ("results/compare_multisource_fashion-mnist.json",)),

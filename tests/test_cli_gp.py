@@ -49,6 +49,19 @@ def test_gp_config_trains_and_evaluates_a_masked_neural_process(
     assert json.loads(capsys.readouterr().out)["results"][0]["metrics"]["nll"]["mean"] == pytest.approx(
         res["metrics"]["nll"]["mean"]
     )
+    # the published figure of the same task family sits beside the CNP's (none for TNP-D)
+    assert main(["eval", str(run), "--episodes", "8"]) == 0
+    md = capsys.readouterr().out
+    assert ("CNP, Li et al. 2025, Table 4, TNP code" in md) == (algo == "npcnp") and "| per task |" in md
+    # sizes are drawn per task: the record says so, and a fixed size is refused, not ignored
+    assert res["k_shot"] is None and res["n_query"] is None
+    for flag, value in (("--k-shot", "5"), ("--n-query", "10")):
+        assert main(["eval", str(run), "--episodes", "8", flag, value]) == 2
+        err = capsys.readouterr().err
+        assert (
+            "gp-rbf tasks draw their own context sizes" in err
+            and f"give no {flag[2:].replace('-', '_')}, got {value}" in err
+        )
 
 
 def test_gp_tasks_refuse_a_learner_without_a_padding_mask(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

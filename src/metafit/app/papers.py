@@ -1,10 +1,18 @@
 """Published numbers that ``metafit eval`` prints beside its own, with their sources.
 
-Keys are ``(dataset, learner, n_way, k_shot, metric)`` (``n_way`` is ``None`` for regression);
+Keys are ``(dataset, learner, n_way, k_shot, metric)`` (``n_way`` is ``None`` for regression,
+``k_shot`` is ``None`` for the Gaussian-process families, whose tasks draw their own sizes);
 values are the published figure as printed in the paper (with its 95% interval where the paper
 gives one) and the source. Omniglot figures use the papers' Vinyals-style splits; sinusoid
 figures use MAML section 5.1's task family (the papers' evaluation sets differ from metafit's
-fixed 1,000 tasks). Sources are listed in ``../shared/docs/FIELD.md`` section 1.
+fixed 1,000 tasks). Sources are listed in ``../shared/docs/FIELD.md`` section 1. The GP figures
+are target log-likelihoods of models trained with the TNP code (Nguyen & Grover 2022) on the same
+task family, reported by Li et al. (NeurIPS 2025, "Learning to Generalize: An Information
+Perspective on Neural Processes", Table 4; mean ± std over 5 training seeds, 48,000 held-out
+functions); ``eval`` reports the NLL, the negated log-likelihood. Their ANP has a latent and a
+deterministic path (metafit's ``anp`` is deterministic); their TNP is TNP-A, which scores targets
+jointly, so it is not listed against metafit's diagonal TNP-D (``docs/results.md``, "Against the
+published figures").
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ _PROTO = "Snell et al. 2017, Table 1"
 _REPTILE = "Nichol et al. 2018, Table 2 (transduction)"
 _ANIL = "Raghu et al. 2020"
 _METASGD = "Li et al. 2017"
+_GP = "Li et al. 2025, Table 4, TNP code"
 
-_ROWS: dict[tuple[str, str, int | None, int, str], tuple[str, str]] = {
+_ROWS: dict[tuple[str, str, int | None, int | None, str], tuple[str, str]] = {
     ("omniglot", "maml", 5, 1, "accuracy"): ("98.7 ± 0.4", _MAML),
     ("omniglot", "maml", 5, 5, "accuracy"): ("99.9 ± 0.1", _MAML),
     ("omniglot", "maml", 20, 1, "accuracy"): ("95.8 ± 0.3", _MAML),
@@ -44,12 +53,15 @@ _ROWS: dict[tuple[str, str, int | None, int, str], tuple[str, str]] = {
     # MAML App. C Table 2 (5-shot, after 10 steps); Meta-SGD Table 1 (train 5, test 5)
     ("sinusoid", "maml", None, 5, "mse"): ("0.35 (10 steps)", "Finn et al. 2017, App. C Table 2"),
     ("sinusoid", "metasgd", None, 5, "mse"): ("0.90 ± 0.16", "Li et al. 2017, Table 1"),
+    # target log-likelihood 0.265 and 0.805 nats per point: the NLL is its negation
+    ("gp-rbf", "npcnp", None, None, "nll"): ("-0.265 (std 0.015, 5 seeds)", f"CNP, {_GP}"),
+    ("gp-rbf", "anp", None, None, "nll"): ("-0.805 (std 0.005, 5 seeds)", f"latent + deterministic ANP, {_GP}"),
 }
 
 PAPERS = MappingProxyType(_ROWS)
 
 
-def paper_reference(dataset: str, learner: str, n_way: int | None, k_shot: int, metric: str) -> str | None:
+def paper_reference(dataset: str, learner: str, n_way: int | None, k_shot: int | None, metric: str) -> str | None:
     """``"figure (source)"`` of the published number for this setting, or ``None``.
 
     Accuracies are in percent; the MSE is per query point.

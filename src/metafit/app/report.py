@@ -48,7 +48,9 @@ def comparison_rows(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
                 rows.append(
                     {
                         **base,
-                        "setting": f"{way}{r['k_shot']}-shot, {r['episodes']} tasks",
+                        "setting": f"{way}{r['k_shot']}-shot, {r['episodes']} tasks"
+                        if r.get("k_shot") is not None
+                        else f"context sizes per task, {r['episodes']} tasks",
                         "file": e["_file"],
                         "metrics": {k: v for k, v in r["metrics"].items() if k != "loss" or len(r["metrics"]) == 1},
                     }

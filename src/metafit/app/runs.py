@@ -675,16 +675,22 @@ def eval_tasks(
     """
     d = config.data
     n_tasks = n_tasks or d.eval_tasks
-    k_shot = k_shot or d.eval_k_shot or d.k_shot
     seed = d.eval_seed if seed is None else seed
+    if d.dataset.startswith("gp-"):  # per-task context sizes, padded with a mask column (the GP protocol)
+        for name, value in (("k_shot", k_shot), ("n_query", n_query), ("n_way", n_way)):
+            if value is not None:
+                raise ValueError(
+                    f"{d.dataset} tasks draw their own context sizes (the GP protocol: 3 to 46 context "
+                    f"and up to 49 - context target points per task): give no {name}, got {value}"
+                )
+        from metafit.data.gp import gp_eval_tasks
+
+        return gp_eval_tasks(d.dataset[3:], n_tasks, seed=seed)
+    k_shot = k_shot or d.eval_k_shot or d.k_shot
     if d.dataset == "sinusoid":
         return sinusoid_eval_tasks(n_tasks, k_shot, n_query or d.eval_n_query or 100, seed=seed)
     if d.dataset in IMAGE_COMPLETION:  # held-out images, k_shot context pixels, every pixel a target
         return _completion_tasks(config, split, seeding.generator(seed), n_tasks, k_shot, k_shot).sample_batch()
-    if d.dataset.startswith("gp-"):  # per-task context sizes, padded with a mask column (the GP protocol)
-        from metafit.data.gp import gp_eval_tasks
-
-        return gp_eval_tasks(d.dataset[3:], n_tasks, seed=seed)
     n_way = n_way or d.eval_n_way or d.n_way
     spec = _spec(config)
     if spec.head == "fixed" and n_way != d.n_way:
@@ -1366,14 +1372,19 @@ def _evaluate_trained(
         tasks = eval_tasks(config, n_tasks=episodes, n_way=n_way, k_shot=k, n_query=n_query, seed=seed, dataset=dataset)
         res = score_tasks(config, algorithm, model, meta_params, buffers, tasks, steps=inner_steps, lr=inner_lr)
         first = tasks[0]
+        per_task_sizes = d.dataset.startswith("gp-")  # the GP protocol: sizes drawn per task
         results.append(
             {
                 "dataset": d.dataset if conversion is None else conversion["dataset"],
                 **({"cross_domain": conversion} if conversion is not None else {}),
                 "algo": config.algo.name,
                 "n_way": first.n_way,
-                "k_shot": k or d.eval_k_shot or d.k_shot,
-                "n_query": first.n_query if first.n_way is None else first.n_query // first.n_way,
+                "k_shot": None if per_task_sizes else k or d.eval_k_shot or d.k_shot,
+                "n_query": None
+                if per_task_sizes
+                else first.n_query
+                if first.n_way is None
+                else first.n_query // first.n_way,
                 "episodes": len(tasks),
                 "seed": d.eval_seed if seed is None else seed,
                 **res.to_dict(),
@@ -1469,7 +1480,7 @@ def eval_markdown(out: dict[str, Any]) -> str:
             scale = 100.0 if m == "accuracy" else 1.0
             paper = paper_reference(r.get("dataset", ""), r["algo"], r["n_way"], r["k_shot"], m) or "-"
             lines.append(
-                f"| {r['algo']} | {r['n_way'] or '-'} | {r['k_shot']} | {r['episodes']} | "
+                f"| {r['algo']} | {r['n_way'] or '-'} | {r['k_shot'] or 'per task'} | {r['episodes']} | "
                 f"{r['steps'] if r['steps'] is not None else '-'} | {m}{' (%)' if scale != 1 else ''} | "
                 f"{_fmt(scale * s['mean'])} | {_fmt(scale * s['ci95'])} | {paper} |"
             )
