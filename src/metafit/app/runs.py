@@ -680,8 +680,7 @@ def eval_tasks(
         for name, value in (("k_shot", k_shot), ("n_query", n_query), ("n_way", n_way)):
             if value is not None:
                 raise ValueError(
-                    f"{d.dataset} tasks draw their own context sizes (the GP protocol: 3 to 46 context "
-                    f"and up to 49 - context target points per task): give no {name}, got {value}"
+                    f"{d.dataset} tasks draw their own context sizes (the GP protocol): give no {name}, got {value}"
                 )
         from metafit.data.gp import gp_eval_tasks
 
@@ -1372,19 +1371,16 @@ def _evaluate_trained(
         tasks = eval_tasks(config, n_tasks=episodes, n_way=n_way, k_shot=k, n_query=n_query, seed=seed, dataset=dataset)
         res = score_tasks(config, algorithm, model, meta_params, buffers, tasks, steps=inner_steps, lr=inner_lr)
         first = tasks[0]
-        per_task_sizes = d.dataset.startswith("gp-")  # the GP protocol: sizes drawn per task
+        fixed_sizes = not d.dataset.startswith("gp-")  # the GP protocol draws sizes per task
+        queries = first.n_query if first.n_way is None else first.n_query // first.n_way
         results.append(
             {
                 "dataset": d.dataset if conversion is None else conversion["dataset"],
                 **({"cross_domain": conversion} if conversion is not None else {}),
                 "algo": config.algo.name,
                 "n_way": first.n_way,
-                "k_shot": None if per_task_sizes else k or d.eval_k_shot or d.k_shot,
-                "n_query": None
-                if per_task_sizes
-                else first.n_query
-                if first.n_way is None
-                else first.n_query // first.n_way,
+                "k_shot": (k or d.eval_k_shot or d.k_shot) if fixed_sizes else None,
+                "n_query": queries if fixed_sizes else None,
                 "episodes": len(tasks),
                 "seed": d.eval_seed if seed is None else seed,
                 **res.to_dict(),
