@@ -84,3 +84,26 @@ def test_gp_tasks_refuse_a_learner_without_a_padding_mask(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert "a masked neural process (anp, tnp, npcnp) or a gradient-based learner" in err and "got 'cnp'" in err
     assert not run.exists()
+
+
+def test_all_points_training_loss_is_scored_on_the_targets_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from metafit import evaluate
+    from metafit.algorithms.neural_process import AllPointsLoss, NeuralProcess, Padded
+    from metafit.app.runs import eval_tasks, load_trained
+
+    run = tmp_path / "cnp_all"
+    args = ["train", str(ROOT / "configs" / "gp_rbf_tnp.toml"), "--algo", "npcnp", "--run-dir", str(run)]
+    sets = ["data.eval_tasks=8", "algo.loss_points=all", "train.path=loop"]
+    assert main([*args, "--quiet", "--steps", "5", *[a for s in sets for a in ("--set", s)]]) == 0, (
+        capsys.readouterr().err
+    )
+    tr = load_trained(run)
+    assert isinstance(tr.algorithm, AllPointsLoss)  # trained on context + targets
+    tasks = eval_tasks(tr.config)
+    targets_only = evaluate(Padded(NeuralProcess()), tr.model, tr.meta_params, tasks, buffers=tr.buffers)
+    all_points = evaluate(Padded(tr.algorithm), tr.model, tr.meta_params, tasks, buffers=tr.buffers)
+    res = json.loads((run / "eval.json").read_text())["results"][0]
+    assert res["per_task"]["nll"] == pytest.approx(targets_only.per_task["nll"])
+    assert res["per_task"]["nll"] != pytest.approx(all_points.per_task["nll"])

@@ -12,6 +12,7 @@ from metafit import Trainer, meta_gradients, seeded
 from metafit.algorithms import CNP, recalibrate
 from metafit.algorithms.cnp import gaussian_nll
 from metafit.algorithms.neural_process import (
+    AllPointsLoss,
     InContextLearner,
     NeuralProcess,
     Padded,
@@ -98,6 +99,44 @@ def test_padded_batch_equals_one_task_at_a_time(name: str) -> None:
     gv, _ = meta_gradients(algo, net, mp, {}, batch, path="vmap")
     gl, _ = meta_gradients(plain, net, mp, {}, tasks, path="loop")
     _assert_grads_close(gv, gl)
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_all_points_loss_is_the_nll_of_context_and_targets(name: str) -> None:
+    net, plain = NETS[name](), NeuralProcess()
+    algo = AllPointsLoss(plain)
+    mp = algo.init(net)
+    task = _unpadded(_gp_batch(1))[0]
+    loss, metrics = algo.loss(net, mp, {}, task)
+    # by hand: the predictive at [context; targets], the mean NLL over every point
+    x, y = torch.cat([task.support_x, task.query_x]), torch.cat([task.support_y, task.query_y])
+    mean, var = plain.predict_distribution(net, mp, {}, plain.adapt(net, mp, {}, task.support_x, task.support_y), x)
+    torch.testing.assert_close(loss, gaussian_nll(mean, var, y))
+    assert float(metrics["mse"]) == pytest.approx(float((mean.detach() - y.reshape(mean.shape)).pow(2).mean()))
+    # it differs from the target-only loss, and predicts as the wrapped learner
+    assert float(loss) != pytest.approx(float(plain.loss(net, mp, {}, task)[0]))
+    ctx = algo.adapt(net, mp, {}, task.support_x, task.support_y)
+    torch.testing.assert_close(
+        algo.predict(net, mp, {}, ctx, task.query_x), plain.predict(net, mp, {}, ctx, task.query_x)
+    )
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_padded_all_points_loss_equals_one_task_at_a_time(name: str) -> None:
+    net, algo = NETS[name](), Padded(AllPointsLoss())
+    mp = algo.init(net)
+    batch = _gp_batch()
+    losses, _ = torch.func.vmap(lambda t: algo.loss(net, mp, {}, t))(batch)
+    expected = torch.stack([AllPointsLoss().loss(net, mp, {}, t)[0] for t in _unpadded(batch)])
+    torch.testing.assert_close(losses, expected)
+    gv, _ = meta_gradients(algo, net, mp, {}, batch, path="vmap")
+    gl, _ = meta_gradients(AllPointsLoss(), net, mp, {}, _unpadded(batch), path="loop")
+    _assert_grads_close(gv, gl)
+
+
+def test_all_points_loss_checks_its_learner() -> None:
+    with pytest.raises(TypeError, match="learner must be a NeuralProcess, got InContextLearner"):
+        AllPointsLoss(InContextLearner())  # type: ignore[arg-type]
 
 
 def test_in_context_learner_vmap_meta_gradient_equals_loop() -> None:
@@ -268,6 +307,10 @@ def test_registry_builders_check_the_criterion() -> None:
     from metafit.algorithms.neural_process import build_in_context, build_neural_process
 
     assert build_neural_process("mse", variance_scale=2.0).variance_scale == 2.0
+    built = build_neural_process("gaussian_nll", variance_scale=2.0, loss_points="all")
+    assert isinstance(built, AllPointsLoss) and built.learner.variance_scale == 2.0
+    with pytest.raises(ValueError, match="loss_points must be 'target' or 'all', got 'context'"):
+        build_neural_process("gaussian_nll", loss_points="context")
     with pytest.raises(ValueError, match="regression learner"):
         build_neural_process("cross_entropy")
     with pytest.raises(ValueError, match="cross_entropy"):

@@ -23,7 +23,7 @@ from metafit.algorithms.maml import MAML, inner_gradients
 from metafit.algorithms.mamlpp import MAMLPlusPlus
 from metafit.algorithms.meta_sgd import MetaSGD
 from metafit.algorithms.metric import MetricLearner
-from metafit.algorithms.neural_process import InContextLearner, NeuralProcess, Padded
+from metafit.algorithms.neural_process import AllPointsLoss, InContextLearner, NeuralProcess, Padded
 from metafit.algorithms.pretrain import (
     CosineClassifierHead,
     FineTune,
@@ -37,6 +37,7 @@ from metafit.algorithms.reptile import Reptile
 from metafit.algorithms.warm_start import init_from
 
 __all__ = [
+    "AllPointsLoss",
     "FiLMAdapted",
     "PermutationEnsemble",
     "Algorithm",

@@ -9,6 +9,9 @@
   inputs carry a last 0/1 "real point" column (:func:`metafit.data.gp.pad_tasks`): tasks of
   different context and target sizes then stack into one :class:`~metafit.data.task.TaskBatch`
   for the engine's vmap path and give the same losses as each task alone.
+* :class:`AllPointsLoss`: the composition that trains a :class:`NeuralProcess` on the NLL of
+  the context AND target points (the training objective of the TNP reference code's CNP, NP and
+  ANP); evaluation scores the wrapped learner, on the targets only.
 * :class:`InContextLearner`: few-shot classification with an in-context transformer
   (:class:`~metafit.models.attentive.InContextClassifier`, CAML-style, Fifty et al. 2024).
 
@@ -34,6 +37,7 @@ from metafit.data.task import Task
 from metafit.functional import Buffers, params_of
 
 __all__ = [
+    "AllPointsLoss",
     "ICLContext",
     "InContextLearner",
     "NPContext",
@@ -177,6 +181,99 @@ class NeuralProcess:
         return self.masked_loss(model, meta_params, buffers, context, task.query_x, task.query_y, None)
 
 
+def _real(mask: Tensor | None, n: int, device: torch.device) -> Tensor:
+    return torch.ones(n, dtype=torch.bool, device=device) if mask is None else mask
+
+
+@dataclass(frozen=True)
+class AllPointsLoss:
+    """Trains a :class:`NeuralProcess` on the Gaussian NLL of every point, context and targets.
+
+    The TNP reference code (Nguyen & Grover 2022, github.com/tung-nd/TNP-pytorch) trains its CNP,
+    NP and ANP baselines this way: the predictive is evaluated at ``[context; targets]`` and the
+    loss is the mean NLL over all of them (its TNP-D on the targets alone, as
+    :class:`NeuralProcess` does). Only the training loss changes: ``adapt``, ``predict`` and
+    ``predict_distribution`` are the wrapped learner's, and a run scores the wrapped learner (the
+    target NLL the NP literature reports; ``metafit.app.runs.eval_algorithm`` unwraps it).
+
+    Args:
+        learner: The wrapped learner.
+
+    Metrics of :meth:`loss`: ``loss`` (= ``nll``), ``nll`` and ``mse`` over context and targets.
+    """
+
+    learner: NeuralProcess = field(default_factory=NeuralProcess)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.learner, NeuralProcess):
+            raise TypeError(f"learner must be a NeuralProcess, got {type(self.learner).__name__}")
+
+    @property
+    def classification(self) -> bool:
+        """Always False."""
+        return False
+
+    @property
+    def spec(self) -> LearnerSpec:
+        """The wrapped learner's spec."""
+        return self.learner.spec
+
+    def init(self, model: nn.Module, *, generator: torch.Generator | None = None) -> MetaParams:
+        """As the wrapped learner."""
+        return self.learner.init(model, generator=generator)
+
+    def adapt(
+        self,
+        model: nn.Module,
+        meta_params: MetaParams,
+        buffers: Buffers,
+        support_x: Tensor,
+        support_y: Tensor,
+        *,
+        n_way: int | None = None,
+    ) -> NPContext:
+        """As the wrapped learner: the context set."""
+        return self.learner.adapt(model, meta_params, buffers, support_x, support_y)
+
+    def predict_distribution(
+        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: NPContext, x: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """As the wrapped learner: ``(mean, var)`` each ``(B, y_dim)``."""
+        return self.learner.predict_distribution(model, meta_params, buffers, adapted, x)
+
+    def predict(
+        self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, adapted: NPContext, x: Tensor
+    ) -> Tensor:
+        """The predictive mean ``(B, y_dim)``."""
+        return self.learner.predict(model, meta_params, buffers, adapted, x)
+
+    def masked_loss(
+        self,
+        model: nn.Module,
+        meta_params: MetaParams,
+        buffers: Buffers,
+        context: NPContext,
+        target_x: Tensor,
+        target_y: Tensor,
+        target_mask: Tensor | None,
+    ) -> tuple[Tensor, Metrics]:
+        """Mean NLL over the real points of ``[context; targets]`` (``(C + T, ·)``; padding excluded)."""
+        x = torch.cat([context.x, target_x])
+        y = torch.cat([context.y, target_y.reshape(target_x.shape[0], -1)])
+        mask = None
+        if context.mask is not None or target_mask is not None:
+            device = context.x.device
+            mask = torch.cat(
+                [_real(context.mask, context.x.shape[0], device), _real(target_mask, target_x.shape[0], device)]
+            )
+        return self.learner.masked_loss(model, meta_params, buffers, context, x, y, mask)
+
+    def loss(self, model: nn.Module, meta_params: MetaParams, buffers: Buffers, task: Task) -> tuple[Tensor, Metrics]:
+        """Gaussian NLL of the support and query points given the support set as context."""
+        context = self.adapt(model, meta_params, buffers, task.support_x, task.support_y)
+        return self.masked_loss(model, meta_params, buffers, context, task.query_x, task.query_y, None)
+
+
 @dataclass(frozen=True)
 class Padded:
     """Runs a :class:`NeuralProcess` on padded tasks (inputs with a last 0/1 "real point" column).
@@ -191,14 +288,14 @@ class Padded:
     row for every input, padded rows included.
 
     Args:
-        learner: The wrapped learner.
+        learner: The wrapped learner (a :class:`NeuralProcess` or an :class:`AllPointsLoss`).
     """
 
-    learner: NeuralProcess = field(default_factory=NeuralProcess)
+    learner: NeuralProcess | AllPointsLoss = field(default_factory=NeuralProcess)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.learner, NeuralProcess):
-            raise TypeError(f"learner must be a NeuralProcess, got {type(self.learner).__name__}")
+        if not isinstance(self.learner, (NeuralProcess, AllPointsLoss)):
+            raise TypeError(f"learner must be a NeuralProcess or an AllPointsLoss, got {type(self.learner).__name__}")
 
     @property
     def classification(self) -> bool:
@@ -318,19 +415,27 @@ class InContextLearner:
 # -- registry builders (``build(criterion, **options) -> learner``) ---------------------------------
 
 
-def build_neural_process(criterion: str, *, variance_scale: float = 1.0) -> NeuralProcess:
-    """Registry builder of :class:`NeuralProcess` (entries ``"anp"``/``"tnp"``; the network picks the model).
+def build_neural_process(
+    criterion: str, *, variance_scale: float = 1.0, loss_points: str = "target"
+) -> NeuralProcess | AllPointsLoss:
+    """Registry builder of :class:`NeuralProcess` (entries ``"anp"``/``"tnp"``/``"npcnp"``; the network picks the model).
 
     Args:
         criterion: ``"gaussian_nll"`` or ``"mse"`` (a regression run; the loss is the Gaussian NLL
             either way, as for the CNP entry).
         variance_scale: See :class:`NeuralProcess`.
+        loss_points: The points the training NLL is taken over: ``"target"`` (the query points,
+            as TNP-D is trained) or ``"all"`` (context and targets, :class:`AllPointsLoss`, as
+            the TNP reference code trains its CNP/NP/ANP). Evaluation scores the targets either way.
     """
     if criterion not in ("gaussian_nll", "mse"):
         raise ValueError(
             f"a neural process is a regression learner: criterion must be 'gaussian_nll' or 'mse', got {criterion!r}"
         )
-    return NeuralProcess(variance_scale=variance_scale)
+    if loss_points not in ("target", "all"):
+        raise ValueError(f"loss_points must be 'target' or 'all', got {loss_points!r}")
+    learner = NeuralProcess(variance_scale=variance_scale)
+    return learner if loss_points == "target" else AllPointsLoss(learner)
 
 
 def build_in_context(criterion: str) -> InContextLearner:

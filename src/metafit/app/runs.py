@@ -775,10 +775,20 @@ def preprocessing_info(config: RunConfig) -> dict[str, Any]:
     return info
 
 
+def scored_learner(algorithm: Algorithm) -> Algorithm:
+    """The learner a run is scored with: a training-objective composition
+    (:class:`~metafit.algorithms.AllPointsLoss`) scores as the learner it wraps (target points only)."""
+    from metafit.algorithms.neural_process import AllPointsLoss
+
+    return algorithm.learner if isinstance(algorithm, AllPointsLoss) else algorithm  # type: ignore[return-value]
+
+
 def eval_algorithm(config: RunConfig, algorithm: Algorithm) -> Algorithm:
-    """The learner as it scores the run's held-out tasks: GP tasks come padded (per-task context
-    sizes), so a neural process scores them through :class:`~metafit.algorithms.Padded`; a
-    gradient-based learner scores them unpadded (:func:`score_tasks`)."""
+    """The learner as it scores the run's held-out tasks (:func:`scored_learner`): GP tasks come
+    padded (per-task context sizes), so a neural process scores them through
+    :class:`~metafit.algorithms.Padded`; a gradient-based learner scores them unpadded
+    (:func:`score_tasks`)."""
+    algorithm = scored_learner(algorithm)
     if not config.data.dataset.startswith("gp-") or algorithm.spec.inner_loop:
         return algorithm
     if _entry(config).network != "np":
@@ -1350,6 +1360,7 @@ def _evaluate_trained(
     d = config.data
     results = []
     scale_info = None
+    algorithm = scored_learner(algorithm)
     if recalibrate is not None:
         if not algorithm.spec.distribution or not hasattr(algorithm, "variance_scale"):
             raise ValueError(
