@@ -107,3 +107,20 @@ def test_all_points_training_loss_is_scored_on_the_targets_only(
     res = json.loads((run / "eval.json").read_text())["results"][0]
     assert res["per_task"]["nll"] == pytest.approx(targets_only.per_task["nll"])
     assert res["per_task"]["nll"] != pytest.approx(all_points.per_task["nll"])
+
+
+def test_cnp_network_options_reach_the_npcnp_network_and_are_refused_elsewhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from metafit.app.runs import load_trained
+
+    cfg = str(ROOT / "configs" / "gp_rbf_tnp.toml")
+    run = tmp_path / "cnp_post"
+    sets = ["data.eval_tasks=4", "model.post_layers=1", "model.variance_bound=scale", "model.min_variance=0.1"]
+    common = ["--quiet", "--steps", "2", *[a for s in sets for a in ("--set", s)]]
+    assert main(["train", cfg, "--algo", "npcnp", "--run-dir", str(run), *common]) == 0, capsys.readouterr().err
+    cnp = load_trained(run).model.cnp
+    assert cnp.bound == "scale" and hasattr(cnp, "post")
+    # an option the network would not use is an error, not silently dropped
+    assert main(["train", cfg, "--algo", "tnp", "--run-dir", str(tmp_path / "tnp"), *common]) == 2
+    assert "applies to the CNP network only" in capsys.readouterr().err

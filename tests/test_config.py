@@ -79,6 +79,8 @@ def test_config_cross_section_checks() -> None:
         RunConfig.from_dict({"algo": {"name": "cnp"}, "model": {"min_variance": 1.5}})
     with pytest.raises(ValueError, match="model.variance_bound"):
         RunConfig.from_dict({"algo": {"name": "cnp"}, "model": {"variance_bound": "logvar"}})
+    with pytest.raises(ValueError, match="model.post_layers"):
+        RunConfig.from_dict({"algo": {"name": "cnp"}, "model": {"post_layers": -1}})
 
 
 def test_config_overrides_parse_values_and_reject_typos() -> None:

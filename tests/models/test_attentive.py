@@ -343,3 +343,35 @@ def test_build_np_network_any_dims_and_padding(kind: str) -> None:
     assert mean.shape == (3, 2)
     with pytest.raises(ValueError, match="kind must be one of"):
         build_np_network("gp")
+
+
+def test_cnp_network_post_aggregation_mlp_and_sd_bound() -> None:
+    from metafit.models.attentive import build_np_network
+
+    plain = build_np_network("cnp", d_model=8, n_layers=1)
+    post = seeded(0, lambda: build_np_network("cnp", d_model=8, n_layers=1, post_layers=1, variance_bound="scale"))
+    post = post.double()
+    # the MLP after the mean adds parameters under its own name; a paper CNP's names are unchanged
+    extra = set(dict(post.named_parameters())) - set(dict(plain.named_parameters()))
+    assert extra == {"cnp.post.0.weight", "cnp.post.0.bias", "cnp.post.2.weight", "cnp.post.2.bias"}
+    cx, cy, tx = _data(5, 4, 1, 1)
+    r = post.cnp.represent(cx, cy).mean(0)
+    mean, var = post(cx, cy, tx)
+    expected = post.cnp.decode(tx, post.cnp.post(r))
+    torch.testing.assert_close(mean, expected[0])
+    torch.testing.assert_close(var, expected[1])
+    # padding still changes nothing, and the sd (not the variance) carries the floor
+    pm, _ = post(
+        torch.cat([cx, torch.ones(2, 1, dtype=torch.float64)]),
+        torch.cat([cy, cy[:2]]),
+        tx,
+        torch.tensor([True] * 5 + [False] * 2),
+    )
+    torch.testing.assert_close(pm, mean)
+    assert post.cnp.bound == "scale" and bool((var.sqrt() >= 0.1 - 1e-12).all())
+    with pytest.raises(ValueError, match="post_layers applies to the CNP network only"):
+        build_np_network("tnp", post_layers=1)
+    with pytest.raises(ValueError, match="variance_bound applies to the CNP network only"):
+        build_np_network("anp", variance_bound="scale")
+    with pytest.raises(ValueError, match="post_layers must be an int >= 0, got -1"):
+        build_np_network("cnp", post_layers=-1)

@@ -293,6 +293,9 @@ class ModelConfig:
         min_variance: CNP regression: lower bound of the bounded variance (or sd), in (0, 1).
         variance_bound: CNP regression: ``"variance"`` (the paper code's
             ``0.1 + 0.9 softplus`` on the variance) or ``"scale"`` (the same bound on the sd).
+        post_layers: CNP regression (``cnp``, ``npcnp``): hidden layers of an MLP applied to the
+            mean-aggregated representation (0: none, as in Garnelo et al. 2018; the TNP reference
+            code's CNP has 1).
         channels_last: Store Conv4 weights channels-last (same function; faster ProtoNet steps on
             the CPU).
         d_model: Token width of the attentive / transformer learners (``anp``, ``tnp``, ``caml``).
@@ -315,6 +318,7 @@ class ModelConfig:
     r_dim: int = 128
     min_variance: float = 0.1
     variance_bound: str = "variance"
+    post_layers: int = 0
     channels_last: bool = False
     d_model: int = 64
     n_heads: int = 4
@@ -327,7 +331,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         s = "model"
-        for name, minimum in (("d_model", 1), ("n_heads", 1), ("n_layers", 0), ("d_ff", 1)):
+        for name, minimum in (("d_model", 1), ("n_heads", 1), ("n_layers", 0), ("d_ff", 1), ("post_layers", 0)):
             _check_int(s, name, getattr(self, name), minimum)
         _check_opt_int(s, "label_dim", self.label_dim, 0)
         if self.d_model % self.n_heads:

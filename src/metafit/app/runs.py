@@ -187,6 +187,8 @@ def build_model(config: RunConfig, shape: Sequence[int] | None = None) -> nn.Mod
                 n_layers=m.n_layers or None,
                 d_ff=m.d_ff,
                 min_variance=m.min_variance,
+                variance_bound=m.variance_bound,
+                post_layers=m.post_layers,
             ),
         )
     if network == "in_context":
@@ -257,7 +259,10 @@ def _build_cnp(config: RunConfig) -> nn.Module:
             decoder_hidden=(m.r_dim,) * 2,
             min_variance=m.min_variance,
             bound=m.variance_bound,
+            post_hidden=(m.r_dim,) * m.post_layers,
         )
+    if m.post_layers:
+        raise ValueError(f"model.post_layers is for CNP regression, got {m.post_layers} on {config.data.dataset!r}")
     conv = Conv4(1, None, width=m.width, image_size=config.data.image_size, downsample=m.downsample, norm=m.norm)  # type: ignore[arg-type]
     return CNPClassifier(conv, conv.feature_dim, max_way=_max_way(config), r_dim=m.r_dim, hidden=m.r_dim)
 

@@ -351,7 +351,7 @@ class CNPAdapter(nn.Module):
         keep = _context_mask(context_x, context_mask)
         r_i = self.cnp.represent(context_x, context_y)
         r = masked_mean(r_i, keep.to(r_i.dtype).unsqueeze(0))[0]
-        return self.cnp.decode(target_x, r)
+        return self.cnp.decode(target_x, self.cnp.summarise(r))
 
 
 class Detached(nn.Module):
@@ -510,6 +510,8 @@ def build_np_network(
     n_layers: int | None = None,
     d_ff: int = 128,
     min_variance: float = MIN_VARIANCE,
+    variance_bound: str = "variance",
+    post_layers: int = 0,
 ) -> nn.Module:
     """A regression network with ``forward(cx, cy, tx, context_mask=None) -> (mean, var)``, by name.
 
@@ -527,8 +529,19 @@ def build_np_network(
         n_heads: Attention heads (ignored by ``"cnp"``).
         n_layers: See ``kind``.
         d_ff: Feed-forward width of the attention layers and of the TNP's output MLP.
-        min_variance: Floor of the predictive variance.
+        min_variance: Floor of the predictive variance (with ``variance_bound="scale"``: of the sd).
+        variance_bound: ``"cnp"`` only: ``"variance"`` or ``"scale"`` (:class:`CNPRegressor`'s ``bound``).
+        post_layers: ``"cnp"`` only: hidden layers (width ``d_model``) of an MLP after the mean
+            aggregation (:class:`CNPRegressor`'s ``post_hidden``; the TNP reference code's CNP: 1).
     """
+    if isinstance(post_layers, bool) or not isinstance(post_layers, int) or post_layers < 0:
+        raise ValueError(f"post_layers must be an int >= 0, got {post_layers!r}")
+    if kind in NP_NETWORKS and kind != "cnp":
+        for name, value, default in (("variance_bound", variance_bound, "variance"), ("post_layers", post_layers, 0)):
+            if value != default:
+                raise ValueError(
+                    f"{name} applies to the CNP network only (kind='cnp'), got {name}={value!r} with kind={kind!r}"
+                )
     if kind == "cnp":
         depth = 3 if n_layers is None else n_layers
         return CNPAdapter(
@@ -539,6 +552,8 @@ def build_np_network(
                 encoder_hidden=(d_model,) * depth,
                 decoder_hidden=(d_model, d_model),
                 min_variance=min_variance,
+                bound=variance_bound,
+                post_hidden=(d_model,) * post_layers,
             )
         )
     if kind == "anp":

@@ -81,6 +81,9 @@ class CNPRegressor(nn.Module):
             softplus(raw)``, which is what DeepMind's reference CNP notebook does (a floor of
             0.1 on the sd instead of 0.316). On noise-free data such as the sinusoids the floor
             sets the narrowest interval the model can express (see docs/cnp_fusion.md).
+        post_hidden: Hidden sizes of an MLP applied to the aggregated representation, ``r =
+            post(mean_i r_i)`` (empty, the default: none, as in the paper; the TNP reference
+            code's CNP has one hidden layer there, ``(128,)``).
 
     Shapes:
         ``encode``: ``context_x (C, x_dim)``, ``context_y (C, y_dim)`` -> ``r (r_dim,)``.
@@ -98,6 +101,7 @@ class CNPRegressor(nn.Module):
         decoder_hidden: Sequence[int] = (128, 128),
         min_variance: float = MIN_VARIANCE,
         bound: str = "variance",
+        post_hidden: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if bound not in ("variance", "scale"):
@@ -109,6 +113,12 @@ class CNPRegressor(nn.Module):
         self.min_variance = min_variance
         self.encoder = _mlp([x_dim + y_dim, *encoder_hidden, r_dim])
         self.decoder = _mlp([x_dim + r_dim, *decoder_hidden, 2 * y_dim])
+        if post_hidden:  # absent otherwise: the parameter names of a paper CNP stay as they were
+            self.post = _mlp([r_dim, *post_hidden, r_dim])
+
+    def summarise(self, r: Tensor) -> Tensor:
+        """The decoder's representation of an aggregate ``r (..., r_dim)``: ``post(r)``, or ``r``."""
+        return self.post(r) if hasattr(self, "post") else r
 
     def represent(self, context_x: Tensor, context_y: Tensor) -> Tensor:
         """Per-point representations ``r_i``, ``(C, r_dim)`` (before aggregation)."""
@@ -117,8 +127,8 @@ class CNPRegressor(nn.Module):
         return self.encoder(torch.cat([context_x, context_y.reshape(context_x.shape[0], -1)], -1))
 
     def encode(self, context_x: Tensor, context_y: Tensor) -> Tensor:
-        """Mean-aggregated representation ``r (r_dim,)`` of the context set."""
-        return self.represent(context_x, context_y).mean(0)
+        """Mean-aggregated representation ``r (r_dim,)`` of the context set (then ``post_hidden``'s MLP)."""
+        return self.summarise(self.represent(context_x, context_y).mean(0))
 
     def decode(self, target_x: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
         """Gaussian mean and variance ``(B, y_dim)`` each at the targets."""
