@@ -1314,6 +1314,7 @@ TABLES: dict[str, Table] = {
         (
             "results/gp_rbf_tnp_product.json",
             "results/gp_rbf_anp_product.json",
+            "results/gp_rbf_npcnp_allpoints_product.json",
             "results/gp_rbf_npcnp_ref_product.json",
             "results/gp_rbf_npcnp_product.json",
         ),
@@ -1321,6 +1322,7 @@ TABLES: dict[str, Table] = {
             "labels": (
                 "tnp (TNP-D, 10 min)",
                 "anp (deterministic ANP, 10 min)",
+                "npcnp, width 128, cosine schedule, context points in the loss",
                 "npcnp, width 128, cosine schedule",
                 "npcnp (the table above)",
             )
