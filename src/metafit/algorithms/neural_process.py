@@ -185,8 +185,28 @@ def _real(mask: Tensor | None, n: int, device: torch.device) -> Tensor:
     return torch.ones(n, dtype=torch.bool, device=device) if mask is None else mask
 
 
+class _WrapsNeuralProcess:
+    """What a composition over a neural process takes from the learner it wraps (``self.learner``)."""
+
+    learner: Any
+
+    @property
+    def classification(self) -> bool:
+        """Always False."""
+        return False
+
+    @property
+    def spec(self) -> LearnerSpec:
+        """The wrapped learner's spec."""
+        return self.learner.spec
+
+    def init(self, model: nn.Module, *, generator: torch.Generator | None = None) -> MetaParams:
+        """As the wrapped learner."""
+        return self.learner.init(model, generator=generator)
+
+
 @dataclass(frozen=True)
-class AllPointsLoss:
+class AllPointsLoss(_WrapsNeuralProcess):
     """Trains a :class:`NeuralProcess` on the Gaussian NLL of every point, context and targets.
 
     The TNP reference code (Nguyen & Grover 2022, github.com/tung-nd/TNP-pytorch) trains its CNP,
@@ -207,20 +227,6 @@ class AllPointsLoss:
     def __post_init__(self) -> None:
         if not isinstance(self.learner, NeuralProcess):
             raise TypeError(f"learner must be a NeuralProcess, got {type(self.learner).__name__}")
-
-    @property
-    def classification(self) -> bool:
-        """Always False."""
-        return False
-
-    @property
-    def spec(self) -> LearnerSpec:
-        """The wrapped learner's spec."""
-        return self.learner.spec
-
-    def init(self, model: nn.Module, *, generator: torch.Generator | None = None) -> MetaParams:
-        """As the wrapped learner."""
-        return self.learner.init(model, generator=generator)
 
     def adapt(
         self,
@@ -275,7 +281,7 @@ class AllPointsLoss:
 
 
 @dataclass(frozen=True)
-class Padded:
+class Padded(_WrapsNeuralProcess):
     """Runs a :class:`NeuralProcess` on padded tasks (inputs with a last 0/1 "real point" column).
 
     The tasks come from :func:`metafit.data.gp.pad_tasks` or
@@ -296,20 +302,6 @@ class Padded:
     def __post_init__(self) -> None:
         if not isinstance(self.learner, (NeuralProcess, AllPointsLoss)):
             raise TypeError(f"learner must be a NeuralProcess or an AllPointsLoss, got {type(self.learner).__name__}")
-
-    @property
-    def classification(self) -> bool:
-        """Always False."""
-        return False
-
-    @property
-    def spec(self) -> LearnerSpec:
-        """The wrapped learner's spec."""
-        return self.learner.spec
-
-    def init(self, model: nn.Module, *, generator: torch.Generator | None = None) -> MetaParams:
-        """As the wrapped learner."""
-        return self.learner.init(model, generator=generator)
 
     def adapt(
         self,
