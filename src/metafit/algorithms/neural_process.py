@@ -214,7 +214,7 @@ class AllPointsLoss(_WrapsNeuralProcess):
     loss is the mean NLL over all of them (its TNP-D on the targets alone, as
     :class:`NeuralProcess` does). Only the training loss changes: ``adapt``, ``predict`` and
     ``predict_distribution`` are the wrapped learner's, and a run scores the wrapped learner (the
-    target NLL the NP literature reports; ``metafit.app.runs.eval_algorithm`` unwraps it).
+    target NLL the NP literature reports: ``metafit eval`` and ``compare`` unwrap it).
 
     Args:
         learner: The wrapped learner.
