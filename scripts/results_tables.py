@@ -1425,6 +1425,16 @@ TABLES: dict[str, Table] = {
             "reference": 1,  # the NLL inner loss at its best step count, 2
         },
     ),
+    "sine_inner_metasgd": Table(
+        r_inner_steps,
+        tuple(f"results/sine_inner_msgd-{run}_s{steps}.json" for run in ("plain", "beta05") for steps in (1, 2, 5, 10)),
+        {
+            "labels": tuple(
+                label for label in ("Meta-SGD, NLL", "Meta-SGD, beta-NLL, beta = 0.5") for _ in (1, 2, 5, 10)
+            ),
+            "reference": 0,  # the NLL inner loss at its training step count, 1
+        },
+    ),
 }
 
 
